@@ -1,0 +1,29 @@
+"""The audit trail: one append-only, hash-chained record per hook call and per feedback item."""
+
+from __future__ import annotations
+
+from .errors import (
+    AuditConfigurationError,
+    AuditError,
+    AuditUnavailableError,
+    DuplicateRecordError,
+    InvalidAuditRecordError,
+    MissingCriteriaVersionError,
+    UnknownCardError,
+    UnknownDecisionError,
+)
+from .store import AuditStore, ExportFilters, VerifyReport
+
+__all__ = [
+    "AuditConfigurationError",
+    "AuditError",
+    "AuditStore",
+    "AuditUnavailableError",
+    "DuplicateRecordError",
+    "ExportFilters",
+    "InvalidAuditRecordError",
+    "MissingCriteriaVersionError",
+    "UnknownCardError",
+    "UnknownDecisionError",
+    "VerifyReport",
+]

@@ -1,0 +1,242 @@
+"""Turn decision records and feedback items into audit rows, and rows back into plain dicts.
+
+Kept apart from the store so the shape of a record is checked before any database work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ._canonical import canonical_json, parse_timestamp, scrub_secrets, utc_iso
+from .errors import InvalidAuditRecordError
+
+__all__ = [
+    "DECISION_OUTCOMES",
+    "FEEDBACK_OUTCOMES",
+    "PreparedDecision",
+    "PreparedFeedback",
+    "card_trial_ids",
+    "feedback_values",
+    "hash_document",
+    "prepare_decision",
+    "prepare_feedback",
+    "record_view",
+    "suggested_trial_ids",
+]
+
+DECISION_OUTCOMES = ("suggested", "not_suggested")
+FEEDBACK_OUTCOMES = ("accepted", "overridden")
+
+
+@dataclass(frozen=True)
+class PreparedDecision:
+    """Column values of a decision row (without seq and hashes) and the cards it showed."""
+
+    values: dict[str, Any]
+    cards: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreparedFeedback:
+    """A checked, secret-free feedback item and the key that makes resubmission idempotent."""
+
+    card_uuid: str
+    outcome: str
+    item: dict[str, Any]
+    dedupe_key: str
+
+
+def _require_str(record: Mapping[str, Any], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidAuditRecordError(f"{where}.{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_str(record: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidAuditRecordError(f"{where}.{key} must be a string or null, got {value!r}")
+    return value
+
+
+def _list_of_dicts(record: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = record.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise InvalidAuditRecordError(f"{where}.{key} must be a list of objects")
+    return value
+
+
+def suggested_trial_ids(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Trial ids whose verdict says the trial is suggested, in verdict order."""
+    return [str(verdict["trial_id"]) for verdict in verdicts if verdict.get("suggested") is True]
+
+
+def card_trial_ids(card: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The trials a card is about, so feedback and counts can be given per trial.
+
+    Cards say it in ``extension.trial_id`` (or ``trial_ids``); failing that a
+    ``source.topic.code`` naming an evaluated trial; failing that the only suggested trial.
+    """
+    extension = card.get("extension")
+    if isinstance(extension, Mapping):
+        named = extension.get("trial_ids", extension.get("trial_id"))
+        if isinstance(named, str):
+            return [named]
+        if isinstance(named, list) and all(isinstance(item, str) for item in named):
+            return list(named)
+    evaluated = [str(verdict.get("trial_id")) for verdict in verdicts]
+    source = card.get("source")
+    topic = source.get("topic") if isinstance(source, Mapping) else None
+    code = topic.get("code") if isinstance(topic, Mapping) else None
+    if isinstance(code, str) and code in evaluated:
+        return [code]
+    suggested = suggested_trial_ids(verdicts)
+    return suggested if len(suggested) == 1 else []
+
+
+def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
+    """Check a decision record, drop secrets and derive the indexed columns."""
+    if not isinstance(record, Mapping):
+        raise InvalidAuditRecordError("a decision record must be an object")
+    clean: dict[str, Any] = scrub_secrets(record)
+    where = "decision"
+    decision_id = _require_str(clean, "decision_id", where)
+    try:
+        uuid.UUID(decision_id)
+    except ValueError as exc:
+        raise InvalidAuditRecordError(
+            f"decision.decision_id is not a uuid: {decision_id!r}"
+        ) from exc
+    recorded_at = parse_timestamp(_require_str(clean, "recorded_at", where), "decision.recorded_at")
+    verdicts = _list_of_dicts(clean, "verdicts", where)
+    for verdict in verdicts:
+        _require_str(verdict, "trial_id", "decision.verdicts[]")
+    cards = _list_of_dicts(clean, "cards", where)
+    trial_ids = list(dict.fromkeys(str(verdict["trial_id"]) for verdict in verdicts))
+    card_rows: dict[str, dict[str, Any]] = {}
+    for card in cards:
+        card_uuid = card.get("uuid")
+        if isinstance(card_uuid, str) and card_uuid:
+            card_rows.setdefault(
+                card_uuid,
+                {
+                    "card_uuid": card_uuid,
+                    "record_id": decision_id,
+                    "trial_ids": card_trial_ids(card, verdicts),
+                },
+            )
+    values = {
+        "record_id": decision_id,
+        "kind": "decision",
+        "recorded_at": recorded_at,
+        "service_id": _require_str(clean, "service_id", where),
+        "hook": _require_str(clean, "hook", where),
+        "patient_ref": _optional_str(clean, "patient_ref", where),
+        "user_ref": _optional_str(clean, "user_ref", where),
+        "decision_id": decision_id,
+        "trial_ids": trial_ids,
+        "outcome": "suggested" if suggested_trial_ids(verdicts) else "not_suggested",
+        "dedupe_key": None,
+        "content": canonical_json(clean),
+    }
+    return PreparedDecision(values=values, cards=list(card_rows.values()))
+
+
+def prepare_feedback(feedback: Mapping[str, Any]) -> PreparedFeedback:
+    """Check a CDS Hooks 2.0 feedback item; a bare Coding as ``overrideReason`` is nested."""
+    if not isinstance(feedback, Mapping):
+        raise InvalidAuditRecordError("a feedback item must be an object")
+    item: dict[str, Any] = scrub_secrets(feedback)
+    where = "feedback"
+    card_uuid = _require_str(item, "card", where)
+    outcome = _require_str(item, "outcome", where)
+    if outcome not in FEEDBACK_OUTCOMES:
+        raise InvalidAuditRecordError(
+            f"feedback.outcome must be accepted or overridden: {outcome!r}"
+        )
+    outcome_timestamp = _require_str(item, "outcomeTimestamp", where)
+    parse_timestamp(outcome_timestamp, "feedback.outcomeTimestamp")
+    reason = item.get("overrideReason")
+    if isinstance(reason, Mapping) and "code" in reason and "reason" not in reason:
+        item["overrideReason"] = {"reason": dict(reason)}
+    key_text = json.dumps([card_uuid, outcome, outcome_timestamp], separators=(",", ":"))
+    dedupe_key = hashlib.sha256(key_text.encode("utf-8")).hexdigest()
+    return PreparedFeedback(card_uuid=card_uuid, outcome=outcome, item=item, dedupe_key=dedupe_key)
+
+
+def feedback_values(
+    prepared: PreparedFeedback,
+    *,
+    service_id: str,
+    decision: Mapping[str, Any],
+    trial_ids: list[str],
+) -> dict[str, Any]:
+    """Column values of a feedback row, linked to its decision and copying its references."""
+    content = {"decision_id": decision["record_id"], "feedback": prepared.item}
+    return {
+        "record_id": str(uuid.uuid4()),
+        "kind": "feedback",
+        "recorded_at": datetime.now(UTC),
+        "service_id": service_id,
+        "hook": decision["hook"],
+        "patient_ref": decision["patient_ref"],
+        "user_ref": decision["user_ref"],
+        "decision_id": decision["record_id"],
+        "trial_ids": trial_ids,
+        "outcome": prepared.outcome,
+        "dedupe_key": prepared.dedupe_key,
+        "content": canonical_json(content),
+    }
+
+
+HASHED_FIELDS = (
+    "seq",
+    "record_id",
+    "kind",
+    "recorded_at",
+    "service_id",
+    "hook",
+    "patient_ref",
+    "user_ref",
+    "decision_id",
+    "trial_ids",
+    "outcome",
+    "dedupe_key",
+    "content",
+)
+"""Every column but the two hashes: ``prev_hash`` is appended to the hashed text instead."""
+
+
+def hash_document(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields a record's hash covers, with the timestamp in its one canonical text form."""
+    document = {name: values[name] for name in HASHED_FIELDS}
+    document["recorded_at"] = utc_iso(values["recorded_at"])
+    document["trial_ids"] = list(values["trial_ids"])
+    return document
+
+
+def record_view(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row as a plain dict: metadata columns plus the parsed ``content``."""
+    return {
+        "seq": values["seq"],
+        "record_id": values["record_id"],
+        "kind": values["kind"],
+        "recorded_at": utc_iso(values["recorded_at"]),
+        "service_id": values["service_id"],
+        "hook": values["hook"],
+        "patient_ref": values["patient_ref"],
+        "user_ref": values["user_ref"],
+        "decision_id": values["decision_id"],
+        "trial_ids": list(values["trial_ids"]),
+        "outcome": values["outcome"],
+        "content": json.loads(values["content"]),
+        "prev_hash": values["prev_hash"],
+        "hash": values["hash"],
+    }

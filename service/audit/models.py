@@ -1,0 +1,98 @@
+"""The audit database schema, as typed SQLAlchemy 2 ORM classes.
+
+The Alembic revisions in ``migrations/`` create these tables; a test compares the two so they
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "CHAIN_HEAD_ID",
+    "AuditBase",
+    "AuditCard",
+    "AuditChainHead",
+    "AuditRecord",
+    "CriteriaVersion",
+    "SeenJti",
+]
+
+CHAIN_HEAD_ID = 1
+"""The id of the one row of ``audit_chain_head``."""
+
+
+class AuditBase(DeclarativeBase):
+    """Declarative base of the audit tables, separate from any other metadata of the service."""
+
+
+class AuditRecord(AuditBase):
+    """One hook decision or one feedback item; append-only and chained by hash.
+
+    ``seq`` is assigned from the chain head while it is locked, not from a database sequence,
+    so a rolled-back append leaves no gap and any gap means a deleted record.
+    """
+
+    __tablename__ = "audit_record"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    record_id: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    service_id: Mapped[str] = mapped_column(String(200))
+    hook: Mapped[str] = mapped_column(String(200))
+    patient_ref: Mapped[str | None] = mapped_column(String(500), index=True)
+    user_ref: Mapped[str | None] = mapped_column(String(500))
+    decision_id: Mapped[str] = mapped_column(String(36), index=True)
+    trial_ids: Mapped[list[str]] = mapped_column(JSON)
+    outcome: Mapped[str] = mapped_column(String(32))
+    dedupe_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    content: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCard(AuditBase):
+    """Which decision showed a card, so feedback can be linked without scanning content."""
+
+    __tablename__ = "audit_card"
+    __table_args__ = (Index("ix_audit_card_record_id", "record_id"),)
+
+    card_uuid: Mapped[str] = mapped_column(String(200), primary_key=True)
+    record_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("audit_record.record_id"), primary_key=True
+    )
+    trial_ids: Mapped[list[str]] = mapped_column(JSON)
+
+
+class AuditChainHead(AuditBase):
+    """The single row every append locks: it serialises writers and names the last record."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class CriteriaVersion(AuditBase):
+    """A criteria snapshot by fingerprint, so a decision can be replayed with what it used."""
+
+    __tablename__ = "criteria_version"
+
+    fingerprint: Mapped[str] = mapped_column(String(200), primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    saved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SeenJti(AuditBase):
+    """JWT ids already accepted, shared by every instance so a replayed token is refused."""
+
+    __tablename__ = "seen_jti"
+
+    issuer: Mapped[str] = mapped_column(String(500), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(500), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

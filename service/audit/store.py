@@ -1,0 +1,432 @@
+"""The append-only, hash-chained audit store (SQLite file or PostgreSQL).
+
+Every append locks the single chain-head row (``SELECT ... FOR UPDATE`` on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite), so writers in any number of threads or processes extend one
+linear chain. Database failures surface as :class:`AuditUnavailableError`, never as a silent
+drop, so the caller can refuse to answer a hook it could not record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy import Text as TextType
+from sqlalchemy import cast as sql_cast
+from sqlalchemy import update as sql_update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from . import _counts
+from ._canonical import GENESIS_HASH, as_utc, canonical_json, chain_hash, parse_timestamp
+from ._records import (
+    DECISION_OUTCOMES,
+    FEEDBACK_OUTCOMES,
+    PreparedDecision,
+    feedback_values,
+    hash_document,
+    prepare_decision,
+    prepare_feedback,
+    record_view,
+)
+from .errors import (
+    AuditConfigurationError,
+    AuditUnavailableError,
+    DuplicateRecordError,
+    InvalidAuditRecordError,
+    UnknownCardError,
+)
+from .models import CHAIN_HEAD_ID, AuditCard, AuditChainHead, AuditRecord, CriteriaVersion, SeenJti
+
+__all__ = ["AuditStore", "ExportFilters", "VerifyReport"]
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+RECORD_KINDS = ("decision", "feedback")
+_JTI_PURGE_EVERY = 100
+_STREAM_BATCH = 200
+_T = TypeVar("_T")
+
+_record_table = AuditRecord.__table__
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    """Which records to export: ``since`` inclusive, ``until`` exclusive, all optional."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    patient_ref: str | None = None
+    trial_id: str | None = None
+    outcome: str | None = None
+    kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is not None and self.outcome not in DECISION_OUTCOMES + FEEDBACK_OUTCOMES:
+            known = ", ".join(DECISION_OUTCOMES + FEEDBACK_OUTCOMES)
+            raise ValueError(f"unknown outcome {self.outcome!r}; use one of {known}")
+        if self.kind is not None and self.kind not in RECORD_KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; use decision or feedback")
+
+    @classmethod
+    def from_text(
+        cls,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        patient_ref: str | None = None,
+        trial_id: str | None = None,
+        outcome: str | None = None,
+        kind: str | None = None,
+    ) -> ExportFilters:
+        """Filters from query or command-line text; a bad value raises ValueError naming it."""
+        try:
+            since_at = None if since is None else parse_timestamp(since, "since")
+            until_at = None if until is None else parse_timestamp(until, "until")
+        except InvalidAuditRecordError as exc:
+            raise ValueError(str(exc)) from exc
+        return cls(since_at, until_at, patient_ref, trial_id, outcome, kind)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of walking the chain: ``ok`` only when ``problems`` is empty."""
+
+    ok: bool
+    records_checked: int
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _ChainHead:
+    last_seq: int
+    last_hash: str
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Let the store choose BEGIN IMMEDIATE for writes, and use WAL so reads never block them."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The driver's first message line; statement parameters (which may hold PHI) are left out."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
+
+
+class AuditStore:
+    """Append, read, verify and export the audit trail in one SQL database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._jti_calls = itertools.count(1)
+
+    @classmethod
+    def from_url(cls, url: str) -> AuditStore:
+        """A store for ``sqlite:///path`` (parent directory created) or ``postgresql://...``."""
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            if not parsed.database or parsed.database == ":memory:":
+                raise AuditConfigurationError("the SQLite audit store needs a file path")
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise AuditConfigurationError(f"cannot create audit directory: {exc}") from exc
+            engine = create_engine(parsed, hide_parameters=True, connect_args={"timeout": 30})
+            _configure_sqlite(engine)
+            return cls(engine)
+        if backend == "postgresql":
+            if parsed.drivername == "postgresql":
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            engine = create_engine(
+                parsed,
+                hide_parameters=True,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": 5},
+            )
+            return cls(engine)
+        raise AuditConfigurationError(
+            f"unsupported audit database {backend!r}: use sqlite or postgresql"
+        )
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    @property
+    def _is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as connection:
+                if write:
+                    connection.execution_options(sqlite_begin="IMMEDIATE")
+                if snapshot and not self._is_sqlite:
+                    connection.execution_options(isolation_level="REPEATABLE READ")
+                with connection.begin():
+                    yield connection
+        except SQLAlchemyError as exc:
+            raise AuditUnavailableError(f"audit store unavailable: {_describe(exc)}") from exc
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision; safe to run from every instance."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self._transaction(write=True) as connection:
+            if not self._is_sqlite:
+                connection.execute(select(func.pg_advisory_xact_lock(0x7A11C_D5A)))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def save_criteria_version(self, fingerprint: str, snapshot: Mapping[str, Any]) -> None:
+        """Keep the criteria snapshot a decision used; saving a fingerprint again is a no-op."""
+        content = canonical_json(dict(snapshot))
+        try:
+            with self._transaction(write=True) as connection:
+                exists = connection.execute(
+                    select(CriteriaVersion.fingerprint).where(
+                        CriteriaVersion.fingerprint == fingerprint
+                    )
+                ).first()
+                if exists is None:
+                    connection.execute(
+                        insert(CriteriaVersion).values(
+                            fingerprint=fingerprint, content=content, saved_at=datetime.now(UTC)
+                        )
+                    )
+        except AuditUnavailableError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise
+
+    def get_criteria_version(self, fingerprint: str) -> dict[str, Any] | None:
+        """The saved criteria snapshot for ``fingerprint``, if any."""
+        with self._transaction(write=False) as connection:
+            content = connection.execute(
+                select(CriteriaVersion.content).where(CriteriaVersion.fingerprint == fingerprint)
+            ).scalar_one_or_none()
+        return None if content is None else dict(json.loads(content))
+
+    def _append(self, write: Callable[[Connection, _ChainHead], _T]) -> _T:
+        with self._transaction(write=True) as connection:
+            head = connection.execute(
+                select(AuditChainHead.last_seq, AuditChainHead.last_hash)
+                .where(AuditChainHead.id == CHAIN_HEAD_ID)
+                .with_for_update()
+            ).one()
+            return write(connection, _ChainHead(head.last_seq, head.last_hash))
+
+    @staticmethod
+    def _insert_record(connection: Connection, head: _ChainHead, values: dict[str, Any]) -> None:
+        row = {**values, "seq": head.last_seq + 1, "prev_hash": head.last_hash}
+        row["hash"] = chain_hash(hash_document(row), head.last_hash)
+        connection.execute(insert(AuditRecord).values(**row))
+        connection.execute(
+            sql_update(AuditChainHead)
+            .where(AuditChainHead.id == CHAIN_HEAD_ID)
+            .values(last_seq=row["seq"], last_hash=row["hash"])
+        )
+
+    def append_decision(self, record: Mapping[str, Any]) -> str:
+        """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
+        prepared = prepare_decision(record)
+
+        def write(connection: Connection, head: _ChainHead) -> str:
+            return self._write_decision(connection, head, prepared)
+
+        return self._append(write)
+
+    def _write_decision(
+        self, connection: Connection, head: _ChainHead, prepared: PreparedDecision
+    ) -> str:
+        record_id = str(prepared.values["record_id"])
+        taken = connection.execute(
+            select(AuditRecord.seq).where(AuditRecord.record_id == record_id)
+        ).first()
+        if taken is not None:
+            raise DuplicateRecordError(f"decision {record_id} is already in the audit trail")
+        self._insert_record(connection, head, prepared.values)
+        if prepared.cards:
+            connection.execute(insert(AuditCard), prepared.cards)
+        return record_id
+
+    def append_feedback(self, service_id: str, feedback: Mapping[str, Any]) -> tuple[str, bool]:
+        """Record a feedback item linked to its decision: ``(record_id, is_new)``.
+
+        The same card, outcome and outcomeTimestamp again returns the first record's id.
+        """
+        prepared = prepare_feedback(feedback)
+
+        def write(connection: Connection, head: _ChainHead) -> tuple[str, bool]:
+            existing = connection.execute(
+                select(AuditRecord.record_id).where(AuditRecord.dedupe_key == prepared.dedupe_key)
+            ).scalar_one_or_none()
+            if existing is not None:
+                return existing, False
+            shown = connection.execute(
+                select(
+                    _record_table.c.record_id,
+                    _record_table.c.hook,
+                    _record_table.c.patient_ref,
+                    _record_table.c.user_ref,
+                    AuditCard.trial_ids,
+                )
+                .join(AuditCard, AuditCard.record_id == _record_table.c.record_id)
+                .where(AuditCard.card_uuid == prepared.card_uuid)
+                .where(_record_table.c.service_id == service_id)
+                .order_by(_record_table.c.seq.desc())
+            ).first()
+            if shown is None:
+                raise UnknownCardError(
+                    f"no decision of service {service_id!r} showed card {prepared.card_uuid!r}"
+                )
+            values = feedback_values(
+                prepared,
+                service_id=service_id,
+                decision=shown._asdict(),
+                trial_ids=list(shown.trial_ids),
+            )
+            self._insert_record(connection, head, values)
+            return str(values["record_id"]), True
+
+        return self._append(write)
+
+    def get_decision(self, decision_id: str) -> dict[str, Any] | None:
+        """The decision record with this id (metadata plus ``content``), or None."""
+        query = select(_record_table).where(
+            _record_table.c.record_id == decision_id, _record_table.c.kind == "decision"
+        )
+        with self._transaction(write=False) as connection:
+            row = connection.execute(query).first()
+        return None if row is None else record_view(row._asdict())
+
+    def find_decision_by_card(self, card_uuid: str) -> dict[str, Any] | None:
+        """The latest decision that showed the card with this uuid, or None."""
+        query = (
+            select(_record_table)
+            .join(AuditCard, AuditCard.record_id == _record_table.c.record_id)
+            .where(AuditCard.card_uuid == card_uuid)
+            .order_by(_record_table.c.seq.desc())
+        )
+        with self._transaction(write=False) as connection:
+            row = connection.execute(query).first()
+        return None if row is None else record_view(row._asdict())
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain in one snapshot: edited records, broken links and gaps are problems."""
+        problems: list[str] = []
+        checked = 0
+        expected_seq, previous_hash = 1, GENESIS_HASH
+        with self._transaction(write=False, snapshot=True) as connection:
+            head = connection.execute(
+                select(AuditChainHead.last_seq, AuditChainHead.last_hash)
+            ).one()
+            rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(
+                select(_record_table).order_by(_record_table.c.seq)
+            )
+            for row in rows:
+                checked += 1
+                label = f"seq {row.seq} (record {row.record_id})"
+                if row.seq != expected_seq:
+                    problems.append(
+                        f"gap before {label}: seq {expected_seq}..{row.seq - 1} missing "
+                        "(deleted record?)"
+                    )
+                if row.prev_hash != previous_hash:
+                    problems.append(
+                        f"broken link at {label}: prev_hash is not the previous record's hash"
+                    )
+                if chain_hash(hash_document(row._asdict()), row.prev_hash) != row.hash:
+                    problems.append(f"edited content at {label}: hash does not match the record")
+                expected_seq, previous_hash = row.seq + 1, row.hash
+        if head.last_seq != expected_seq - 1 or head.last_hash != previous_hash:
+            problems.append(
+                f"chain head names seq {head.last_seq} but the last record is seq "
+                f"{expected_seq - 1} (records deleted at the end?)"
+            )
+        return VerifyReport(ok=not problems, records_checked=checked, problems=problems)
+
+    def iter_records(self, filters: ExportFilters | None = None) -> Iterator[dict[str, Any]]:
+        """Stream matching records in chain order, fetching a batch at a time."""
+        filters = filters or ExportFilters()
+        query = select(_record_table).order_by(_record_table.c.seq)
+        if filters.since is not None:
+            query = query.where(_record_table.c.recorded_at >= as_utc(filters.since))
+        if filters.until is not None:
+            query = query.where(_record_table.c.recorded_at < as_utc(filters.until))
+        if filters.patient_ref is not None:
+            query = query.where(_record_table.c.patient_ref == filters.patient_ref)
+        if filters.kind is not None:
+            query = query.where(_record_table.c.kind == filters.kind)
+        per_trial_outcome = filters.trial_id is not None and filters.outcome in DECISION_OUTCOMES
+        if per_trial_outcome:
+            query = query.where(_record_table.c.kind == "decision")
+        elif filters.outcome is not None:
+            query = query.where(_record_table.c.outcome == filters.outcome)
+        if filters.trial_id is not None:
+            quoted = json.dumps(filters.trial_id)
+            query = query.where(
+                sql_cast(_record_table.c.trial_ids, TextType).contains(quoted, autoescape=True)
+            )
+        with self._transaction(write=False) as connection:
+            rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(query)
+            for row in rows:
+                view = record_view(row._asdict())
+                if filters.trial_id is not None and filters.trial_id not in view["trial_ids"]:
+                    continue
+                if per_trial_outcome and not _counts.trial_outcome_matches(
+                    view, str(filters.trial_id), str(filters.outcome)
+                ):
+                    continue
+                yield view
+
+    def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """True the first time an (issuer, jti) is seen by any instance, False on a replay."""
+        if next(self._jti_calls) % _JTI_PURGE_EVERY == 0:
+            self.purge_expired_jti()
+        try:
+            with self._transaction(write=True) as connection:
+                connection.execute(
+                    insert(SeenJti).values(issuer=issuer, jti=jti, expires_at=as_utc(expires_at))
+                )
+        except AuditUnavailableError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                return False
+            raise
+        return True
+
+    def purge_expired_jti(self, now: datetime | None = None) -> int:
+        """Forget JWT ids whose tokens have expired; returns how many were removed."""
+        cutoff = as_utc(now or datetime.now(UTC))
+        with self._transaction(write=True) as connection:
+            result = connection.execute(delete(SeenJti).where(SeenJti.expires_at < cutoff))
+        return int(result.rowcount)
+
+    def counts(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Per month and trial: cards shown, accepted, overridden, and override reasons."""
+        return _counts.monthly_trial_counts(self.iter_records(ExportFilters(since, until)))

@@ -1,0 +1,353 @@
+"""Trial criteria as data: pydantic models of ``criteria/*.yaml`` and their loader.
+
+Each criterion holds either one computable ``rule`` (a discriminated union on
+``kind``, with a closed vocabulary) or ``requires_clinician_review`` with a reason.
+A rule states what must hold for the patient to stay eligible, for exclusion
+criteria too ("FEV1 < 2 L" excludes, so the rule is FEV1 >= 2 L), which keeps the
+engine free of polarity flips.  ``criteria/schema.json`` is generated from these
+models so there is one source of truth.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.errors import ConfigurationError
+from service.mappings import Mappings
+
+__all__ = [
+    "Arm",
+    "Criterion",
+    "CriteriaSet",
+    "Rule",
+    "Trial",
+    "criteria_json_schema",
+    "load_criteria",
+]
+
+Comparison = Literal["ge", "gt", "le", "lt"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class AgeRule(_Frozen):
+    """Age in whole years at the evaluation time, from Patient.birthDate."""
+
+    kind: Literal["age"]
+    min_years: int | None = None
+    max_years: int | None = None
+    above_max: Literal["not_met", "needs_review"] = "not_met"
+    above_max_note: str | None = None
+
+
+class ConditionalLimit(_Frozen):
+    """A different limit that applies when the patient has a condition (e.g. liver metastases)."""
+
+    when_value_set: str
+    value: float | None = None
+    times_uln: float | None = None
+
+
+class LabRule(_Frozen):
+    """A numeric Observation compared with a fixed limit or a multiple of the ULN."""
+
+    kind: Literal["lab"]
+    analyte: str
+    comparison: Comparison
+    value: float | None = None
+    unit: str | None = None
+    times_uln: float | None = None
+    lookback_days: int | None = None
+    protocol_window_days: int | None = None
+    conditional_limits: list[ConditionalLimit] = Field(default_factory=list)
+    derive_cockcroft_gault: bool = False
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> LabRule:
+        if (self.value is None) == (self.times_uln is None):
+            raise ValueError("give exactly one of 'value' (with 'unit') or 'times_uln'")
+        if self.value is not None and self.unit is None:
+            raise ValueError("'value' needs a 'unit' (UCUM)")
+        return self
+
+
+class NoResultRule(_Frozen):
+    """Met when the analyte has no result at all (e.g. 'no available historical TPS')."""
+
+    kind: Literal["no_result"]
+    analyte: str
+
+
+class NegativeTestRule(_Frozen):
+    """A qualitative test must be negative, and no diagnosis of the disease may be recorded."""
+
+    kind: Literal["negative_test"]
+    test: str
+    value_sets: list[str] = Field(default_factory=list)
+    only_for_sex: Literal["female", "male"] | None = None
+
+
+class NoConditionRule(_Frozen):
+    """No active (or, with ``include_history``, past) diagnosis in the value sets."""
+
+    kind: Literal["no_condition"]
+    value_sets: list[str]
+    include_history: bool = False
+    onset_within_days: int | None = None
+    unless_value_sets: list[str] = Field(default_factory=list)
+    presence_state: Literal["not_met", "unknown"] = "not_met"
+    presence_note: str | None = None
+    not_met_if_on_classes: list[str] = Field(default_factory=list)
+
+
+class HistologyRule(_Frozen):
+    """The cancer's histology: met if coded as required, not met if coded as excluded."""
+
+    kind: Literal["histology"]
+    required_value_sets: list[str]
+    excluded_value_sets: list[str] = Field(default_factory=list)
+
+
+class NoMedicationRule(_Frozen):
+    """No exposure to a drug class within a window (e.g. prior cell therapy within 20 years)."""
+
+    kind: Literal["no_medication"]
+    classes: list[str]
+    within_days: int | None = None
+    unless_classes: list[str] = Field(default_factory=list)
+    note: str | None = None
+
+
+class OnMedicationRule(_Frozen):
+    """Met when a drug class is active or was taken within ``within_days``."""
+
+    kind: Literal["on_medication"]
+    classes: list[str]
+    within_days: int = 0
+
+
+class WashoutRule(_Frozen):
+    """The last dose of a drug class must be at least ``days`` before enrolment."""
+
+    kind: Literal["washout"]
+    classes: list[str]
+    days: int
+
+
+class SteroidDoseRule(_Frozen):
+    """Daily systemic corticosteroid dose in prednisone-equivalent mg must satisfy the limit."""
+
+    kind: Literal["steroid_dose"]
+    comparison: Comparison
+    prednisone_mg_per_day: float
+
+
+class NoDriverAlterationRule(_Frozen):
+    """No EGFR/ALK/ROS1 driver: negative tests or wild-type diagnoses; positive ones exclude."""
+
+    kind: Literal["no_driver_alteration"]
+    tests: list[str]
+    positive_value_sets: list[str]
+    negative_value_sets: list[str]
+    implying_medication_classes: list[str] = Field(default_factory=list)
+
+
+class AllRule(_Frozen):
+    kind: Literal["all"]
+    rules: list[Rule]
+
+
+class AnyRule(_Frozen):
+    kind: Literal["any"]
+    rules: list[Rule]
+
+
+Rule = Annotated[
+    AgeRule
+    | LabRule
+    | NoResultRule
+    | NegativeTestRule
+    | NoConditionRule
+    | HistologyRule
+    | NoMedicationRule
+    | OnMedicationRule
+    | WashoutRule
+    | SteroidDoseRule
+    | NoDriverAlterationRule
+    | AllRule
+    | AnyRule,
+    Field(discriminator="kind"),
+]
+
+
+class Criterion(_Frozen):
+    id: str
+    type: Literal["inclusion", "exclusion"]
+    text: str
+    source: str
+    rule: Rule | None = None
+    requires_clinician_review: str | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _rule_or_review(self) -> Criterion:
+        if (self.rule is None) == (self.requires_clinician_review is None):
+            raise ValueError("give exactly one of 'rule' or 'requires_clinician_review'")
+        return self
+
+
+class Arm(_Frozen):
+    id: str
+    title: str
+    description: str
+    criteria: list[Criterion] = Field(default_factory=list)
+
+
+class Disease(_Frozen):
+    """The cancer the trial is for: the gate before any card is considered."""
+
+    display: str
+    value_sets: list[str]
+    text: str
+    source: str
+
+
+class Site(_Frozen):
+    name: str
+    city: str | None = None
+    country: str | None = None
+
+
+class Trial(_Frozen):
+    id: str
+    title: str
+    short_title: str
+    registry_url: str | None = None
+    registry_note: str | None = None
+    sponsor: str
+    phase: str
+    sites: list[Site]
+    recruitment_status: str
+    status_as_of: str
+    interventions: list[str]
+    sources: dict[str, str]
+    criteria_complete: bool
+    completeness_note: str | None = None
+    new_therapy_warning: str | None = None
+    disease: Disease
+    arms: list[Arm] = Field(default_factory=list)
+    inclusion: list[Criterion] = Field(default_factory=list)
+    exclusion: list[Criterion] = Field(default_factory=list)
+
+    def all_criteria(self) -> list[Criterion]:
+        return [*self.inclusion, *self.exclusion, *(c for arm in self.arms for c in arm.criteria)]
+
+
+class CriteriaSet(BaseModel):
+    """Every trial loaded, plus the fingerprint that identifies this exact version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trials: list[Trial]
+    fingerprint: str
+    snapshot: dict[str, Any]
+
+
+def criteria_json_schema() -> dict[str, Any]:
+    """The JSON schema of one criteria file (written to ``criteria/schema.json``)."""
+    return Trial.model_json_schema()
+
+
+def _rules(rule: Any) -> list[Any]:
+    if isinstance(rule, AllRule | AnyRule):
+        return [rule, *(r for child in rule.rules for r in _rules(child))]
+    return [rule] if rule is not None else []
+
+
+def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
+    """Refuse a criterion that names an analyte, value set or class the mappings lack."""
+
+    def refuse(criterion_id: str, field: str, name: str, known: list[str]) -> None:
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigurationError(
+            f"{path}: criterion '{criterion_id}': {field}: unknown name '{name}'{hint}"
+        )
+
+    analytes = list(mappings.analytes)
+    tests = list(mappings.qualitative_tests)
+    value_sets = list(mappings.value_sets)
+    classes = list(mappings.drug_classes)
+    for name in trial.disease.value_sets:
+        if name not in value_sets:
+            refuse("disease", "value_sets", name, value_sets)
+    for criterion in trial.all_criteria():
+        for rule in _rules(criterion.rule):
+            for field, names, known in (
+                ("analyte", [getattr(rule, "analyte", None)], analytes),
+                ("test", [getattr(rule, "test", None)], tests),
+                ("tests", getattr(rule, "tests", []), tests),
+                ("value_sets", getattr(rule, "value_sets", []), value_sets),
+                ("unless_value_sets", getattr(rule, "unless_value_sets", []), value_sets),
+                ("required_value_sets", getattr(rule, "required_value_sets", []), value_sets),
+                ("excluded_value_sets", getattr(rule, "excluded_value_sets", []), value_sets),
+                ("positive_value_sets", getattr(rule, "positive_value_sets", []), value_sets),
+                ("negative_value_sets", getattr(rule, "negative_value_sets", []), value_sets),
+                ("classes", getattr(rule, "classes", []), classes),
+                ("unless_classes", getattr(rule, "unless_classes", []), classes),
+                ("not_met_if_on_classes", getattr(rule, "not_met_if_on_classes", []), classes),
+                (
+                    "implying_medication_classes",
+                    getattr(rule, "implying_medication_classes", []),
+                    classes,
+                ),
+                (
+                    "conditional_limits",
+                    [c.when_value_set for c in getattr(rule, "conditional_limits", [])],
+                    value_sets,
+                ),
+            ):
+                for name in names:
+                    if name is not None and name not in known:
+                        refuse(criterion.id, field, name, known)
+
+
+def load_criteria(directory: Path, mappings: Mappings) -> CriteriaSet:
+    """Load every ``*.yaml`` trial file; a broken one raises with the file and field path."""
+    trials: list[Trial] = []
+    snapshot: dict[str, Any] = {}
+    paths = sorted(directory.glob("*.yaml"))
+    if not paths:
+        raise ConfigurationError(f"{directory}: no trial criteria files (*.yaml)")
+    for path in paths:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigurationError(f"{path}: cannot be read as YAML: {exc}") from exc
+        try:
+            trial = Trial.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigurationError(f"{path}: {problems}") from exc
+        _check_references(trial, mappings, path)
+        ids = [c.id for c in trial.all_criteria()]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ConfigurationError(f"{path}: duplicate criterion ids {duplicates}")
+        trials.append(trial)
+        snapshot[trial.id] = raw
+    snapshot["__mappings__"] = mappings.source_text
+    canonical = json.dumps(snapshot, sort_keys=True, separators=(",", ":"), default=str)
+    fingerprint = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return CriteriaSet(trials=trials, fingerprint=fingerprint, snapshot=snapshot)

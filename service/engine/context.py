@@ -1,0 +1,49 @@
+"""What every rule evaluator sees: facts, mappings and the evaluation time (never the clock)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from service.facts import Diagnosis, DrugExposure, PatientFacts
+from service.mappings import Mappings
+
+__all__ = ["EvaluationContext"]
+
+
+@dataclass
+class EvaluationContext:
+    facts: PatientFacts
+    mappings: Mappings
+    at: datetime
+    _value_set_cache: dict[str, list[Diagnosis]] = field(default_factory=dict)
+    _class_cache: dict[str, list[DrugExposure]] = field(default_factory=dict)
+
+    def diagnoses_in(self, value_set: str) -> list[Diagnosis]:
+        """Diagnoses (any clinical status) coded in the value set, memoised per call."""
+        if value_set not in self._value_set_cache:
+            self._value_set_cache[value_set] = [
+                d for d in self.facts.diagnoses
+                if self.mappings.condition_in_value_set(value_set, list(d.codings))
+            ]
+        return self._value_set_cache[value_set]
+
+    def has_active_condition(self, value_set: str) -> bool:
+        return any(d.is_active for d in self.diagnoses_in(value_set))
+
+    def drugs_in(self, class_name: str) -> list[DrugExposure]:
+        """Medication statements matching a drug class, memoised per call."""
+        if class_name not in self._class_cache:
+            self._class_cache[class_name] = [
+                d for d in self.facts.drugs
+                if self.mappings.match_drug(class_name, list(d.codings), d.text) is not None
+            ]
+        return self._class_cache[class_name]
+
+    def is_current(self, drug: DrugExposure) -> bool:
+        """Taken now: active (or of unknown status) with no end before the evaluation time."""
+        if drug.status not in ("active", "unknown"):
+            return False
+        if drug.start is not None and drug.start > self.at:
+            return False
+        return drug.end is None or drug.end >= self.at

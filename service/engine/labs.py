@@ -1,0 +1,197 @@
+"""Numeric lab and score criteria: look-back windows, UCUM conversion, ULN multiples."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from service.criteria import LabRule, NoResultRule
+from service.engine.context import EvaluationContext
+from service.engine.results import Evidence, RuleOutcome, State
+from service.facts import LabResult, age_in_years
+from service.units import UnitConversionError, convert
+
+__all__ = ["evaluate_lab", "evaluate_no_result"]
+
+DEFAULT_LOOKBACK_DAYS = 30
+_TOLERANCE = 1e-9
+_SYMBOL = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+
+
+def _holds(value: float, comparison: str, limit: float) -> bool:
+    slack = _TOLERANCE * max(1.0, abs(limit))
+    if comparison == "ge":
+        return value >= limit - slack
+    if comparison == "gt":
+        return value > limit + slack
+    if comparison == "le":
+        return value <= limit + slack
+    return value < limit - slack
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _evidence(result: LabResult, uln: float | None = None, uln_source: str | None = None) -> Evidence:
+    return Evidence(
+        description=result.display,
+        source=str(result.source),
+        value=result.value,
+        unit=result.unit,
+        date=result.when.date().isoformat() if result.when else None,
+        upper_limit_of_normal=uln,
+        upper_limit_source=uln_source,
+    )
+
+
+def _latest_in_window(
+    results: list[LabResult], at: datetime, lookback_days: int
+) -> tuple[LabResult | None, LabResult | None]:
+    """(newest result inside the window, newest result at all), ignoring future-dated ones."""
+    dated = [r for r in results if r.when is not None and r.when <= at + timedelta(hours=12)]
+    newest = dated[0] if dated else None
+    if newest is not None and newest.when is not None and at - newest.when <= timedelta(days=lookback_days):
+        return newest, newest
+    return None, newest
+
+
+def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResult | tuple[str, str]:
+    """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
+    facts = context.facts
+    creatinine, _ = _latest_in_window(facts.labs.get("serum_creatinine", []), context.at, lookback_days)
+    weight, _ = _latest_in_window(facts.labs.get("body_weight", []), context.at, 90)
+    missing = []
+    if creatinine is None:
+        missing.append("a recent serum creatinine")
+    if weight is None:
+        missing.append("a body weight from the last 90 days")
+    if facts.birth_date is None:
+        missing.append("the birth date")
+    if facts.sex not in ("male", "female"):
+        missing.append("the sex")
+    if missing or creatinine is None or weight is None or facts.birth_date is None:
+        return (f"clearance cannot be computed: needs {', '.join(missing)}",
+                "record the body weight; repeat the serum creatinine")
+    try:
+        creatinine_mg_dl = convert(creatinine.value or 0.0, creatinine.unit or "", "mg/dL",
+                                   context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol)
+        weight_kg = convert(weight.value or 0.0, weight.unit or "", "kg")
+    except UnitConversionError as exc:
+        return f"clearance cannot be computed: {exc}", "repeat the serum creatinine"
+    if creatinine_mg_dl <= 0:
+        return "clearance cannot be computed: creatinine is zero", "repeat the serum creatinine"
+    age = age_in_years(facts.birth_date, context.at)
+    clearance = (140 - age) * weight_kg / (72 * creatinine_mg_dl)
+    if facts.sex == "female":
+        clearance *= 0.85
+    when = min(creatinine.when, weight.when) if creatinine.when and weight.when else creatinine.when
+    return LabResult(
+        analyte="creatinine_clearance", value=round(clearance, 1), unit="mL/min", when=when,
+        source=creatinine.source, code="cockcroft-gault",
+        display=(f"Creatinine clearance (Cockcroft-Gault from creatinine {_fmt(creatinine_mg_dl)} "
+                 f"mg/dL, weight {_fmt(weight_kg)} kg, age {age}, {facts.sex})"),
+    )
+
+
+def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) -> tuple[float, str] | str:
+    """The ULN in the result's own unit, and where it came from; or why there is none."""
+    definition = context.mappings.analytes[analyte]
+    if result.reference_high is not None:
+        high, high_unit = result.reference_high
+        try:
+            converted = convert(high, high_unit or result.unit or "", result.unit or "",
+                                definition.molar_mass_g_per_mol)
+        except UnitConversionError:
+            return f"the reference range unit '{high_unit}' does not convert to '{result.unit}'"
+        return converted, f"the result's own reference range (high {_fmt(high)} {high_unit or result.unit})"
+    if definition.default_uln is None:
+        return "the result has no reference range and there is no documented default ULN"
+    try:
+        converted = convert(definition.default_uln.value, definition.default_uln.unit,
+                            result.unit or "", definition.molar_mass_g_per_mol)
+    except UnitConversionError:
+        return f"the default ULN unit does not convert to '{result.unit}'"
+    return converted, f"default ULN {_fmt(definition.default_uln.value)} {definition.default_uln.unit} ({definition.default_uln.source}); no reference range on the result"
+
+
+def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
+    definition = context.mappings.analytes[rule.analyte]
+    lookback = rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
+    latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
+    hint = definition.order_hint
+    if latest is None and rule.derive_cockcroft_gault:
+        derived = _cockcroft_gault(context, lookback)
+        if isinstance(derived, LabResult):
+            latest = derived
+        elif newest is None:
+            return RuleOutcome(State.UNKNOWN, f"no {definition.display} on record; {derived[0]}", resolve_hint=hint)
+    if latest is None:
+        if newest is not None and newest.when is not None:
+            age_days = (context.at - newest.when).days
+            return RuleOutcome(
+                State.UNKNOWN,
+                f"latest {definition.display} ({_fmt(newest.value or 0)} {newest.unit or ''} on "
+                f"{newest.when.date().isoformat()}) is {age_days} days old, outside the {lookback}-day look-back",
+                (_evidence(newest),), resolve_hint=hint,
+            )
+        return RuleOutcome(State.UNKNOWN, f"no {definition.display} in the last {lookback} days", resolve_hint=hint)
+    if latest.value is None or latest.unit is None:
+        return RuleOutcome(State.UNKNOWN, f"{definition.display} on record has no unit; cannot compare",
+                           (_evidence(latest),), resolve_hint=hint)
+
+    times_uln, fixed_value = rule.times_uln, rule.value
+    condition_note = ""
+    for conditional in rule.conditional_limits:
+        if context.has_active_condition(conditional.when_value_set):
+            times_uln, fixed_value = conditional.times_uln, conditional.value
+            condition_note = f" (limit for patients with {context.mappings.value_sets[conditional.when_value_set].display})"
+            break
+
+    uln: float | None = None
+    uln_source: str | None = None
+    if times_uln is not None:
+        found = _upper_limit(latest, context, rule.analyte)
+        if isinstance(found, str):
+            return RuleOutcome(State.UNKNOWN, f"{definition.display}: {found}", (_evidence(latest),), resolve_hint=hint)
+        uln, uln_source = found
+        value, limit, unit = latest.value, times_uln * uln, latest.unit
+        limit_text = f"{_fmt(times_uln)}× ULN = {_fmt(limit)} {unit}"
+    elif fixed_value is not None and rule.unit is not None:
+        try:
+            value = convert(latest.value, latest.unit, rule.unit, definition.molar_mass_g_per_mol)
+        except UnitConversionError as exc:
+            return RuleOutcome(
+                State.UNKNOWN,
+                f"{definition.display} {_fmt(latest.value)} {latest.unit}: unit cannot be converted to {rule.unit} ({exc})",
+                (_evidence(latest),), resolve_hint=hint,
+            )
+        limit, unit = fixed_value, rule.unit
+        limit_text = f"{_fmt(limit)} {unit}"
+    else:
+        return RuleOutcome(State.UNKNOWN, f"{definition.display}: the criterion gives no limit")
+
+    evidence = (_evidence(latest, uln, uln_source),)
+    shown = f"{_fmt(value)} {unit}" + ("" if unit == latest.unit else f" ({_fmt(latest.value)} {latest.unit})")
+    when = latest.when.date().isoformat() if latest.when else "undated"
+    if latest.unit_problem:
+        return RuleOutcome(State.UNKNOWN, f"{definition.display} {shown} on {when}: {latest.unit_problem}",
+                           evidence, resolve_hint=hint)
+    flags: list[str] = []
+    if rule.protocol_window_days is not None and latest.when is not None:
+        age_days = (context.at - latest.when).days
+        if age_days > rule.protocol_window_days:
+            flags.append(f"repeat before enrolment: result is {age_days} days old; the protocol needs it within {rule.protocol_window_days} days")
+    if uln_source is not None and uln_source.startswith("default"):
+        flags.append("provisional: lab reference range missing, default ULN used")
+    state = State.MET if _holds(value, rule.comparison, limit) else State.NOT_MET
+    reason = f"{definition.display} {shown} on {when}; needs {_SYMBOL[rule.comparison]} {limit_text}{condition_note}"
+    return RuleOutcome(state, reason, evidence, flags=tuple(flags),
+                       resolve_hint=hint if state is State.NOT_MET else None)
+
+
+def evaluate_no_result(rule: NoResultRule, context: EvaluationContext) -> RuleOutcome:
+    results = context.facts.labs.get(rule.analyte, [])
+    display = context.mappings.analytes[rule.analyte].display
+    if results:
+        return RuleOutcome(State.NOT_MET, f"a {display} is on record", (_evidence(results[0]),))
+    return RuleOutcome(State.MET, f"no {display} on record")

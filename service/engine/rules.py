@@ -1,0 +1,324 @@
+"""Rule evaluators for conditions, medications, tests, age and the all/any combinators.
+
+Each evaluator is a pure function of (rule, context).  Three-valued logic with two
+extra states: NOT_YET (blocked until a known date) and NEEDS_REVIEW (no data can
+decide it).  In ``all``: NOT_MET wins, then UNKNOWN, then NOT_YET (latest date).
+In ``any``: MET wins, then NOT_YET (earliest date), then UNKNOWN, else NOT_MET.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from service.criteria import (
+    AgeRule,
+    AllRule,
+    AnyRule,
+    HistologyRule,
+    LabRule,
+    NegativeTestRule,
+    NoConditionRule,
+    NoDriverAlterationRule,
+    NoMedicationRule,
+    NoResultRule,
+    OnMedicationRule,
+    SteroidDoseRule,
+    WashoutRule,
+)
+from service.engine.context import EvaluationContext
+from service.engine.labs import evaluate_lab, evaluate_no_result
+from service.engine.results import Evidence, RuleOutcome, State
+from service.facts import Diagnosis, DrugExposure, TestResult, age_in_years
+
+__all__ = ["evaluate_rule"]
+
+DEFAULT_TEST_LOOKBACK_DAYS = 365
+
+
+def _day(moment: datetime | None) -> str | None:
+    return moment.date().isoformat() if moment else None
+
+
+def _diagnosis_evidence(diagnosis: Diagnosis) -> Evidence:
+    return Evidence(
+        description=f"{diagnosis.display} ({diagnosis.clinical_status or 'status not recorded'})",
+        source=str(diagnosis.source),
+        date=_day(diagnosis.onset or diagnosis.recorded),
+    )
+
+
+def _drug_evidence(drug: DrugExposure, extra: str = "") -> Evidence:
+    period = f"{_day(drug.start) or '?'} to {_day(drug.end) or 'ongoing' if drug.status == 'active' else _day(drug.end) or '?'}"
+    return Evidence(
+        description=f"{drug.text or 'medication'} ({drug.status}, {period}){extra}",
+        source=str(drug.source),
+        date=_day(drug.end or drug.start),
+    )
+
+
+def _test_evidence(result: TestResult) -> Evidence:
+    return Evidence(
+        description=f"{result.test.replace('_', ' ')}: {result.text or 'no interpretable value'}",
+        source=str(result.source), value=result.polarity, date=_day(result.when),
+    )
+
+
+def _age(rule: AgeRule, context: EvaluationContext) -> RuleOutcome:
+    birth = context.facts.birth_date
+    if birth is None:
+        return RuleOutcome(State.UNKNOWN, "no birth date on record", resolve_hint="record the birth date")
+    age = age_in_years(birth, context.at)
+    evidence = (Evidence("age from Patient.birthDate", f"Patient/{context.facts.patient_id}", age, "a", birth.isoformat()),)
+    bounds = f"{rule.min_years if rule.min_years is not None else 0}–{rule.max_years if rule.max_years is not None else '∞'} years"
+    if rule.min_years is not None and age < rule.min_years:
+        return RuleOutcome(State.NOT_MET, f"age {age}; needs {bounds}", evidence)
+    if rule.max_years is not None and age > rule.max_years:
+        if rule.above_max == "needs_review":
+            return RuleOutcome(State.NEEDS_REVIEW, f"age {age}: {rule.above_max_note or 'above the upper age limit'}", evidence)
+        return RuleOutcome(State.NOT_MET, f"age {age}; needs {bounds}", evidence)
+    return RuleOutcome(State.MET, f"age {age} (needs {bounds})", evidence)
+
+
+def _last_present(diagnosis: Diagnosis, at: datetime) -> datetime | None:
+    """When the condition was last known present: now if active, else its abatement."""
+    if diagnosis.is_active:
+        return at
+    return diagnosis.abatement or diagnosis.onset or diagnosis.recorded
+
+
+def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutcome:
+    excluded = {id(d) for vs in rule.unless_value_sets for d in context.diagnoses_in(vs)}
+    found: list[Diagnosis] = []
+    undated: list[Diagnosis] = []
+    for value_set in rule.value_sets:
+        for diagnosis in context.diagnoses_in(value_set):
+            if id(diagnosis) in excluded or diagnosis in found:
+                continue
+            if not diagnosis.is_active and not rule.include_history:
+                continue
+            if rule.onset_within_days is not None:
+                last = _last_present(diagnosis, context.at)
+                if last is None:
+                    undated.append(diagnosis)
+                    continue
+                if context.at - last > timedelta(days=rule.onset_within_days):
+                    continue
+            found.append(diagnosis)
+    names = ", ".join(context.mappings.value_sets[v].display for v in rule.value_sets)
+    if found:
+        evidence = tuple(_diagnosis_evidence(d) for d in found)
+        if rule.not_met_if_on_classes:
+            treated = [drug for c in rule.not_met_if_on_classes for drug in context.drugs_in(c) if context.is_current(drug)]
+            if treated:
+                return RuleOutcome(State.NOT_MET, f"{names} recorded and treated", evidence + tuple(_drug_evidence(d) for d in treated))
+        state = State.NOT_MET if rule.presence_state == "not_met" else State.UNKNOWN
+        return RuleOutcome(state, rule.presence_note or f"{names} recorded", evidence)
+    if undated:
+        return RuleOutcome(State.UNKNOWN, f"{names} recorded without dates; confirm when",
+                           tuple(_diagnosis_evidence(d) for d in undated))
+    return RuleOutcome(State.MET, f"no {names} recorded among {len(context.facts.diagnoses)} conditions")
+
+
+def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOutcome:
+    test = context.mappings.qualitative_tests[rule.test]
+    if rule.only_for_sex and context.facts.sex in ("male", "female") and context.facts.sex != rule.only_for_sex:
+        return RuleOutcome(State.MET, f"not applicable ({context.facts.sex})")
+    diagnoses = [d for vs in rule.value_sets for d in context.diagnoses_in(vs) if d.is_active]
+    if diagnoses:
+        return RuleOutcome(State.NOT_MET, f"{diagnoses[0].display} recorded",
+                           tuple(_diagnosis_evidence(d) for d in diagnoses))
+    lookback = timedelta(days=test.lookback_days or DEFAULT_TEST_LOOKBACK_DAYS)
+    results = [r for r in context.facts.tests.get(rule.test, []) if r.when is None or context.at - r.when <= lookback]
+    if not results:
+        return RuleOutcome(State.UNKNOWN, f"no {test.display} on record", resolve_hint=test.order_hint)
+    latest = results[0]
+    if latest.polarity == "positive":
+        return RuleOutcome(State.NOT_MET, f"{test.display} positive on {_day(latest.when) or 'undated'}", (_test_evidence(latest),))
+    if latest.polarity == "negative":
+        return RuleOutcome(State.MET, f"{test.display} negative on {_day(latest.when) or 'undated'}", (_test_evidence(latest),))
+    return RuleOutcome(State.UNKNOWN, f"{test.display} result not interpretable", (_test_evidence(latest),), resolve_hint=test.order_hint)
+
+
+def _histology(rule: HistologyRule, context: EvaluationContext) -> RuleOutcome:
+    required = [d for vs in rule.required_value_sets for d in context.diagnoses_in(vs) if d.is_active]
+    if required:
+        return RuleOutcome(State.MET, f"{required[0].display} recorded", tuple(_diagnosis_evidence(d) for d in required))
+    excluded = [d for vs in rule.excluded_value_sets for d in context.diagnoses_in(vs) if d.is_active]
+    names = " or ".join(context.mappings.value_sets[v].display for v in rule.required_value_sets)
+    if excluded:
+        return RuleOutcome(State.NOT_MET, f"{excluded[0].display} recorded; needs {names}", tuple(_diagnosis_evidence(d) for d in excluded))
+    return RuleOutcome(State.UNKNOWN, f"histology not coded; needs {names}", resolve_hint="confirm the histology from the pathology report")
+
+
+def _exposures(
+    classes: list[str], context: EvaluationContext, unless: list[str] | None = None
+) -> list[DrugExposure]:
+    skipped = {id(d) for c in unless or [] for d in context.drugs_in(c)}
+    seen: list[DrugExposure] = []
+    for class_name in classes:
+        for drug in context.drugs_in(class_name):
+            if id(drug) not in skipped and drug not in seen:
+                seen.append(drug)
+    return seen
+
+
+def _in_window(drug: DrugExposure, context: EvaluationContext, within_days: int | None) -> bool:
+    if context.is_current(drug):
+        return True
+    if within_days is None:
+        return True
+    last = drug.end or drug.start
+    return last is not None and last <= context.at + timedelta(hours=12) and context.at - last <= timedelta(days=within_days)
+
+
+def _no_medication(rule: NoMedicationRule, context: EvaluationContext) -> RuleOutcome:
+    names = ", ".join(context.mappings.drug_classes[c].display for c in rule.classes)
+    exposed = [d for d in _exposures(rule.classes, context, rule.unless_classes) if _in_window(d, context, rule.within_days)]
+    if exposed:
+        return RuleOutcome(State.NOT_MET, f"{names} on record", tuple(_drug_evidence(d) for d in exposed))
+    window = "" if rule.within_days is None else f" in the last {rule.within_days} days" if rule.within_days else " currently"
+    return RuleOutcome(State.MET, f"no {names} recorded{window}")
+
+
+def _on_medication(rule: OnMedicationRule, context: EvaluationContext) -> RuleOutcome:
+    names = ", ".join(context.mappings.drug_classes[c].display for c in rule.classes)
+    taking = [d for d in _exposures(rule.classes, context) if _in_window(d, context, rule.within_days)]
+    if taking:
+        return RuleOutcome(State.MET, f"{names} within the last {rule.within_days} days", tuple(_drug_evidence(d) for d in taking))
+    return RuleOutcome(State.NOT_MET, f"no {names} within the last {rule.within_days} days")
+
+
+def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
+    names = ", ".join(context.mappings.drug_classes[c].display for c in rule.classes)
+    blocking: list[tuple[datetime, DrugExposure, str]] = []
+    undated: list[DrugExposure] = []
+    for drug in _exposures(rule.classes, context):
+        if context.is_current(drug):
+            blocking.append((context.at + timedelta(days=rule.days), drug, " — ongoing; the date assumes it stops today"))
+            continue
+        last = drug.end or drug.start
+        if last is None:
+            undated.append(drug)
+            continue
+        lifts = last + timedelta(days=rule.days)
+        if lifts > context.at:
+            blocking.append((lifts, drug, ""))
+    if blocking:
+        lifts, drug, extra = max(blocking, key=lambda item: item[0])
+        evidence = tuple(_drug_evidence(d, e) for _, d, e in blocking)
+        return RuleOutcome(State.NOT_YET, f"{rule.days}-day washout after {drug.text or names} ends {lifts.date().isoformat()}{extra}",
+                           evidence, until=lifts.date())
+    if undated:
+        return RuleOutcome(State.UNKNOWN, f"{names} recorded without dates; confirm the last dose",
+                           tuple(_drug_evidence(d) for d in undated), resolve_hint="confirm the date of the last anticancer dose")
+    return RuleOutcome(State.MET, f"no {names} in the last {rule.days} days on record")
+
+
+def _steroid_dose(rule: SteroidDoseRule, context: EvaluationContext) -> RuleOutcome:
+    steroid_class = context.mappings.drug_classes["systemic_corticosteroid"]
+    total = 0.0
+    evidence: list[Evidence] = []
+    problems: list[str] = []
+    for drug in context.drugs_in("systemic_corticosteroid"):
+        if not context.is_current(drug):
+            continue
+        if any(route in drug.route for route in steroid_class.non_systemic_routes):
+            evidence.append(_drug_evidence(drug, f"; route '{drug.route}' is not systemic, ignored"))
+            continue
+        match = context.mappings.match_drug("systemic_corticosteroid", list(drug.codings), drug.text)
+        factor = match.prednisone_equivalent_factor if match else None
+        if drug.dose_mg_per_day is None or factor is None:
+            problems.append(f"{drug.text}: {drug.dose_problem or 'no prednisone-equivalent factor'}")
+            evidence.append(_drug_evidence(drug))
+            continue
+        equivalent = drug.dose_mg_per_day * factor
+        total += equivalent
+        evidence.append(_drug_evidence(drug, f"; {drug.dose_mg_per_day:g} mg/day = {equivalent:.1f} mg/day prednisone-equivalent"))
+    symbol = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}[rule.comparison]
+    limit = f"{symbol} {rule.prednisone_mg_per_day:g} mg/day prednisone-equivalent"
+    holds = {"ge": total >= rule.prednisone_mg_per_day, "gt": total > rule.prednisone_mg_per_day,
+             "le": total <= rule.prednisone_mg_per_day, "lt": total < rule.prednisone_mg_per_day}[rule.comparison]
+    if not holds:
+        return RuleOutcome(State.NOT_MET, f"systemic corticosteroids {total:.1f} mg/day prednisone-equivalent; needs {limit}", tuple(evidence))
+    if problems:
+        return RuleOutcome(State.UNKNOWN, f"current systemic corticosteroid without a computable daily dose ({'; '.join(problems)})",
+                           tuple(evidence), resolve_hint="record the steroid dose and frequency")
+    if not evidence:
+        return RuleOutcome(State.MET, "no current systemic corticosteroid on record")
+    return RuleOutcome(State.MET, f"systemic corticosteroids {total:.1f} mg/day prednisone-equivalent (needs {limit})", tuple(evidence))
+
+
+def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationContext) -> RuleOutcome:
+    positives = [d for vs in rule.positive_value_sets for d in context.diagnoses_in(vs)]
+    if positives:
+        return RuleOutcome(State.NOT_MET, f"{positives[0].display} recorded", tuple(_diagnosis_evidence(d) for d in positives))
+    positive_tests = [r for t in rule.tests for r in context.facts.tests.get(t, []) if r.polarity == "positive"]
+    if positive_tests:
+        return RuleOutcome(State.NOT_MET, "driver alteration detected", tuple(_test_evidence(r) for r in positive_tests))
+    implying = _exposures(rule.implying_medication_classes, context)
+    if implying:
+        return RuleOutcome(State.NOT_MET, "treated with an EGFR/ALK-directed inhibitor, which implies a driver alteration",
+                           tuple(_drug_evidence(d) for d in implying))
+    evidence: list[Evidence] = []
+    missing: list[str] = []
+    for test_name, negative_set in zip(rule.tests, rule.negative_value_sets, strict=False):
+        negative_tests = [r for r in context.facts.tests.get(test_name, []) if r.polarity == "negative"]
+        negative_conditions = context.diagnoses_in(negative_set)
+        if negative_tests:
+            evidence.append(_test_evidence(negative_tests[0]))
+        elif negative_conditions:
+            evidence.append(_diagnosis_evidence(negative_conditions[0]))
+        else:
+            missing.append(context.mappings.qualitative_tests[test_name].display)
+    if missing:
+        return RuleOutcome(State.UNKNOWN, f"no result for {', '.join(missing)}", tuple(evidence),
+                           resolve_hint="find or order EGFR, ALK and ROS1 molecular testing")
+    return RuleOutcome(State.MET, "EGFR, ALK and ROS1 negative", tuple(evidence))
+
+
+def _combine(rule: AllRule | AnyRule, context: EvaluationContext) -> RuleOutcome:
+    outcomes = [evaluate_rule(child, context) for child in rule.rules]
+    states = [o.state for o in outcomes]
+    evidence = tuple(e for o in outcomes for e in o.evidence)
+    flags = tuple(f for o in outcomes for f in o.flags)
+    if isinstance(rule, AllRule):
+        order = (State.NOT_MET, State.UNKNOWN, State.NOT_YET, State.NEEDS_REVIEW)
+        chosen = next((s for s in order if s in states), State.MET)
+    else:
+        order = (State.MET, State.NOT_YET, State.UNKNOWN, State.NEEDS_REVIEW)
+        chosen = next((s for s in order if s in states), State.NOT_MET)
+        if chosen is State.MET:
+            winner = next(o for o in outcomes if o.state is State.MET)
+            return RuleOutcome(State.MET, winner.reason, winner.evidence, flags=winner.flags)
+    relevant = [o for o in outcomes if o.state is chosen]
+    dates = [o.until for o in relevant if o.until is not None]
+    until = (max(dates) if isinstance(rule, AllRule) else min(dates)) if dates else None
+    hints = [o.resolve_hint for o in outcomes if o.resolve_hint and o.state is not State.MET]
+    joiner = "; and " if isinstance(rule, AllRule) else "; or "
+    reason = joiner.join(o.reason for o in (relevant if isinstance(rule, AllRule) else outcomes))
+    return RuleOutcome(chosen, reason, evidence, until=until, flags=flags,
+                       resolve_hint=" or ".join(dict.fromkeys(hints)) or None)
+
+
+_EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = {
+    AgeRule: _age,
+    LabRule: evaluate_lab,
+    NoResultRule: evaluate_no_result,
+    NegativeTestRule: _negative_test,
+    NoConditionRule: _no_condition,
+    HistologyRule: _histology,
+    NoMedicationRule: _no_medication,
+    OnMedicationRule: _on_medication,
+    WashoutRule: _washout,
+    SteroidDoseRule: _steroid_dose,
+    NoDriverAlterationRule: _no_driver_alteration,
+    AllRule: _combine,
+    AnyRule: _combine,
+}
+
+
+def evaluate_rule(rule: Any, context: EvaluationContext) -> RuleOutcome:
+    """Evaluate one rule of any kind (dispatch on its model class)."""
+    return _EVALUATORS[type(rule)](rule, context)

@@ -1,0 +1,419 @@
+"""FHIR R4 resources -> the small typed facts the engine understands.
+
+FHIR shapes stop here: LOINC lookups, UCUM normalisation, statuses, reference
+ranges, partial dates and dose arithmetic all live in this module, so the engine
+never sees a resource.  Resources are read as plain JSON (validating thousands of
+Observations with full models costs more than the whole evaluation); anything
+malformed is skipped and named in ``PatientFacts.data_problems``, which the cards
+show, rather than failing the call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from service.mappings import Mappings
+from service.units import UnitConversionError, convert, normalise_unit
+
+__all__ = [
+    "Diagnosis",
+    "DrugExposure",
+    "LabResult",
+    "PatientFacts",
+    "SourceRef",
+    "TestResult",
+    "age_in_years",
+    "build_facts",
+    "parse_fhir_datetime",
+]
+
+LOINC = "http://loinc.org"
+_IGNORED_OBSERVATION_STATUSES = {"entered-in-error", "cancelled", "registered"}
+_IGNORED_STATEMENT_STATUSES = {"entered-in-error", "not-taken", "intended"}
+_ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
+_EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
+_PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
+_TIMING_CODES_PER_DAY = {"QD": 1, "BID": 2, "TID": 3, "QID": 4, "QOD": 0.5, "Q4H": 6, "Q6H": 4,
+                         "Q8H": 3, "Q12H": 2, "AM": 1, "PM": 1, "QAM": 1, "QPM": 1, "QHS": 1}
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Which resource (and version) a fact came from."""
+
+    resource_type: str
+    id: str
+    version_id: str | None = None
+
+    def __str__(self) -> str:
+        base = f"{self.resource_type}/{self.id}"
+        return f"{base}/_history/{self.version_id}" if self.version_id else base
+
+
+@dataclass(frozen=True)
+class LabResult:
+    analyte: str
+    value: float | None
+    unit: str | None
+    when: datetime | None
+    source: SourceRef
+    code: str
+    display: str
+    reference_high: tuple[float, str | None] | None = None
+    unit_problem: str | None = None
+
+
+@dataclass(frozen=True)
+class TestResult:
+    test: str
+    polarity: str | None
+    text: str
+    when: datetime | None
+    source: SourceRef
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    codings: tuple[tuple[str, str], ...]
+    display: str
+    clinical_status: str | None
+    onset: datetime | None
+    abatement: datetime | None
+    recorded: datetime | None
+    source: SourceRef
+
+    @property
+    def is_active(self) -> bool:
+        if self.clinical_status is None:
+            return self.abatement is None
+        return self.clinical_status in _ACTIVE_CLINICAL_STATUSES
+
+
+@dataclass(frozen=True)
+class DrugExposure:
+    codings: tuple[tuple[str, str], ...]
+    text: str
+    status: str
+    start: datetime | None
+    end: datetime | None
+    source: SourceRef
+    dose_mg_per_day: float | None = None
+    dose_problem: str | None = None
+    route: str = ""
+
+
+@dataclass
+class PatientFacts:
+    patient_id: str
+    birth_date: date | None = None
+    sex: str | None = None
+    labs: dict[str, list[LabResult]] = field(default_factory=dict)
+    tests: dict[str, list[TestResult]] = field(default_factory=dict)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    drugs: list[DrugExposure] = field(default_factory=list)
+    inputs: list[SourceRef] = field(default_factory=list)
+    data_problems: list[str] = field(default_factory=list)
+
+
+_DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+
+
+def parse_fhir_datetime(value: Any) -> datetime | None:
+    """Parse a FHIR date/dateTime/instant; partial dates take their first day; naive is UTC."""
+    if not isinstance(value, str) or not value:
+        return None
+    match = _DATE_RE.match(value)
+    if match:
+        year, month, day = match.groups()
+        return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _ref(resource: dict[str, Any]) -> SourceRef:
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return SourceRef(str(resource.get("resourceType")), str(resource.get("id")), version)
+
+
+def _codings(concept: Any) -> list[tuple[str, str]]:
+    if not isinstance(concept, dict):
+        return []
+    result = []
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+            result.append((str(coding.get("system") or ""), coding["code"]))
+    return result
+
+
+def _concept_text(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    parts = [concept.get("text") or ""]
+    parts += [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)]
+    return " | ".join(p for p in parts if isinstance(p, str) and p)
+
+
+def _effective(resource: dict[str, Any]) -> datetime | None:
+    for key in ("effectiveDateTime", "effectiveInstant", "issued"):
+        if key in resource:
+            return parse_fhir_datetime(resource[key])
+    period = resource.get("effectivePeriod")
+    if isinstance(period, dict):
+        return parse_fhir_datetime(period.get("end") or period.get("start"))
+    return None
+
+
+def _reference_high(observation: dict[str, Any], aliases: dict[str, str]) -> tuple[float, str | None] | None:
+    for reference_range in observation.get("referenceRange") or []:
+        if not isinstance(reference_range, dict):
+            continue
+        codes = {code for _, code in _codings(reference_range.get("type"))}
+        if codes and "normal" not in codes:
+            continue
+        high = reference_range.get("high")
+        if isinstance(high, dict) and isinstance(high.get("value"), int | float):
+            unit = normalise_unit(high.get("code") or high.get("unit"), aliases)
+            return float(high["value"]), unit
+    return None
+
+
+class _FactBuilder:
+    def __init__(self, mappings: Mappings, patient_id: str) -> None:
+        self.mappings = mappings
+        self.facts = PatientFacts(patient_id=patient_id)
+        self.labs: dict[str, list[LabResult]] = defaultdict(list)
+        self.tests: dict[str, list[TestResult]] = defaultdict(list)
+
+    def add(self, resource: dict[str, Any]) -> None:
+        kind = resource.get("resourceType")
+        self.facts.inputs.append(_ref(resource))
+        try:
+            if kind == "Patient":
+                self._patient(resource)
+            elif kind == "Observation":
+                self._observation(resource)
+            elif kind == "Condition":
+                self._condition(resource)
+            elif kind in ("MedicationStatement", "MedicationRequest"):
+                self._medication(resource)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            self.facts.data_problems.append(f"{_ref(resource)} could not be read ({exc}); ignored")
+
+    def _patient(self, patient: dict[str, Any]) -> None:
+        birth = parse_fhir_datetime(patient.get("birthDate"))
+        self.facts.birth_date = birth.date() if birth else None
+        gender = patient.get("gender")
+        self.facts.sex = gender if isinstance(gender, str) else None
+
+    def _observation(self, observation: dict[str, Any]) -> None:
+        if observation.get("status") in _IGNORED_OBSERVATION_STATUSES:
+            return
+        codings = _codings(observation.get("code"))
+        loinc_codes = [code for system, code in codings if system == LOINC or not system]
+        when = _effective(observation)
+        source = _ref(observation)
+        for code in loinc_codes:
+            analyte = self.mappings.analyte_by_loinc.get(code)
+            if analyte is not None:
+                self._numeric(observation, analyte, code, when, source)
+                return
+            test = self.mappings.qualitative_test_by_loinc.get(code)
+            if test is not None:
+                self._qualitative(observation, test, when, source)
+                return
+        if "69548-6" in loinc_codes:
+            for component in observation.get("component") or []:
+                if ("48018-6" in {c for _, c in _codings(component.get("code"))}):
+                    for _, gene in _codings(component.get("valueCodeableConcept")):
+                        test = self.mappings.qualitative_test_by_gene.get(gene)
+                        if test is not None:
+                            self._qualitative(observation, test, when, source)
+                            return
+
+    def _numeric(
+        self, observation: dict[str, Any], analyte: str, code: str, when: datetime | None,
+        source: SourceRef,
+    ) -> None:
+        definition = self.mappings.analytes[analyte]
+        value: float | None = None
+        unit: str | None = None
+        problem: str | None = None
+        if isinstance(observation.get("valueQuantity"), dict):
+            quantity = observation["valueQuantity"]
+            raw_value = quantity.get("value")
+            if isinstance(raw_value, bool) or not isinstance(raw_value, int | float):
+                self.facts.data_problems.append(f"{source} has no numeric value; ignored")
+                return
+            comparator = quantity.get("comparator")
+            if comparator:
+                problem = f"value is censored ('{comparator}{raw_value}')"
+            value = float(raw_value)
+            unit = normalise_unit(quantity.get("code") or quantity.get("unit"), self.mappings.unit_aliases)
+            if unit is None and definition.unit.startswith("{"):
+                unit = definition.unit
+        elif isinstance(observation.get("valueInteger"), int):
+            value, unit = float(observation["valueInteger"]), definition.unit
+        elif isinstance(observation.get("valueCodeableConcept"), dict) and definition.answer_scores:
+            for _, answer in _codings(observation["valueCodeableConcept"]):
+                if answer in definition.answer_scores:
+                    value, unit = definition.answer_scores[answer], definition.unit
+                    break
+        if value is None:
+            return
+        if unit is None:
+            problem = problem or "the result has no unit"
+        self.labs[analyte].append(
+            LabResult(
+                analyte=analyte, value=value, unit=unit, when=when, source=source, code=code,
+                display=_concept_text(observation.get("code")) or definition.display,
+                reference_high=_reference_high(observation, self.mappings.unit_aliases),
+                unit_problem=problem,
+            )
+        )
+
+    def _qualitative(
+        self, observation: dict[str, Any], test: str, when: datetime | None, source: SourceRef
+    ) -> None:
+        answers = self.mappings.qualitative_answers
+        texts: list[str] = []
+        codes: list[str] = []
+        for key in ("valueCodeableConcept", "interpretation"):
+            concepts = observation.get(key)
+            for concept in concepts if isinstance(concepts, list) else [concepts]:
+                codes += [code for _, code in _codings(concept)]
+                texts.append(_concept_text(concept))
+        if isinstance(observation.get("valueString"), str):
+            texts.append(observation["valueString"])
+        if isinstance(observation.get("valueBoolean"), bool):
+            texts.append("positive" if observation["valueBoolean"] else "negative")
+        polarity: str | None = None
+        if any(code in answers.negative.codes for code in codes):
+            polarity = "negative"
+        elif any(code in answers.positive.codes for code in codes):
+            polarity = "positive"
+        else:
+            lowered = " ".join(texts).lower()
+            if any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in answers.negative.text):
+                polarity = "negative"
+            elif any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in answers.positive.text):
+                polarity = "positive"
+        self.tests[test].append(
+            TestResult(test=test, polarity=polarity, text=" | ".join(t for t in texts if t),
+                       when=when, source=source)
+        )
+
+    def _condition(self, condition: dict[str, Any]) -> None:
+        verification = {code for _, code in _codings(condition.get("verificationStatus"))}
+        if verification & _EXCLUDED_VERIFICATION:
+            return
+        clinical = [code for _, code in _codings(condition.get("clinicalStatus"))]
+        onset = parse_fhir_datetime(condition.get("onsetDateTime"))
+        if onset is None and isinstance(condition.get("onsetPeriod"), dict):
+            onset = parse_fhir_datetime(condition["onsetPeriod"].get("start"))
+        abatement = parse_fhir_datetime(condition.get("abatementDateTime"))
+        if abatement is None and isinstance(condition.get("abatementPeriod"), dict):
+            abatement = parse_fhir_datetime(condition["abatementPeriod"].get("end"))
+        self.facts.diagnoses.append(
+            Diagnosis(
+                codings=tuple(_codings(condition.get("code"))),
+                display=_concept_text(condition.get("code")) or "condition",
+                clinical_status=clinical[0] if clinical else None,
+                onset=onset, abatement=abatement,
+                recorded=parse_fhir_datetime(condition.get("recordedDate")),
+                source=_ref(condition),
+            )
+        )
+
+    def _medication(self, statement: dict[str, Any]) -> None:
+        status = str(statement.get("status") or "unknown")
+        if status in _IGNORED_STATEMENT_STATUSES:
+            return
+        concept = statement.get("medicationCodeableConcept")
+        if concept is None and isinstance(statement.get("medicationReference"), dict):
+            concept = {"text": statement["medicationReference"].get("display") or ""}
+        start = end = None
+        period = statement.get("effectivePeriod")
+        if isinstance(period, dict):
+            start, end = parse_fhir_datetime(period.get("start")), parse_fhir_datetime(period.get("end"))
+        elif "effectiveDateTime" in statement:
+            start = end = parse_fhir_datetime(statement["effectiveDateTime"])
+            if status == "active":
+                end = None
+        if statement.get("resourceType") == "MedicationRequest":
+            start = parse_fhir_datetime(statement.get("authoredOn"))
+        dose, problem, route = self._daily_dose(statement.get("dosage") or statement.get("dosageInstruction"))
+        self.facts.drugs.append(
+            DrugExposure(
+                codings=tuple(_codings(concept)), text=_concept_text(concept), status=status,
+                start=start, end=end, source=_ref(statement), dose_mg_per_day=dose,
+                dose_problem=problem, route=route,
+            )
+        )
+
+    def _daily_dose(self, dosages: Any) -> tuple[float | None, str | None, str]:
+        if not isinstance(dosages, list) or not dosages or not isinstance(dosages[0], dict):
+            return None, "no dosage recorded", ""
+        dosage = dosages[0]
+        route = _concept_text(dosage.get("route")).lower()
+        quantity = None
+        for dose_and_rate in dosage.get("doseAndRate") or []:
+            if isinstance(dose_and_rate, dict) and isinstance(dose_and_rate.get("doseQuantity"), dict):
+                quantity = dose_and_rate["doseQuantity"]
+                break
+        if quantity is None or not isinstance(quantity.get("value"), int | float):
+            return None, f"no structured dose ({dosage.get('text') or 'no text'})", route
+        unit = normalise_unit(quantity.get("code") or quantity.get("unit"), self.mappings.unit_aliases)
+        try:
+            milligrams = convert(float(quantity["value"]), unit or "", "mg")
+        except UnitConversionError:
+            return None, f"dose unit '{unit}' is not a mass", route
+        per_day = self._doses_per_day(dosage.get("timing"))
+        if per_day is None:
+            return None, f"no dosing frequency ({dosage.get('text') or 'no text'})", route
+        return milligrams * per_day, None, route
+
+    @staticmethod
+    def _doses_per_day(timing: Any) -> float | None:
+        if not isinstance(timing, dict):
+            return None
+        repeat = timing.get("repeat")
+        if isinstance(repeat, dict) and repeat.get("period") is not None:
+            frequency = float(repeat.get("frequency") or 1)
+            days = float(repeat["period"]) * _PERIOD_UNIT_DAYS.get(repeat.get("periodUnit") or "d", 1)
+            return frequency / days if days > 0 else None
+        codes = [code.upper() for _, code in _codings(timing.get("code"))]
+        for code in codes:
+            if code in _TIMING_CODES_PER_DAY:
+                return float(_TIMING_CODES_PER_DAY[code])
+        return None
+
+    def finish(self) -> PatientFacts:
+        def newest_first(item: LabResult | TestResult) -> datetime:
+            return item.when or datetime.min.replace(tzinfo=UTC)
+
+        self.facts.labs = {k: sorted(v, key=newest_first, reverse=True) for k, v in self.labs.items()}
+        self.facts.tests = {k: sorted(v, key=newest_first, reverse=True) for k, v in self.tests.items()}
+        return self.facts
+
+
+def build_facts(patient_id: str, resources: list[dict[str, Any]], mappings: Mappings) -> PatientFacts:
+    """Turn one patient's resources into facts; unreadable resources become data problems."""
+    builder = _FactBuilder(mappings, patient_id)
+    for resource in resources:
+        builder.add(resource)
+    return builder.finish()
+
+
+def age_in_years(birth_date: date, at: datetime) -> int:
+    """Completed years at ``at`` (a birthday on the evaluation day counts)."""
+    on = at.date()
+    return on.year - birth_date.year - ((on.month, on.day) < (birth_date.month, birth_date.day))
+

@@ -1,0 +1,242 @@
+"""Code mappings loaded from ``mappings/*.yaml``: analytes, value sets, drug classes, unit aliases.
+
+The YAML is the clinical informaticist's; this module only validates it (a broken
+file stops start-up with the file and the field path) and builds lookup indexes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import ConfigurationError
+
+__all__ = [
+    "Analyte",
+    "DrugClass",
+    "Mappings",
+    "QualitativeTest",
+    "ValueSet",
+    "load_mappings",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DefaultUpperLimit(_Frozen):
+    value: float
+    unit: str
+    source: str
+
+
+class Analyte(_Frozen):
+    display: str
+    unit: str
+    loinc: list[str]
+    order_hint: str
+    molar_mass_g_per_mol: float | None = None
+    default_uln: DefaultUpperLimit | None = None
+    lookback_days: int | None = None
+    answer_scores: dict[str, float] = Field(default_factory=dict)
+
+
+class QualitativeTest(_Frozen):
+    display: str
+    loinc: list[str]
+    order_hint: str
+    lookback_days: int | None = None
+    hgnc_genes: list[str] = Field(default_factory=list)
+
+
+class AnswerSet(_Frozen):
+    codes: list[str]
+    text: list[str]
+
+
+class QualitativeAnswers(_Frozen):
+    positive: AnswerSet
+    negative: AnswerSet
+
+
+class ValueSet(_Frozen):
+    display: str
+    icd10_prefixes: list[str] = Field(default_factory=list)
+    snomed: list[str] = Field(default_factory=list)
+
+
+class DrugMember(_Frozen):
+    rxnorm: list[str] = Field(default_factory=list)
+    atc: list[str] = Field(default_factory=list)
+    names: list[str] = Field(default_factory=list)
+    prednisone_equivalent_factor: float | None = None
+
+
+class DrugClass(_Frozen):
+    display: str
+    members: dict[str, DrugMember] = Field(default_factory=dict)
+    atc_prefixes: list[str] = Field(default_factory=list)
+    includes: list[str] = Field(default_factory=list)
+    non_systemic_routes: list[str] = Field(default_factory=list)
+
+
+class _AnalyteFile(_Frozen):
+    analytes: dict[str, Analyte]
+    qualitative_tests: dict[str, QualitativeTest]
+    qualitative_answers: QualitativeAnswers
+
+
+class _ConditionFile(_Frozen):
+    value_sets: dict[str, ValueSet]
+
+
+class _MedicationFile(_Frozen):
+    classes: dict[str, DrugClass]
+
+
+class _UnitFile(_Frozen):
+    aliases: dict[str, str]
+
+
+@dataclass(frozen=True)
+class DrugMatch:
+    """Which member of which class a medication matched, and how."""
+
+    member: str
+    matched_by: str
+    prednisone_equivalent_factor: float | None = None
+
+
+@dataclass
+class Mappings:
+    """All code mappings, with the indexes the fact builder needs."""
+
+    analytes: dict[str, Analyte]
+    qualitative_tests: dict[str, QualitativeTest]
+    qualitative_answers: QualitativeAnswers
+    value_sets: dict[str, ValueSet]
+    drug_classes: dict[str, DrugClass]
+    unit_aliases: dict[str, str]
+    source_text: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def analyte_by_loinc(self) -> dict[str, str]:
+        return {code: key for key, analyte in self.analytes.items() for code in analyte.loinc}
+
+    @cached_property
+    def qualitative_test_by_loinc(self) -> dict[str, str]:
+        return {code: key for key, test in self.qualitative_tests.items() for code in test.loinc}
+
+    @cached_property
+    def qualitative_test_by_gene(self) -> dict[str, str]:
+        return {
+            gene: key for key, test in self.qualitative_tests.items() for gene in test.hgnc_genes
+        }
+
+    def class_members(self, class_name: str) -> list[tuple[str, DrugMember]]:
+        """Members of a class including the classes it ``includes``, transitively."""
+        drug_class = self.drug_classes[class_name]
+        members = list(drug_class.members.items())
+        for included in drug_class.includes:
+            members.extend(self.class_members(included))
+        return members
+
+    def class_atc_prefixes(self, class_name: str) -> list[str]:
+        drug_class = self.drug_classes[class_name]
+        prefixes = list(drug_class.atc_prefixes)
+        for included in drug_class.includes:
+            prefixes.extend(self.class_atc_prefixes(included))
+        return prefixes
+
+    @cached_property
+    def _name_patterns(self) -> dict[str, list[tuple[re.Pattern[str], str, DrugMember]]]:
+        patterns: dict[str, list[tuple[re.Pattern[str], str, DrugMember]]] = {}
+        for class_name in self.drug_classes:
+            patterns[class_name] = [
+                (re.compile(r"(?<![\w-])" + re.escape(name.lower()) + r"(?![\w-])"), key, member)
+                for key, member in self.class_members(class_name)
+                for name in member.names
+            ]
+        return patterns
+
+    def match_drug(
+        self, class_name: str, codings: list[tuple[str, str]], text: str
+    ) -> DrugMatch | None:
+        """Match a medication (codings as (system, code) and its free text) against a class."""
+        members = self.class_members(class_name)
+        for system, code in codings:
+            if "rxnorm" in system:
+                for key, member in members:
+                    if code in member.rxnorm:
+                        return DrugMatch(key, f"RxNorm {code}", member.prednisone_equivalent_factor)
+            elif "atc" in system.lower():
+                for key, member in members:
+                    if code in member.atc:
+                        return DrugMatch(key, f"ATC {code}", member.prednisone_equivalent_factor)
+                if any(code.startswith(p) for p in self.class_atc_prefixes(class_name)):
+                    return DrugMatch(code, f"ATC {code}")
+        lowered = text.lower()
+        for pattern, key, member in self._name_patterns[class_name]:
+            if pattern.search(lowered):
+                return DrugMatch(key, f"name '{key}'", member.prednisone_equivalent_factor)
+        return None
+
+    def condition_in_value_set(self, value_set: str, codings: list[tuple[str, str]]) -> bool:
+        """Whether any (system, code) coding is in the value set."""
+        members = self.value_sets[value_set]
+        for system, code in codings:
+            if "snomed" in system and code in members.snomed:
+                return True
+            if "icd-10" in system or "icd10" in system:
+                normalised = code.replace(".", "").upper()
+                if any(normalised.startswith(p.replace(".", "")) for p in members.icd10_prefixes):
+                    return True
+        return False
+
+
+def _read(path: Path, model: type[BaseModel]) -> Any:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"{path}: cannot be read as YAML: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"{path}: {problems}") from exc
+
+
+def load_mappings(directory: Path) -> Mappings:
+    """Load and cross-check every mapping file in ``directory``."""
+    analytes: _AnalyteFile = _read(directory / "analytes.yaml", _AnalyteFile)
+    conditions: _ConditionFile = _read(directory / "conditions.yaml", _ConditionFile)
+    medications: _MedicationFile = _read(directory / "medications.yaml", _MedicationFile)
+    units: _UnitFile = _read(directory / "units.yaml", _UnitFile)
+    for name, drug_class in medications.classes.items():
+        for included in drug_class.includes:
+            if included not in medications.classes:
+                raise ConfigurationError(
+                    f"{directory / 'medications.yaml'}: classes.{name}.includes: "
+                    f"unknown class '{included}'"
+                )
+    source_text = {
+        p.name: p.read_text(encoding="utf-8") for p in sorted(directory.glob("*.yaml"))
+    }
+    return Mappings(
+        analytes=analytes.analytes,
+        qualitative_tests=analytes.qualitative_tests,
+        qualitative_answers=analytes.qualitative_answers,
+        value_sets=conditions.value_sets,
+        drug_classes=medications.classes,
+        unit_aliases=units.aliases,
+        source_text=source_text,
+    )

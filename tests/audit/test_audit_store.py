@@ -1,0 +1,242 @@
+"""AuditStore on SQLite and PostgreSQL: decisions, feedback, criteria versions, JWT ids."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+import service.audit
+from service.audit import (
+    AuditStore,
+    DuplicateRecordError,
+    ExportFilters,
+    InvalidAuditRecordError,
+    UnknownCardError,
+)
+from service.audit.models import AuditBase
+
+DecisionFactory = Callable[..., dict[str, Any]]
+
+
+def _feedback(card: str, outcome: str = "accepted", **extra: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "card": card,
+        "outcome": outcome,
+        "outcomeTimestamp": "2024-05-14T09:35:10.52Z",
+    }
+    if outcome == "accepted":
+        item["acceptedSuggestions"] = [{"id": str(uuid.uuid4())}]
+    item.update(extra)
+    return item
+
+
+def test_public_names_resolve() -> None:
+    for name in service.audit.__all__:
+        assert getattr(service.audit, name) is not None
+
+
+def test_migrations_match_the_models(store: AuditStore) -> None:
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), AuditBase.metadata)
+    assert differences == []
+
+
+def test_migrate_twice_is_harmless(store: AuditStore) -> None:
+    store.migrate()
+    assert store.verify().ok
+
+
+def test_decision_round_trip(store: AuditStore, make_decision: DecisionFactory) -> None:
+    record = make_decision()
+    decision_id = store.append_decision(record)
+
+    stored = store.get_decision(decision_id)
+
+    assert decision_id == record["decision_id"]
+    assert stored is not None
+    assert stored["seq"] == 1
+    assert stored["kind"] == "decision"
+    assert stored["recorded_at"] == "2024-05-14T09:30:00.250000Z"
+    assert stored["trial_ids"] == ["NCT05727904"]
+    assert stored["outcome"] == "suggested"
+    assert stored["content"] == record
+    assert store.get_decision(str(uuid.uuid4())) is None
+
+
+def test_find_decision_by_card(store: AuditStore, make_decision: DecisionFactory) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    card_uuid = record["cards"][0]["uuid"]
+
+    found = store.find_decision_by_card(card_uuid)
+
+    assert found is not None and found["record_id"] == record["decision_id"]
+    assert store.find_decision_by_card("no-such-card") is None
+
+
+def test_duplicate_decision_is_refused(store: AuditStore, make_decision: DecisionFactory) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    with pytest.raises(DuplicateRecordError):
+        store.append_decision(record)
+    assert store.verify().records_checked == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"decision_id": "not-a-uuid"},
+        {"recorded_at": "yesterday"},
+        {"hook": None},
+        {"verdicts": [{"suggested": True}]},
+        {"patient_ref": 42},
+    ],
+)
+def test_malformed_decision_is_refused(
+    store: AuditStore, make_decision: DecisionFactory, change: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidAuditRecordError):
+        store.append_decision(make_decision(**change))
+
+
+def test_feedback_is_linked_to_the_card_decision(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    card_uuid = record["cards"][0]["uuid"]
+
+    feedback_id, is_new = store.append_feedback("til-trials", _feedback(card_uuid))
+
+    assert is_new
+    [stored] = list(store.iter_records(ExportFilters(kind="feedback")))
+    assert stored["record_id"] == feedback_id
+    assert stored["decision_id"] == record["decision_id"]
+    assert stored["content"]["decision_id"] == record["decision_id"]
+    assert stored["trial_ids"] == ["NCT05727904"]
+    assert stored["patient_ref"] == "Patient/pat-1"
+    assert stored["outcome"] == "accepted"
+
+
+def test_feedback_is_idempotent(store: AuditStore, make_decision: DecisionFactory) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    item = _feedback(record["cards"][0]["uuid"], "overridden")
+
+    first = store.append_feedback("til-trials", item)
+    again = store.append_feedback("til-trials", item)
+    later = store.append_feedback(
+        "til-trials", {**item, "outcomeTimestamp": "2024-05-14T10:00:00Z"}
+    )
+
+    assert first[1] and not again[1] and later[1]
+    assert again[0] == first[0] and later[0] != first[0]
+    assert store.verify().records_checked == 3
+
+
+def test_bare_coding_override_reason_is_nested(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    coding = {"system": "urn:til-cds:override", "code": "declined", "display": "Declined"}
+
+    store.append_feedback(
+        "til-trials", _feedback(record["cards"][0]["uuid"], "overridden", overrideReason=coding)
+    )
+
+    [stored] = list(store.iter_records(ExportFilters(kind="feedback")))
+    assert stored["content"]["feedback"]["overrideReason"] == {"reason": coding}
+
+
+def test_unknown_card_raises(store: AuditStore, make_decision: DecisionFactory) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    with pytest.raises(UnknownCardError):
+        store.append_feedback("til-trials", _feedback(str(uuid.uuid4())))
+    with pytest.raises(UnknownCardError, match="other-service"):
+        store.append_feedback("other-service", _feedback(record["cards"][0]["uuid"]))
+    assert store.verify().records_checked == 1
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"outcome": "accepted", "outcomeTimestamp": "2024-05-14T09:35:10Z"},
+        {"card": "c", "outcome": "ignored", "outcomeTimestamp": "2024-05-14T09:35:10Z"},
+        {"card": "c", "outcome": "accepted", "outcomeTimestamp": "soon"},
+    ],
+)
+def test_malformed_feedback_is_refused(store: AuditStore, item: dict[str, Any]) -> None:
+    with pytest.raises(InvalidAuditRecordError):
+        store.append_feedback("til-trials", item)
+
+
+def test_criteria_version_is_saved_once(store: AuditStore) -> None:
+    snapshot = {"trials": [{"id": "NCT05727904", "criteria": []}]}
+    store.save_criteria_version("sha256:criteria-v1", snapshot)
+    store.save_criteria_version("sha256:criteria-v1", snapshot)
+
+    assert store.get_criteria_version("sha256:criteria-v1") == snapshot
+    assert store.get_criteria_version("sha256:unknown") is None
+
+
+def test_remember_jti_refuses_a_replay(store: AuditStore) -> None:
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    assert store.remember_jti("https://ehr.example.org", "jti-1", expires)
+    assert not store.remember_jti("https://ehr.example.org", "jti-1", expires)
+    assert store.remember_jti("https://other.example.org", "jti-1", expires)
+
+
+def test_remember_jti_is_shared_between_instances(database_url: str) -> None:
+    first, second = AuditStore.from_url(database_url), AuditStore.from_url(database_url)
+    try:
+        first.migrate()
+        expires = datetime.now(UTC) + timedelta(minutes=5)
+        assert first.remember_jti("https://ehr.example.org", "jti-shared", expires)
+        assert not second.remember_jti("https://ehr.example.org", "jti-shared", expires)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_expired_jti_are_purged(store: AuditStore) -> None:
+    now = datetime.now(UTC)
+    store.remember_jti("iss", "old", now - timedelta(minutes=1))
+    store.remember_jti("iss", "fresh", now + timedelta(minutes=5))
+
+    assert store.purge_expired_jti(now) == 1
+    assert store.remember_jti("iss", "old", now + timedelta(minutes=5))
+    assert not store.remember_jti("iss", "fresh", now + timedelta(minutes=5))
+
+
+def test_counts_per_trial_and_month(store: AuditStore, make_decision: DecisionFactory) -> None:
+    may = make_decision(suggested={"NCT-A": True, "NCT-B": True})
+    june = make_decision(suggested={"NCT-A": True}, recorded_at="2024-06-02T08:00:00Z")
+    store.append_decision(may)
+    store.append_decision(june)
+    reason = {"reason": {"system": "urn:r", "code": "declined", "display": "Declined"}}
+    store.append_feedback("til-trials", _feedback(may["cards"][0]["uuid"], "accepted"))
+    store.append_feedback(
+        "til-trials", _feedback(may["cards"][1]["uuid"], "overridden", overrideReason=reason)
+    )
+
+    rows = store.counts(until=datetime(2024, 7, 1, tzinfo=UTC))
+
+    by_key = {(row["month"], row["trial_id"]): row for row in rows}
+    assert by_key[("2024-05", "NCT-A")]["cards_shown"] == 1
+    assert by_key[("2024-05", "NCT-B")]["cards_shown"] == 1
+    assert by_key[("2024-06", "NCT-A")]["cards_shown"] == 1
+    feedback_rows = store.counts(since=datetime(2024, 7, 1, tzinfo=UTC))
+    feedback = {row["trial_id"]: row for row in feedback_rows}
+    assert feedback["NCT-A"]["accepted"] == 1 and feedback["NCT-A"]["overridden"] == 0
+    assert feedback["NCT-B"]["overridden"] == 1
+    assert feedback["NCT-B"]["override_reasons"] == [
+        {"system": "urn:r", "code": "declined", "display": "Declined", "count": 1}
+    ]
