@@ -117,6 +117,7 @@ class PatientFacts:
     drugs: list[DrugExposure] = field(default_factory=list)
     inputs: list[SourceRef] = field(default_factory=list)
     data_problems: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")

@@ -38,6 +38,7 @@ class DefaultUpperLimit(_Frozen):
 
 
 class Analyte(_Frozen):
+    prefetch_group: str
     display: str
     unit: str
     loinc: list[str]
@@ -49,6 +50,7 @@ class Analyte(_Frozen):
 
 
 class QualitativeTest(_Frozen):
+    prefetch_group: str
     display: str
     loinc: list[str]
     order_hint: str
@@ -133,6 +135,17 @@ class Mappings:
     @cached_property
     def qualitative_test_by_loinc(self) -> dict[str, str]:
         return {code: key for key, test in self.qualitative_tests.items() for code in test.loinc}
+
+    @cached_property
+    def observation_codes_by_group(self) -> dict[str, list[str]]:
+        """LOINC codes per prefetch group, in file order (genomics panels included)."""
+        groups: dict[str, list[str]] = {}
+        for definition in [*self.analytes.values(), *self.qualitative_tests.values()]:
+            codes = groups.setdefault(definition.prefetch_group, [])
+            codes.extend(c for c in definition.loinc if c not in codes)
+            if getattr(definition, "hgnc_genes", None) and "69548-6" not in codes:
+                codes.append("69548-6")
+        return groups
 
     @cached_property
     def qualitative_test_by_gene(self) -> dict[str, str]:

@@ -351,10 +351,12 @@ class AuditStore:
                 checked += 1
                 label = f"seq {row.seq} (record {row.record_id})"
                 if row.seq != expected_seq:
-                    problems.append(
-                        f"gap before {label}: seq {expected_seq}..{row.seq - 1} missing "
-                        "(deleted record?)"
+                    missing = (
+                        f"seq {expected_seq}"
+                        if row.seq == expected_seq + 1
+                        else f"seqs {expected_seq}..{row.seq - 1}"
                     )
+                    problems.append(f"gap before {label}: {missing} missing (deleted record?)")
                 if row.prev_hash != previous_hash:
                     problems.append(
                         f"broken link at {label}: prev_hash is not the previous record's hash"

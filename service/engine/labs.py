@@ -116,6 +116,9 @@ def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) ->
 
 def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     definition = context.mappings.analytes[rule.analyte]
+    if rule.analyte in context.facts.unavailable:
+        return RuleOutcome(State.UNKNOWN, f"{definition.display} could not be retrieved: {context.facts.unavailable[rule.analyte]}",
+                           resolve_hint=definition.order_hint)
     lookback = rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
     latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
     hint = definition.order_hint
@@ -192,6 +195,8 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
 def evaluate_no_result(rule: NoResultRule, context: EvaluationContext) -> RuleOutcome:
     results = context.facts.labs.get(rule.analyte, [])
     display = context.mappings.analytes[rule.analyte].display
+    if rule.analyte in context.facts.unavailable:
+        return RuleOutcome(State.UNKNOWN, f"{display} could not be retrieved: {context.facts.unavailable[rule.analyte]}")
     if results:
         return RuleOutcome(State.NOT_MET, f"a {display} is on record", (_evidence(results[0]),))
     return RuleOutcome(State.MET, f"no {display} on record")

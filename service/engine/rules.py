@@ -129,6 +129,9 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
     if diagnoses:
         return RuleOutcome(State.NOT_MET, f"{diagnoses[0].display} recorded",
                            tuple(_diagnosis_evidence(d) for d in diagnoses))
+    if rule.test in context.facts.unavailable:
+        return RuleOutcome(State.UNKNOWN, f"{test.display} could not be retrieved: {context.facts.unavailable[rule.test]}",
+                           resolve_hint=test.order_hint)
     lookback = timedelta(days=test.lookback_days or DEFAULT_TEST_LOOKBACK_DAYS)
     results = [r for r in context.facts.tests.get(rule.test, []) if r.when is None or context.at - r.when <= lookback]
     if not results:
@@ -262,8 +265,11 @@ def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationConte
         return RuleOutcome(State.NOT_MET, "treated with an EGFR/ALK-directed inhibitor, which implies a driver alteration",
                            tuple(_drug_evidence(d) for d in implying))
     evidence: list[Evidence] = []
-    missing: list[str] = []
+    missing: list[str] = [context.mappings.qualitative_tests[t].display + " (could not be retrieved)"
+                          for t in rule.tests if t in context.facts.unavailable]
     for test_name, negative_set in zip(rule.tests, rule.negative_value_sets, strict=False):
+        if test_name in context.facts.unavailable:
+            continue
         negative_tests = [r for r in context.facts.tests.get(test_name, []) if r.polarity == "negative"]
         negative_conditions = context.diagnoses_in(negative_set)
         if negative_tests:

@@ -23,7 +23,6 @@ import pytest
 from service.audit import AuditStore
 
 POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"
-ACCESS_TOKEN = "eyJhbGciOiJSUzM4NCJ9.SECRET-ACCESS-TOKEN-b7c1.sig"
 
 
 def find_postgres_bin() -> Path | None:
@@ -46,6 +45,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def closed_port_url() -> str:
+    """A PostgreSQL URL where nothing listens, to stand for an unreachable audit database."""
+    return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/audit"
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster in a temporary directory, listening on 127.0.0.1.
 
@@ -58,6 +62,7 @@ class PostgresServer:
         self.base_dir = Path(tempfile.mkdtemp(prefix="til-cds-pg-"))
         self.data_dir = self.base_dir / "data"
         self.port = free_port()
+        self.is_running = False
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             shutil.chown(self.base_dir, user="postgres", group="postgres")
@@ -84,13 +89,17 @@ class PostgresServer:
         )
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.base_dir / "server.log"),
                   "-o", options, "-w", "-t", "60", "start")  # fmt: skip
+        self.is_running = True
 
     def stop(self) -> None:
         """Stop the server immediately (fast shutdown)."""
         self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+        self.is_running = False
 
     def remove(self) -> None:
-        """Delete the cluster's directory."""
+        """Stop the server if it runs, then delete the cluster's directory."""
+        if self.is_running:
+            self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def create_database(self) -> str:
@@ -124,7 +133,6 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server.start()
         yield server
-        server.stop()
     finally:
         server.remove()
 

@@ -95,7 +95,7 @@ def test_duplicate_decision_is_refused(store: AuditStore, make_decision: Decisio
         {"recorded_at": "yesterday"},
         {"hook": None},
         {"verdicts": [{"suggested": True}]},
-        {"patient_ref": 42},
+        {"user_ref": 42},
     ],
 )
 def test_malformed_decision_is_refused(

@@ -1,0 +1,82 @@
+"""The ``til-cds`` command line (Typer): serve, criteria, audit, sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.audit.cli import audit_app
+
+__all__ = ["app"]
+
+app = typer.Typer(help="til-cds: CDS Hooks 2.0 service suggesting TIL therapy trials.", no_args_is_help=True)
+criteria_app = typer.Typer(help="Check the trial criteria and mappings, or write their JSON schema.", no_args_is_help=True)
+app.add_typer(criteria_app, name="criteria")
+app.add_typer(audit_app, name="audit")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    dev: Annotated[bool, typer.Option("--dev", help="Embedded default configuration, no client authentication; loopback only.")] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes (production: one per core).")] = 1,
+) -> None:
+    """Run the service with uvicorn."""
+    import uvicorn
+
+    from service.settings import get_settings
+
+    if dev:
+        if host not in LOOPBACK:
+            raise typer.BadParameter(f"--dev binds to loopback only, not {host}", param_hint="--host")
+        os.environ["TIL_CDS_DEV"] = "true"
+        os.environ.setdefault("TIL_CDS_PUBLIC_BASE_URL", f"http://{host}:{port}")
+    get_settings.cache_clear()
+    try:
+        get_settings()
+    except ValueError as exc:
+        typer.echo(f"refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    uvicorn.run("service.api.main:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", timeout_graceful_shutdown=20)
+
+
+@criteria_app.command("check")
+def criteria_check(
+    criteria_dir: Annotated[Path, typer.Option(help="Folder of trial files.")] = Path("criteria"),
+    mappings_dir: Annotated[Path, typer.Option(help="Folder of mapping files.")] = Path("mappings"),
+) -> None:
+    """Validate every criteria and mapping file; print the version fingerprint."""
+    from service.criteria import load_criteria
+    from service.errors import ConfigurationError
+    from service.mappings import load_mappings
+
+    try:
+        criteria = load_criteria(criteria_dir, load_mappings(mappings_dir))
+    except ConfigurationError as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for trial in criteria.trials:
+        computable = sum(c.rule is not None for c in trial.all_criteria())
+        typer.echo(f"{trial.id}: {len(trial.all_criteria())} criteria, {computable} computable")
+    typer.echo(f"fingerprint {criteria.fingerprint}")
+
+
+@criteria_app.command("schema")
+def criteria_schema(output: Annotated[Path, typer.Option(help="Where to write the schema.")] = Path("criteria/schema.json")) -> None:
+    """Write the JSON schema of a trial criteria file (generated from the pydantic models)."""
+    from service.criteria import criteria_json_schema
+
+    output.write_text(json.dumps(criteria_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    typer.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    app()

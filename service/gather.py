@@ -1,0 +1,294 @@
+"""Prefetch first, then fetch what is missing from the FHIR server.
+
+The CDS Hooks 2.0 contract per prefetch key: present -> use it (following ``next``
+links when we may); ``null`` -> no data; absent, or an OperationOutcome -> fetch it
+ourselves with the EHR's token.  httpx failures are translated here, once, into
+``FhirServerError`` subclasses.  The Patient, Conditions and MedicationStatements
+are required: without them every exclusion would read as "none recorded", so
+their loss is a 412.  A lost Observation group only makes its criteria unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
+
+from service.cdshooks import HookRequest
+from service.errors import (
+    FhirResponseError,
+    FhirServerError,
+    FhirTimeoutError,
+    FhirUnavailableError,
+    PrefetchError,
+)
+from service.mappings import Mappings
+
+__all__ = ["GatheredData", "FetchLimits", "gather", "prefetch_templates", "REQUIRED_KEYS"]
+
+REQUIRED_KEYS = ("patient", "conditions", "medications")
+_RESOURCE_TYPE = {"patient": "Patient", "conditions": "Condition", "medications": "MedicationStatement"}
+_FHIR_JSON = "application/fhir+json"
+
+
+def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, str]:
+    """Prefetch templates: the Patient, Conditions, MedicationStatements and one
+    Observation search per group of LOINC codes (derived from ``mappings/``)."""
+    templates = {
+        "patient": "Patient/{{context.patientId}}",
+        "conditions": f"Condition?patient={{{{context.patientId}}}}&_count={page_size}",
+        "medications": f"MedicationStatement?patient={{{{context.patientId}}}}&_count={page_size}",
+    }
+    for group, codes in mappings.observation_codes_by_group.items():
+        code_list = ",".join(f"http://loinc.org|{code}" for code in codes)
+        templates[f"observations-{group}"] = (
+            f"Observation?patient={{{{context.patientId}}}}&code={code_list}"
+            f"&_sort=-date&_count={page_size}"
+        )
+    return templates
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    timeout_seconds: float = 8.0
+    max_pages: int = 20
+    max_concurrency: int = 8
+    max_resources: int = 20_000
+
+
+@dataclass
+class GatheredData:
+    """Every resource found for the patient, and how each prefetch key was satisfied."""
+
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _expected_type(key: str) -> str:
+    return _RESOURCE_TYPE.get(key, "Observation")
+
+
+def _belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
+    subject = resource.get("subject") or resource.get("patient")
+    if not isinstance(subject, dict) or not isinstance(subject.get("reference"), str):
+        return True
+    reference = subject["reference"].split("/_history/")[0]
+    return reference == f"Patient/{patient_id}" or reference.endswith(f"/Patient/{patient_id}")
+
+
+def _check_resource(key: str, where: str, resource: Any, patient_id: str) -> dict[str, Any]:
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        raise PrefetchError(f"{where} is not a FHIR resource (no resourceType)", expression=where)
+    expected = _expected_type(key)
+    actual = resource["resourceType"]
+    if actual != expected:
+        raise PrefetchError(f"{where} is a {actual}; prefetch key '{key}' holds {expected} resources", expression=where)
+    if actual == "Patient":
+        if resource.get("id") != patient_id:
+            raise PrefetchError(f"{where} is Patient/{resource.get('id')}, not the context's Patient/{patient_id}", expression=where)
+        try:
+            Patient.model_validate(resource)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise PrefetchError(f"{where} is not a valid FHIR R4 Patient: {'.'.join(map(str, first['loc']))}: {first['msg']}", expression=where) from exc
+    elif not _belongs_to(resource, patient_id):
+        raise PrefetchError(f"{where} belongs to {resource['subject']['reference']}, not Patient/{patient_id}", expression=where)
+    if not isinstance(resource.get("id"), str):
+        raise PrefetchError(f"{where} has no id", expression=where)
+    return resource
+
+
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
+def _bundle_entries(key: str, where: str, bundle: dict[str, Any], patient_id: str, data: GatheredData) -> list[dict[str, Any]]:
+    """Resources of a searchset Bundle; OperationOutcome entries become noted problems."""
+    resources = []
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise PrefetchError(f"{where}.entry must be a list", expression=f"{where}.entry")
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+            data.problems.append(f"{key}: the FHIR server reported: {_outcome_text(resource)}")
+            continue
+        resources.append(_check_resource(key, f"{where}.entry[{index}].resource", resource, patient_id))
+    return resources
+
+
+def _outcome_text(outcome: dict[str, Any]) -> str:
+    issues = outcome.get("issue") or []
+    texts = [str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code")) for i in issues if isinstance(i, dict)]
+    return "; ".join(texts) or "an OperationOutcome without detail"
+
+
+class _Fetcher:
+    """Reads one FHIR server on behalf of one hook call, within its limits."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str | None, limits: FetchLimits) -> None:
+        self.client = client
+        self.base_url = base_url.rstrip("/") + "/"
+        self.origin = urlsplit(self.base_url)[:2]
+        self.headers = {"Accept": _FHIR_JSON}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self.limits = limits
+        self.semaphore = asyncio.Semaphore(limits.max_concurrency)
+
+    async def get_json(self, url: str) -> dict[str, Any]:
+        if urlsplit(url)[:2] != self.origin:
+            raise FhirResponseError(f"refused to follow a link to another server ({urlsplit(url).netloc})")
+        shown = url.split("?")[0]
+        async with self.semaphore:
+            try:
+                response = await self.client.get(url, headers=self.headers, timeout=self.limits.timeout_seconds, follow_redirects=False)
+            except httpx.TimeoutException as exc:
+                raise FhirTimeoutError(f"{shown} did not answer within {self.limits.timeout_seconds:g} s") from exc
+            except httpx.TransportError as exc:
+                raise FhirUnavailableError(f"{shown} could not be reached ({type(exc).__name__})") from exc
+        content_type = response.headers.get("content-type", "")
+        if "json" not in content_type:
+            raise FhirResponseError(f"{shown} answered HTTP {response.status_code} with '{content_type or 'no content type'}', not FHIR JSON")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise FhirResponseError(f"{shown} answered with invalid JSON") from exc
+        if not isinstance(body, dict):
+            raise FhirResponseError(f"{shown} answered with JSON that is not a FHIR resource")
+        if response.status_code >= 400 or body.get("resourceType") == "OperationOutcome":
+            detail = _outcome_text(body) if body.get("resourceType") == "OperationOutcome" else "no OperationOutcome"
+            raise FhirResponseError(f"{shown} answered HTTP {response.status_code}: {detail}")
+        return body
+
+    async def search_pages(self, key: str, first_url: str, patient_id: str, data: GatheredData, first_bundle: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        resources: list[dict[str, Any]] = []
+        url: str | None = first_url
+        pages = 0
+        bundle = first_bundle
+        while url is not None or bundle is not None:
+            if bundle is None:
+                if pages >= self.limits.max_pages:
+                    data.problems.append(f"{key}: stopped after {pages} pages (limit); older results were not read")
+                    break
+                bundle = await self.get_json(urljoin(self.base_url, url or ""))
+                pages += 1
+            if bundle.get("resourceType") != "Bundle":
+                raise FhirResponseError(f"{key}: the search answered a {bundle.get('resourceType')}, not a Bundle")
+            resources.extend(_bundle_entries(key, key, bundle, patient_id, data))
+            if len(resources) > self.limits.max_resources:
+                data.problems.append(f"{key}: more than {self.limits.max_resources} resources; the rest were not read")
+                break
+            url, bundle = _next_link(bundle), None
+        return resources
+
+    async def fetch_key(self, key: str, query: str, patient_id: str, data: GatheredData) -> list[dict[str, Any]]:
+        if key == "patient":
+            return [_check_resource(key, key, await self.get_json(urljoin(self.base_url, query)), patient_id)]
+        return await self.search_pages(key, query, patient_id, data)
+
+
+def _render(template: str, request: HookRequest) -> str:
+    rendered = template
+    for name, value in request.context.items():
+        if isinstance(value, str | int | float):
+            rendered = rendered.replace("{{context." + name + "}}", str(value))
+    return rendered
+
+
+async def gather(
+    request: HookRequest,
+    patient_id: str,
+    templates: dict[str, str],
+    client: httpx.AsyncClient,
+    limits: FetchLimits,
+    may_fetch: bool,
+) -> GatheredData:
+    """Collect the patient's resources for every template key.
+
+    ``may_fetch`` is False when the request names no FHIR server or one we may not
+    call; then absent keys stay unavailable and required ones end in a 412.
+    """
+    data = GatheredData()
+    prefetch = request.prefetch or {}
+    fetcher = None
+    if may_fetch and request.fhirServer is not None:
+        token = request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
+        fetcher = _Fetcher(client, str(request.fhirServer), token, limits)
+    to_fetch: dict[str, Any] = {}
+    for key, template in templates.items():
+        where = f"prefetch.{key}"
+        if key not in prefetch:
+            to_fetch[key] = _render(template, request)
+            continue
+        value = prefetch[key]
+        if value is None:
+            data.sources[key] = "prefetch (null: no data)"
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            raise PrefetchError(f"{where} must be a FHIR resource, a Bundle or null", expression=where)
+        if value["resourceType"] == "OperationOutcome":
+            data.problems.append(f"{key}: the EHR could not prefetch it ({_outcome_text(value)})")
+            to_fetch[key] = _render(template, request)
+            continue
+        if key == "patient":
+            data.resources.append(_check_resource(key, where, value, patient_id))
+            data.sources[key] = "prefetch"
+            continue
+        if value["resourceType"] != "Bundle":
+            raise PrefetchError(f"{where} is a {value['resourceType']}; a search prefetch must be a Bundle", expression=where)
+        data.resources.extend(_bundle_entries(key, where, value, patient_id, data))
+        data.sources[key] = "prefetch"
+        next_url = _next_link(value)
+        if next_url is not None:
+            if fetcher is not None:
+                to_fetch[key] = ("next", next_url)
+            else:
+                data.problems.append(f"{key}: prefetch is paged and the next pages cannot be fetched; only the first page was read")
+    if len(data.resources) > limits.max_resources:
+        raise PrefetchError(f"prefetch holds {len(data.resources)} resources, more than the limit of {limits.max_resources}")
+    if not to_fetch:
+        return data
+    if fetcher is None:
+        for key in to_fetch:
+            data.unavailable[key] = "not prefetched, and no FHIR server may be queried"
+        return data
+    tasks = {}
+    for key, query in to_fetch.items():
+        if isinstance(query, tuple):
+            coroutine = fetcher.search_pages(key, query[1], patient_id, data)
+        else:
+            coroutine = fetcher.fetch_key(key, query, patient_id, data)
+        tasks[key] = asyncio.ensure_future(coroutine)
+    done, pending = await asyncio.wait(tasks.values(), timeout=limits.timeout_seconds)
+    for task in pending:
+        task.cancel()
+    for key, task in tasks.items():
+        if task in pending and key in data.sources:
+            data.problems.append(f"{key}: later pages timed out; only the prefetched page was read")
+            continue
+        if task in pending:
+            data.unavailable[key] = f"the FHIR server did not answer within {limits.timeout_seconds:g} s"
+            continue
+        error = task.exception()
+        if isinstance(error, FhirServerError | PrefetchError) and key in data.sources:
+            data.problems.append(f"{key}: later pages could not be fetched ({error}); only the prefetched page was read")
+            continue
+        if isinstance(error, FhirServerError | PrefetchError):
+            data.unavailable[key] = str(error) if isinstance(error, FhirServerError) else f"the FHIR server returned unusable data ({error})"
+            continue
+        if error is not None:
+            raise error
+        data.resources.extend(task.result())
+        data.sources[key] = "fetched" if key not in data.sources else "prefetch + fetched pages"
+    return data
