@@ -56,9 +56,10 @@ def _line(result: CriterionResult, *, with_hint: bool = False, with_evidence: bo
 
 
 def _summary(trial: Trial, result: TrialResult) -> str:
-    to_confirm = len(result.in_state(State.UNKNOWN)) + len(result.in_state(State.NEEDS_REVIEW))
+    unknown = len(result.in_state(State.UNKNOWN))
+    review = len(result.in_state(State.NEEDS_REVIEW))
     blocked_until = [c.until for c in result.in_state(State.NOT_YET) if c.until is not None]
-    tail = f" ({to_confirm} items to confirm"
+    tail = f" ({unknown} unknown, {review} to review"
     if blocked_until:
         tail += f"; not before {max(blocked_until).isoformat()}"
     tail += ")"
@@ -76,7 +77,7 @@ def _detail(trial: Trial, result: TrialResult) -> str:
     registry = f"[{trial.id}]({trial.registry_url})" if trial.registry_url else f"`{trial.id}` ({trial.registry_note or 'no registry number'})"
     lines = [
         f"**{trial.title}** — {registry}",
-        f"{trial.phase}, sponsor {trial.sponsor}. Site: {sites}. Status: {trial.recruitment_status} ({trial.status_as_of}).",
+        f"{trial.phase}; sponsor: {trial.sponsor}; site: {sites}; status: {trial.recruitment_status} ({trial.status_as_of}).",
     ]
     if not trial.criteria_complete:
         lines.append(f"⚠ **Criteria incomplete:** {trial.completeness_note}")

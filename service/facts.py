@@ -79,6 +79,7 @@ class TestResult:
 @dataclass(frozen=True)
 class Diagnosis:
     codings: tuple[tuple[str, str], ...]
+    text: str
     display: str
     clinical_status: str | None
     onset: datetime | None
@@ -159,7 +160,8 @@ def _concept_text(concept: Any) -> str:
         return ""
     parts = [concept.get("text") or ""]
     parts += [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)]
-    return " | ".join(p for p in parts if isinstance(p, str) and p)
+    unique = dict.fromkeys(p for p in parts if isinstance(p, str) and p)
+    return " | ".join(unique)
 
 
 def _effective(resource: dict[str, Any]) -> datetime | None:
@@ -325,6 +327,7 @@ class _FactBuilder:
         self.facts.diagnoses.append(
             Diagnosis(
                 codings=tuple(_codings(condition.get("code"))),
+                text=_concept_text(condition.get("code")).lower(),
                 display=_concept_text(condition.get("code")) or "condition",
                 clinical_status=clinical[0] if clinical else None,
                 onset=onset, abatement=abatement,
@@ -350,6 +353,10 @@ class _FactBuilder:
                 end = None
         if statement.get("resourceType") == "MedicationRequest":
             start = parse_fhir_datetime(statement.get("authoredOn"))
+            validity = (statement.get("dispenseRequest") or {}).get("validityPeriod") or {}
+            end = parse_fhir_datetime(validity.get("end")) if status != "active" else None
+            if status == "completed" and end is None:
+                end = start
         dose, problem, route = self._daily_dose(statement.get("dosage") or statement.get("dosageInstruction"))
         self.facts.drugs.append(
             DrugExposure(

@@ -32,7 +32,13 @@ from service.mappings import Mappings
 __all__ = ["GatheredData", "FetchLimits", "gather", "prefetch_templates", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("patient", "conditions", "medications")
-_RESOURCE_TYPE = {"patient": "Patient", "conditions": "Condition", "medications": "MedicationStatement"}
+_RESOURCE_TYPES = {
+    "patient": ("Patient",),
+    "conditions": ("Condition",),
+    # Some EHRs record medication history as MedicationRequests; both are read.
+    "medications": ("MedicationStatement", "MedicationRequest"),
+    "medication-requests": ("MedicationRequest",),
+}
 _FHIR_JSON = "application/fhir+json"
 
 
@@ -43,6 +49,7 @@ def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, st
         "patient": "Patient/{{context.patientId}}",
         "conditions": f"Condition?patient={{{{context.patientId}}}}&_count={page_size}",
         "medications": f"MedicationStatement?patient={{{{context.patientId}}}}&_count={page_size}",
+        "medication-requests": f"MedicationRequest?patient={{{{context.patientId}}}}&_count={page_size}",
     }
     for group, codes in mappings.observation_codes_by_group.items():
         code_list = ",".join(f"http://loinc.org|{code}" for code in codes)
@@ -71,8 +78,8 @@ class GatheredData:
     problems: list[str] = field(default_factory=list)
 
 
-def _expected_type(key: str) -> str:
-    return _RESOURCE_TYPE.get(key, "Observation")
+def _expected_types(key: str) -> tuple[str, ...]:
+    return _RESOURCE_TYPES.get(key, ("Observation",))
 
 
 def _belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
@@ -86,10 +93,10 @@ def _belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
 def _check_resource(key: str, where: str, resource: Any, patient_id: str) -> dict[str, Any]:
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         raise PrefetchError(f"{where} is not a FHIR resource (no resourceType)", expression=where)
-    expected = _expected_type(key)
+    expected = _expected_types(key)
     actual = resource["resourceType"]
-    if actual != expected:
-        raise PrefetchError(f"{where} is a {actual}; prefetch key '{key}' holds {expected} resources", expression=where)
+    if actual not in expected:
+        raise PrefetchError(f"{where} is a {actual}; prefetch key '{key}' holds {' or '.join(expected)} resources", expression=where)
     if actual == "Patient":
         if resource.get("id") != patient_id:
             raise PrefetchError(f"{where} is Patient/{resource.get('id')}, not the context's Patient/{patient_id}", expression=where)

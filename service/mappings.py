@@ -72,6 +72,7 @@ class ValueSet(_Frozen):
     display: str
     icd10_prefixes: list[str] = Field(default_factory=list)
     snomed: list[str] = Field(default_factory=list)
+    text_patterns: list[str] = Field(default_factory=list)
 
 
 class DrugMember(_Frozen):
@@ -201,9 +202,17 @@ class Mappings:
                 return DrugMatch(key, f"name '{key}'", member.prednisone_equivalent_factor)
         return None
 
-    def condition_in_value_set(self, value_set: str, codings: list[tuple[str, str]]) -> bool:
-        """Whether any (system, code) coding is in the value set."""
+    def condition_in_value_set(self, value_set: str, codings: list[tuple[str, str]], text: str = "") -> bool:
+        """Whether any (system, code) coding is in the value set.
+
+        Text patterns are a fallback only for conditions with no SNOMED CT or ICD-10
+        coding at all (free-text problem-list entries); a coded condition is judged
+        by its codes alone.
+        """
         members = self.value_sets[value_set]
+        coded = any("snomed" in s or "icd" in s for s, _ in codings)
+        if not coded and text and members.text_patterns:
+            return any(re.search(p, text) for p in members.text_patterns)
         for system, code in codings:
             if "snomed" in system and code in members.snomed:
                 return True

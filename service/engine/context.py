@@ -24,7 +24,7 @@ class EvaluationContext:
         if value_set not in self._value_set_cache:
             self._value_set_cache[value_set] = [
                 d for d in self.facts.diagnoses
-                if self.mappings.condition_in_value_set(value_set, list(d.codings))
+                if self.mappings.condition_in_value_set(value_set, list(d.codings), d.text)
             ]
         return self._value_set_cache[value_set]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -105,8 +106,12 @@ def _is_stale(jar: Path) -> bool:
     return any(p.stat().st_mtime > built for p in _iter_sources())
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+    """The last ``lines`` lines, without the colour codes Maven emits even with ``-B``."""
+    return "\n".join(_ANSI.sub("", text).splitlines()[-lines:])
 
 
 def _read_tail(path: Path | None, lines: int = _LOG_TAIL_LINES) -> str:

@@ -83,6 +83,7 @@ _WRITER = textwrap.dedent(
             "hook": "patient-view", "service_id": "til-trials", "patient_ref": writer,
             "user_ref": None, "verdicts": [], "cards": [],
         })
+        time.sleep(0.002)
     store.close()
     """
 )
