@@ -19,15 +19,15 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy import Text as TextType
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import _counts
 from ._canonical import GENESIS_HASH, as_utc, canonical_json, chain_hash, parse_timestamp
+from ._engine import create_audit_engine, describe_database_error
 from ._records import (
     DECISION_OUTCOMES,
     FEEDBACK_OUTCOMES,
@@ -39,7 +39,6 @@ from ._records import (
     record_view,
 )
 from .errors import (
-    AuditConfigurationError,
     AuditUnavailableError,
     DuplicateRecordError,
     InvalidAuditRecordError,
@@ -111,30 +110,6 @@ class _ChainHead:
     last_hash: str
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """Let the store choose BEGIN IMMEDIATE for writes, and use WAL so reads never block them."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
-
-
-def _describe(exc: SQLAlchemyError) -> str:
-    """The driver's first message line; statement parameters (which may hold PHI) are left out."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
-
-
 class AuditStore:
     """Append, read, verify and export the audit trail in one SQL database."""
 
@@ -145,31 +120,16 @@ class AuditStore:
     @classmethod
     def from_url(cls, url: str) -> AuditStore:
         """A store for ``sqlite:///path`` (parent directory created) or ``postgresql://...``."""
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
-        if backend == "sqlite":
-            if not parsed.database or parsed.database == ":memory:":
-                raise AuditConfigurationError("the SQLite audit store needs a file path")
-            try:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise AuditConfigurationError(f"cannot create audit directory: {exc}") from exc
-            engine = create_engine(parsed, hide_parameters=True, connect_args={"timeout": 30})
-            _configure_sqlite(engine)
-            return cls(engine)
-        if backend == "postgresql":
-            if parsed.drivername == "postgresql":
-                parsed = parsed.set(drivername="postgresql+psycopg")
-            engine = create_engine(
-                parsed,
-                hide_parameters=True,
-                pool_pre_ping=True,
-                connect_args={"connect_timeout": 5},
-            )
-            return cls(engine)
-        raise AuditConfigurationError(
-            f"unsupported audit database {backend!r}: use sqlite or postgresql"
-        )
+        return cls(create_audit_engine(url))
+
+    def ping(self) -> bool:
+        """Whether the store answers and is migrated, for a readiness probe."""
+        try:
+            with self._transaction(write=False) as connection:
+                connection.execute(select(AuditChainHead.last_seq)).first()
+        except AuditUnavailableError:
+            return False
+        return True
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -190,7 +150,9 @@ class AuditStore:
                 with connection.begin():
                     yield connection
         except SQLAlchemyError as exc:
-            raise AuditUnavailableError(f"audit store unavailable: {_describe(exc)}") from exc
+            raise AuditUnavailableError(
+                f"audit store unavailable: {describe_database_error(exc)}"
+            ) from exc
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision; safe to run from every instance."""

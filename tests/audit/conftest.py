@@ -29,7 +29,7 @@ def find_postgres_bin() -> Path | None:
     """The newest Debian PostgreSQL bin directory, ``$TIL_CDS_PG_BIN``, or initdb on PATH."""
     override = os.environ.get("TIL_CDS_PG_BIN")
     if override:
-        return Path(override)
+        return Path(override) if (Path(override) / "initdb").exists() else None
     candidates = [Path(path) for path in Path("/").glob(POSTGRES_BIN_GLOB.lstrip("/"))]
     candidates = [path for path in candidates if (path / "initdb").exists()]
     if candidates:

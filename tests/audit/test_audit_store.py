@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,3 +241,25 @@ def test_counts_per_trial_and_month(store: AuditStore, make_decision: DecisionFa
     assert feedback["NCT-B"]["override_reasons"] == [
         {"system": "urn:r", "code": "declined", "display": "Declined", "count": 1}
     ]
+
+
+def test_card_topic_names_its_trial(store: AuditStore, make_decision: DecisionFactory) -> None:
+    record = make_decision(suggested={"NCT-A": True, "NCT-B": True})
+    for card in record["cards"]:
+        trial_id = card.pop("extension")["trial_id"]
+        card["source"]["topic"] = {"system": "urn:til-cds:trial", "code": trial_id}
+    store.append_decision(record)
+
+    store.append_feedback("til-trials", _feedback(record["cards"][1]["uuid"]))
+
+    [feedback] = list(store.iter_records(ExportFilters(kind="feedback")))
+    assert feedback["trial_ids"] == ["NCT-B"]
+
+
+def test_ping(store: AuditStore, tmp_path: Path) -> None:
+    assert store.ping()
+    unmigrated = AuditStore.from_url(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    try:
+        assert not unmigrated.ping()
+    finally:
+        unmigrated.close()

@@ -1,0 +1,73 @@
+"""Engines for the audit store: SQLite with WAL and chosen BEGIN modes, or PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from .errors import AuditConfigurationError
+
+__all__ = ["create_audit_engine", "describe_database_error"]
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Let the store choose BEGIN IMMEDIATE for writes, and use WAL so reads never block them."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def describe_database_error(exc: SQLAlchemyError) -> str:
+    """The driver's first message line; statement parameters (which may hold PHI) are left out."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def create_audit_engine(url: str) -> Engine:
+    """An engine for ``sqlite:///path`` (parent directory created) or ``postgresql://...``.
+
+    Statement parameters are hidden from errors and logs because they carry patient data.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise AuditConfigurationError(f"the audit database URL is not valid: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise AuditConfigurationError("the SQLite audit store needs a file path")
+        try:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditConfigurationError(f"cannot create audit directory: {exc}") from exc
+        engine = create_engine(parsed, hide_parameters=True, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        engine = create_engine(
+            parsed,
+            hide_parameters=True,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 5},
+        )
+        return engine
+    raise AuditConfigurationError(
+        f"unsupported audit database {backend!r}: use sqlite or postgresql"
+    )
