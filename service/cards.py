@@ -20,8 +20,14 @@ SUMMARY_LIMIT = 139
 OVERRIDE_SYSTEM = "urn:til-cds:override-reason"
 OVERRIDE_REASONS = [
     Coding(system=OVERRIDE_SYSTEM, code="patient-declined", display="Patient declined"),
-    Coding(system=OVERRIDE_SYSTEM, code="not-cell-therapy-candidate", display="Not a candidate for cell therapy"),
-    Coding(system=OVERRIDE_SYSTEM, code="known-ineligible", display="Known to be ineligible (reason not in the record)"),
+    Coding(
+        system=OVERRIDE_SYSTEM, code="not-cell-therapy-candidate", display="Not a candidate for cell therapy"
+    ),
+    Coding(
+        system=OVERRIDE_SYSTEM,
+        code="known-ineligible",
+        display="Known to be ineligible (reason not in the record)",
+    ),
     Coding(system=OVERRIDE_SYSTEM, code="already-referred", display="Already referred or enrolled"),
     Coding(system=OVERRIDE_SYSTEM, code="cannot-travel", display="Cannot travel to the trial site"),
 ]
@@ -31,11 +37,19 @@ CONFIRMATION = "_Only the trial team can confirm eligibility; this card lists wh
 def _evidence_text(evidence: Evidence) -> str:
     parts = [evidence.description]
     if evidence.value is not None and evidence.unit is not None:
-        parts.append(f"{evidence.value:g} {evidence.unit}" if isinstance(evidence.value, float) else f"{evidence.value} {evidence.unit}")
+        parts.append(
+            f"{evidence.value:g} {evidence.unit}"
+            if isinstance(evidence.value, float)
+            else f"{evidence.value} {evidence.unit}"
+        )
     if evidence.date:
         parts.append(evidence.date)
     if evidence.upper_limit_source:
-        parts.append(f"ULN {evidence.upper_limit_of_normal:g} from {evidence.upper_limit_source}" if evidence.upper_limit_of_normal is not None else evidence.upper_limit_source)
+        parts.append(
+            f"ULN {evidence.upper_limit_of_normal:g} from {evidence.upper_limit_source}"
+            if evidence.upper_limit_of_normal is not None
+            else evidence.upper_limit_source
+        )
     if evidence.source:
         parts.append(f"`{evidence.source}`")
     return ", ".join(parts)
@@ -74,7 +88,11 @@ def _summary(trial: Trial, result: TrialResult) -> str:
 
 def _detail(trial: Trial, result: TrialResult) -> str:
     sites = "; ".join(", ".join(p for p in (s.name, s.city, s.country) if p) for s in trial.sites)
-    registry = f"[{trial.id}]({trial.registry_url})" if trial.registry_url else f"`{trial.id}` ({trial.registry_note or 'no registry number'})"
+    registry = (
+        f"[{trial.id}]({trial.registry_url})"
+        if trial.registry_url
+        else f"`{trial.id}` ({trial.registry_note or 'no registry number'})"
+    )
     lines = [
         f"**{trial.title}** — {registry}",
         f"{trial.phase}; sponsor: {trial.sponsor}; site: {sites}; status: {trial.recruitment_status} ({trial.status_as_of}).",
@@ -85,7 +103,9 @@ def _detail(trial: Trial, result: TrialResult) -> str:
         lines.append("**Diagnosis:** " + "; ".join(_evidence_text(e) for e in result.disease_evidence))
     possible_arms = [arm for arm in result.arms if arm.possible]
     if possible_arms:
-        lines.append("**Cohorts that may fit:** " + "; ".join(f"{a.title} ({a.description})" for a in possible_arms))
+        lines.append(
+            "**Cohorts that may fit:** " + "; ".join(f"{a.title} ({a.description})" for a in possible_arms)
+        )
     sections: list[tuple[str, list[CriterionResult], bool]] = [
         ("Not yet (blocked until a date)", result.in_state(State.NOT_YET), False),
         ("Unknown — what would resolve it", result.in_state(State.UNKNOWN), True),
@@ -100,7 +120,9 @@ def _detail(trial: Trial, result: TrialResult) -> str:
         lines.append("\n**For the clinician to judge:** " + "; ".join(f"{c.id} ({c.reason})" for c in review))
     if result.data_problems:
         lines.append("\n**Data problems:** " + "; ".join(result.data_problems[:5]))
-    lines.append(f"\nCriteria version `{result.criteria_fingerprint[:19]}`, evaluated {result.evaluated_at[:16]}Z.")
+    lines.append(
+        f"\nCriteria version `{result.criteria_fingerprint[:19]}`, evaluated {result.evaluated_at[:16]}Z."
+    )
     lines.append(CONFIRMATION)
     return "\n".join(lines)
 
@@ -126,23 +148,39 @@ def trial_card(trial: Trial, result: TrialResult, review_url: str | None = None)
     )
 
 
-def new_therapy_warning_card(drug_names: list[str], trials: list[tuple[Trial, TrialResult]], today: date) -> Card:
+def new_therapy_warning_card(
+    drug_names: list[str], trials: list[tuple[Trial, TrialResult]], today: date
+) -> Card:
     """order-select: a new systemic anticancer therapy for a patient who may fit a TIL trial."""
     trial_ids = ", ".join(t.id for t, _ in trials)
     summary = f"Consider TIL trial referral before starting {', '.join(drug_names)}: may restart washout ({trial_ids})"
     if len(summary) > SUMMARY_LIMIT:
-        summary = f"Consider TIL trial referral first: new therapy may restart washout ({trial_ids})"[:SUMMARY_LIMIT]
-    lines = [f"The draft order starts **{', '.join(drug_names)}** on {today.isoformat()}. The patient may be eligible for:"]
+        summary = f"Consider TIL trial referral first: new therapy may restart washout ({trial_ids})"[
+            :SUMMARY_LIMIT
+        ]
+    lines = [
+        f"The draft order starts **{', '.join(drug_names)}** on {today.isoformat()}. The patient may be eligible for:"
+    ]
     for trial, _result in trials:
-        lines.append(f"- **{trial.id}** ({trial.short_title}): {trial.new_therapy_warning or 'check the trial washout'}")
+        lines.append(
+            f"- **{trial.id}** ({trial.short_title}): {trial.new_therapy_warning or 'check the trial washout'}"
+        )
     lines.append("\nConsider discussing a referral with the trial team before signing. " + CONFIRMATION)
     first = trials[0][0]
     return Card(
         summary=summary,
         detail="\n".join(lines),
         indicator="warning",
-        source=Source(label="TIL trial finder", url=first.registry_url,
-                      topic=Coding(system="urn:til-cds:trial", code=first.id)),
+        source=Source(
+            label="TIL trial finder",
+            url=first.registry_url,
+            topic=Coding(system="urn:til-cds:trial", code=first.id),
+        ),
         overrideReasons=OVERRIDE_REASONS,
-        links=[Link(label=f"{t.id} in the trial registry", url=t.registry_url, type="absolute") for t, _ in trials if t.registry_url] or None,
+        links=[
+            Link(label=f"{t.id} in the trial registry", url=t.registry_url, type="absolute")
+            for t, _ in trials
+            if t.registry_url
+        ]
+        or None,
     )

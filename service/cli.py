@@ -10,13 +10,17 @@ from typing import Annotated
 import typer
 
 from service.audit.cli import audit_app
+from service.sandbox.cli import sandbox_app
 
 __all__ = ["app"]
 
 app = typer.Typer(help="til-cds: CDS Hooks 2.0 service suggesting TIL therapy trials.", no_args_is_help=True)
-criteria_app = typer.Typer(help="Check the trial criteria and mappings, or write their JSON schema.", no_args_is_help=True)
+criteria_app = typer.Typer(
+    help="Check the trial criteria and mappings, or write their JSON schema.", no_args_is_help=True
+)
 app.add_typer(criteria_app, name="criteria")
 app.add_typer(audit_app, name="audit")
+app.add_typer(sandbox_app, name="sandbox")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -25,7 +29,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
-    dev: Annotated[bool, typer.Option("--dev", help="Embedded default configuration, no client authentication; loopback only.")] = False,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            "--dev", help="Embedded default configuration, no client authentication; loopback only."
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option(help="Worker processes (production: one per core).")] = 1,
 ) -> None:
     """Run the service with uvicorn."""
@@ -44,8 +53,30 @@ def serve(
     except ValueError as exc:
         typer.echo(f"refusing to start: {exc}", err=True)
         raise typer.Exit(2) from exc
-    uvicorn.run("service.api.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", timeout_graceful_shutdown=20)
+    uvicorn.run(
+        "service.api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        timeout_graceful_shutdown=20,
+    )
+
+
+@app.command()
+def openapi(
+    output: Annotated[Path, typer.Option(help="Where to write the OpenAPI document.")] = Path("openapi.yaml"),
+) -> None:
+    """Write openapi.yaml from the running app's own OpenAPI document."""
+    import yaml
+
+    from service.api.main import create_app
+    from service.settings import Settings
+
+    document = create_app(Settings(dev=True)).openapi()
+    output.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    typer.echo(f"wrote {output}")
 
 
 @criteria_app.command("check")
@@ -70,7 +101,9 @@ def criteria_check(
 
 
 @criteria_app.command("schema")
-def criteria_schema(output: Annotated[Path, typer.Option(help="Where to write the schema.")] = Path("criteria/schema.json")) -> None:
+def criteria_schema(
+    output: Annotated[Path, typer.Option(help="Where to write the schema.")] = Path("criteria/schema.json"),
+) -> None:
     """Write the JSON schema of a trial criteria file (generated from the pydantic models)."""
     from service.criteria import criteria_json_schema
 

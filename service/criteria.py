@@ -29,6 +29,8 @@ __all__ = [
     "Rule",
     "Trial",
     "criteria_json_schema",
+    "criteria_from_raw",
+    "criteria_from_snapshot",
     "load_criteria",
 ]
 
@@ -279,9 +281,7 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
     def refuse(criterion_id: str, field: str, name: str, known: list[str]) -> None:
         near = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigurationError(
-            f"{path}: criterion '{criterion_id}': {field}: unknown name '{name}'{hint}"
-        )
+        raise ConfigurationError(f"{path}: criterion '{criterion_id}': {field}: unknown name '{name}'{hint}")
 
     analytes = list(mappings.analytes)
     tests = list(mappings.qualitative_tests)
@@ -292,7 +292,7 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
             refuse("disease", "value_sets", name, value_sets)
     for criterion in trial.all_criteria():
         for rule in _rules(criterion.rule):
-            for field, names, known in (
+            checks: list[tuple[str, list[Any], list[str]]] = [
                 ("analyte", [getattr(rule, "analyte", None)], analytes),
                 ("test", [getattr(rule, "test", None)], tests),
                 ("tests", getattr(rule, "tests", []), tests),
@@ -315,7 +315,8 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
                     [c.when_value_set for c in getattr(rule, "conditional_limits", [])],
                     value_sets,
                 ),
-            ):
+            ]
+            for field, names, known in checks:
                 for name in names:
                     if name is not None and name not in known:
                         refuse(criterion.id, field, name, known)
@@ -323,16 +324,33 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
 
 def load_criteria(directory: Path, mappings: Mappings) -> CriteriaSet:
     """Load every ``*.yaml`` trial file; a broken one raises with the file and field path."""
-    trials: list[Trial] = []
-    snapshot: dict[str, Any] = {}
+    raw_trials: dict[Path, Any] = {}
     paths = sorted(directory.glob("*.yaml"))
     if not paths:
         raise ConfigurationError(f"{directory}: no trial criteria files (*.yaml)")
     for path in paths:
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw_trials[path] = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigurationError(f"{path}: cannot be read as YAML: {exc}") from exc
+    return criteria_from_raw(raw_trials, mappings)
+
+
+def criteria_from_snapshot(snapshot: dict[str, Any], mappings: Mappings) -> CriteriaSet:
+    """Rebuild a recorded criteria version (audit replay); keeps the recorded fingerprint."""
+    raw = {
+        Path(f"{trial_id}.yaml"): content
+        for trial_id, content in snapshot.items()
+        if trial_id != "__mappings__"
+    }
+    return criteria_from_raw(raw, mappings)
+
+
+def criteria_from_raw(raw_trials: dict[Path, Any], mappings: Mappings) -> CriteriaSet:
+    """Validate parsed trial files (path -> content); the path only names the file in errors."""
+    trials: list[Trial] = []
+    snapshot: dict[str, Any] = {}
+    for path, raw in raw_trials.items():
         try:
             trial = Trial.model_validate(raw)
         except ValidationError as exc:

@@ -37,8 +37,22 @@ _IGNORED_STATEMENT_STATUSES = {"entered-in-error", "not-taken", "intended"}
 _ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
 _EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
 _PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
-_TIMING_CODES_PER_DAY = {"QD": 1, "BID": 2, "TID": 3, "QID": 4, "QOD": 0.5, "Q4H": 6, "Q6H": 4,
-                         "Q8H": 3, "Q12H": 2, "AM": 1, "PM": 1, "QAM": 1, "QPM": 1, "QHS": 1}
+_TIMING_CODES_PER_DAY = {
+    "QD": 1,
+    "BID": 2,
+    "TID": 3,
+    "QID": 4,
+    "QOD": 0.5,
+    "Q4H": 6,
+    "Q6H": 4,
+    "Q8H": 3,
+    "Q12H": 2,
+    "AM": 1,
+    "PM": 1,
+    "QAM": 1,
+    "QPM": 1,
+    "QHS": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -234,7 +248,7 @@ class _FactBuilder:
                 return
         if "69548-6" in loinc_codes:
             for component in observation.get("component") or []:
-                if ("48018-6" in {c for _, c in _codings(component.get("code"))}):
+                if "48018-6" in {c for _, c in _codings(component.get("code"))}:
                     for _, gene in _codings(component.get("valueCodeableConcept")):
                         test = self.mappings.qualitative_test_by_gene.get(gene)
                         if test is not None:
@@ -242,7 +256,11 @@ class _FactBuilder:
                             return
 
     def _numeric(
-        self, observation: dict[str, Any], analyte: str, code: str, when: datetime | None,
+        self,
+        observation: dict[str, Any],
+        analyte: str,
+        code: str,
+        when: datetime | None,
         source: SourceRef,
     ) -> None:
         definition = self.mappings.analytes[analyte]
@@ -275,7 +293,12 @@ class _FactBuilder:
             problem = problem or "the result has no unit"
         self.labs[analyte].append(
             LabResult(
-                analyte=analyte, value=value, unit=unit, when=when, source=source, code=code,
+                analyte=analyte,
+                value=value,
+                unit=unit,
+                when=when,
+                source=source,
+                code=code,
                 display=_concept_text(observation.get("code")) or definition.display,
                 reference_high=_reference_high(observation, self.mappings.unit_aliases),
                 unit_problem=problem,
@@ -309,8 +332,9 @@ class _FactBuilder:
             elif any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in answers.positive.text):
                 polarity = "positive"
         self.tests[test].append(
-            TestResult(test=test, polarity=polarity, text=" | ".join(t for t in texts if t),
-                       when=when, source=source)
+            TestResult(
+                test=test, polarity=polarity, text=" | ".join(t for t in texts if t), when=when, source=source
+            )
         )
 
     def _condition(self, condition: dict[str, Any]) -> None:
@@ -330,7 +354,8 @@ class _FactBuilder:
                 text=_concept_text(condition.get("code")).lower(),
                 display=_concept_text(condition.get("code")) or "condition",
                 clinical_status=clinical[0] if clinical else None,
-                onset=onset, abatement=abatement,
+                onset=onset,
+                abatement=abatement,
                 recorded=parse_fhir_datetime(condition.get("recordedDate")),
                 source=_ref(condition),
             )
@@ -360,9 +385,15 @@ class _FactBuilder:
         dose, problem, route = self._daily_dose(statement.get("dosage") or statement.get("dosageInstruction"))
         self.facts.drugs.append(
             DrugExposure(
-                codings=tuple(_codings(concept)), text=_concept_text(concept), status=status,
-                start=start, end=end, source=_ref(statement), dose_mg_per_day=dose,
-                dose_problem=problem, route=route,
+                codings=tuple(_codings(concept)),
+                text=_concept_text(concept),
+                status=status,
+                start=start,
+                end=end,
+                source=_ref(statement),
+                dose_mg_per_day=dose,
+                dose_problem=problem,
+                route=route,
             )
         )
 
@@ -424,4 +455,3 @@ def age_in_years(birth_date: date, at: datetime) -> int:
     """Completed years at ``at`` (a birthday on the evaluation day counts)."""
     on = at.date()
     return on.year - birth_date.year - ((on.month, on.day) < (birth_date.month, birth_date.day))
-

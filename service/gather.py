@@ -54,8 +54,7 @@ def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, st
     for group, codes in mappings.observation_codes_by_group.items():
         code_list = ",".join(f"http://loinc.org|{code}" for code in codes)
         templates[f"observations-{group}"] = (
-            f"Observation?patient={{{{context.patientId}}}}&code={code_list}"
-            f"&_sort=-date&_count={page_size}"
+            f"Observation?patient={{{{context.patientId}}}}&code={code_list}&_sort=-date&_count={page_size}"
         )
     return templates
 
@@ -87,7 +86,7 @@ def _belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
     if not isinstance(subject, dict) or not isinstance(subject.get("reference"), str):
         return True
     reference = subject["reference"].split("/_history/")[0]
-    return reference == f"Patient/{patient_id}" or reference.endswith(f"/Patient/{patient_id}")
+    return bool(reference == f"Patient/{patient_id}" or reference.endswith(f"/Patient/{patient_id}"))
 
 
 def _check_resource(key: str, where: str, resource: Any, patient_id: str) -> dict[str, Any]:
@@ -96,17 +95,29 @@ def _check_resource(key: str, where: str, resource: Any, patient_id: str) -> dic
     expected = _expected_types(key)
     actual = resource["resourceType"]
     if actual not in expected:
-        raise PrefetchError(f"{where} is a {actual}; prefetch key '{key}' holds {' or '.join(expected)} resources", expression=where)
+        raise PrefetchError(
+            f"{where} is a {actual}; prefetch key '{key}' holds {' or '.join(expected)} resources",
+            expression=where,
+        )
     if actual == "Patient":
         if resource.get("id") != patient_id:
-            raise PrefetchError(f"{where} is Patient/{resource.get('id')}, not the context's Patient/{patient_id}", expression=where)
+            raise PrefetchError(
+                f"{where} is Patient/{resource.get('id')}, not the context's Patient/{patient_id}",
+                expression=where,
+            )
         try:
             Patient.model_validate(resource)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise PrefetchError(f"{where} is not a valid FHIR R4 Patient: {'.'.join(map(str, first['loc']))}: {first['msg']}", expression=where) from exc
+            raise PrefetchError(
+                f"{where} is not a valid FHIR R4 Patient: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                expression=where,
+            ) from exc
     elif not _belongs_to(resource, patient_id):
-        raise PrefetchError(f"{where} belongs to {resource['subject']['reference']}, not Patient/{patient_id}", expression=where)
+        raise PrefetchError(
+            f"{where} belongs to {resource['subject']['reference']}, not Patient/{patient_id}",
+            expression=where,
+        )
     if not isinstance(resource.get("id"), str):
         raise PrefetchError(f"{where} has no id", expression=where)
     return resource
@@ -119,7 +130,9 @@ def _next_link(bundle: dict[str, Any]) -> str | None:
     return None
 
 
-def _bundle_entries(key: str, where: str, bundle: dict[str, Any], patient_id: str, data: GatheredData) -> list[dict[str, Any]]:
+def _bundle_entries(
+    key: str, where: str, bundle: dict[str, Any], patient_id: str, data: GatheredData
+) -> list[dict[str, Any]]:
     """Resources of a searchset Bundle; OperationOutcome entries become noted problems."""
     resources = []
     entries = bundle.get("entry") or []
@@ -134,16 +147,31 @@ def _bundle_entries(key: str, where: str, bundle: dict[str, Any], patient_id: st
     return resources
 
 
+def _only_outcomes(bundle: dict[str, Any]) -> bool:
+    """A Bundle whose entries are all OperationOutcomes: the EHR's search failed."""
+    entries = bundle.get("entry") or []
+    resources = [e.get("resource") for e in entries if isinstance(e, dict)]
+    return bool(resources) and all(
+        isinstance(r, dict) and r.get("resourceType") == "OperationOutcome" for r in resources
+    )
+
+
 def _outcome_text(outcome: dict[str, Any]) -> str:
     issues = outcome.get("issue") or []
-    texts = [str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code")) for i in issues if isinstance(i, dict)]
+    texts = [
+        str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code"))
+        for i in issues
+        if isinstance(i, dict)
+    ]
     return "; ".join(texts) or "an OperationOutcome without detail"
 
 
 class _Fetcher:
     """Reads one FHIR server on behalf of one hook call, within its limits."""
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str | None, limits: FetchLimits) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, base_url: str, token: str | None, limits: FetchLimits
+    ) -> None:
         self.client = client
         self.base_url = base_url.rstrip("/") + "/"
         self.origin = urlsplit(self.base_url)[:2]
@@ -159,14 +187,20 @@ class _Fetcher:
         shown = url.split("?")[0]
         async with self.semaphore:
             try:
-                response = await self.client.get(url, headers=self.headers, timeout=self.limits.timeout_seconds, follow_redirects=False)
+                response = await self.client.get(
+                    url, headers=self.headers, timeout=self.limits.timeout_seconds, follow_redirects=False
+                )
             except httpx.TimeoutException as exc:
-                raise FhirTimeoutError(f"{shown} did not answer within {self.limits.timeout_seconds:g} s") from exc
+                raise FhirTimeoutError(
+                    f"{shown} did not answer within {self.limits.timeout_seconds:g} s"
+                ) from exc
             except httpx.TransportError as exc:
                 raise FhirUnavailableError(f"{shown} could not be reached ({type(exc).__name__})") from exc
         content_type = response.headers.get("content-type", "")
         if "json" not in content_type:
-            raise FhirResponseError(f"{shown} answered HTTP {response.status_code} with '{content_type or 'no content type'}', not FHIR JSON")
+            raise FhirResponseError(
+                f"{shown} answered HTTP {response.status_code} with '{content_type or 'no content type'}', not FHIR JSON"
+            )
         try:
             body = response.json()
         except ValueError as exc:
@@ -174,11 +208,22 @@ class _Fetcher:
         if not isinstance(body, dict):
             raise FhirResponseError(f"{shown} answered with JSON that is not a FHIR resource")
         if response.status_code >= 400 or body.get("resourceType") == "OperationOutcome":
-            detail = _outcome_text(body) if body.get("resourceType") == "OperationOutcome" else "no OperationOutcome"
+            detail = (
+                _outcome_text(body)
+                if body.get("resourceType") == "OperationOutcome"
+                else "no OperationOutcome"
+            )
             raise FhirResponseError(f"{shown} answered HTTP {response.status_code}: {detail}")
         return body
 
-    async def search_pages(self, key: str, first_url: str, patient_id: str, data: GatheredData, first_bundle: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def search_pages(
+        self,
+        key: str,
+        first_url: str,
+        patient_id: str,
+        data: GatheredData,
+        first_bundle: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
         resources: list[dict[str, Any]] = []
         url: str | None = first_url
         pages = 0
@@ -186,20 +231,28 @@ class _Fetcher:
         while url is not None or bundle is not None:
             if bundle is None:
                 if pages >= self.limits.max_pages:
-                    data.problems.append(f"{key}: stopped after {pages} pages (limit); older results were not read")
+                    data.problems.append(
+                        f"{key}: stopped after {pages} pages (limit); older results were not read"
+                    )
                     break
                 bundle = await self.get_json(urljoin(self.base_url, url or ""))
                 pages += 1
             if bundle.get("resourceType") != "Bundle":
-                raise FhirResponseError(f"{key}: the search answered a {bundle.get('resourceType')}, not a Bundle")
+                raise FhirResponseError(
+                    f"{key}: the search answered a {bundle.get('resourceType')}, not a Bundle"
+                )
             resources.extend(_bundle_entries(key, key, bundle, patient_id, data))
             if len(resources) > self.limits.max_resources:
-                data.problems.append(f"{key}: more than {self.limits.max_resources} resources; the rest were not read")
+                data.problems.append(
+                    f"{key}: more than {self.limits.max_resources} resources; the rest were not read"
+                )
                 break
             url, bundle = _next_link(bundle), None
         return resources
 
-    async def fetch_key(self, key: str, query: str, patient_id: str, data: GatheredData) -> list[dict[str, Any]]:
+    async def fetch_key(
+        self, key: str, query: str, patient_id: str, data: GatheredData
+    ) -> list[dict[str, Any]]:
         if key == "patient":
             return [_check_resource(key, key, await self.get_json(urljoin(self.base_url, query)), patient_id)]
         return await self.search_pages(key, query, patient_id, data)
@@ -230,7 +283,9 @@ async def gather(
     prefetch = request.prefetch or {}
     fetcher = None
     if may_fetch and request.fhirServer is not None:
-        token = request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
+        token = (
+            request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
+        )
         fetcher = _Fetcher(client, str(request.fhirServer), token, limits)
     to_fetch: dict[str, Any] = {}
     for key, template in templates.items():
@@ -253,7 +308,15 @@ async def gather(
             data.sources[key] = "prefetch"
             continue
         if value["resourceType"] != "Bundle":
-            raise PrefetchError(f"{where} is a {value['resourceType']}; a search prefetch must be a Bundle", expression=where)
+            raise PrefetchError(
+                f"{where} is a {value['resourceType']}; a search prefetch must be a Bundle", expression=where
+            )
+        if _only_outcomes(value):
+            data.problems.append(
+                f"{key}: the EHR's prefetch holds only OperationOutcomes; fetching it instead"
+            )
+            to_fetch[key] = _render(template, request)
+            continue
         data.resources.extend(_bundle_entries(key, where, value, patient_id, data))
         data.sources[key] = "prefetch"
         next_url = _next_link(value)
@@ -261,9 +324,13 @@ async def gather(
             if fetcher is not None:
                 to_fetch[key] = ("next", next_url)
             else:
-                data.problems.append(f"{key}: prefetch is paged and the next pages cannot be fetched; only the first page was read")
+                data.problems.append(
+                    f"{key}: prefetch is paged and the next pages cannot be fetched; only the first page was read"
+                )
     if len(data.resources) > limits.max_resources:
-        raise PrefetchError(f"prefetch holds {len(data.resources)} resources, more than the limit of {limits.max_resources}")
+        raise PrefetchError(
+            f"prefetch holds {len(data.resources)} resources, more than the limit of {limits.max_resources}"
+        )
     if not to_fetch:
         return data
     if fetcher is None:
@@ -289,10 +356,16 @@ async def gather(
             continue
         error = task.exception()
         if isinstance(error, FhirServerError | PrefetchError) and key in data.sources:
-            data.problems.append(f"{key}: later pages could not be fetched ({error}); only the prefetched page was read")
+            data.problems.append(
+                f"{key}: later pages could not be fetched ({error}); only the prefetched page was read"
+            )
             continue
         if isinstance(error, FhirServerError | PrefetchError):
-            data.unavailable[key] = str(error) if isinstance(error, FhirServerError) else f"the FHIR server returned unusable data ({error})"
+            data.unavailable[key] = (
+                str(error)
+                if isinstance(error, FhirServerError)
+                else f"the FHIR server returned unusable data ({error})"
+            )
             continue
         if error is not None:
             raise error

@@ -24,6 +24,7 @@ __all__ = [
     "QualitativeTest",
     "ValueSet",
     "load_mappings",
+    "mappings_from_texts",
 ]
 
 
@@ -37,24 +38,24 @@ class DefaultUpperLimit(_Frozen):
     source: str
 
 
-class Analyte(_Frozen):
+class ObservationDefinition(_Frozen):
+    """What every Observation-borne fact shares: its codes, search group and order hint."""
+
     prefetch_group: str
     display: str
-    unit: str
     loinc: list[str]
     order_hint: str
+    lookback_days: int | None = None
+
+
+class Analyte(ObservationDefinition):
+    unit: str
     molar_mass_g_per_mol: float | None = None
     default_uln: DefaultUpperLimit | None = None
-    lookback_days: int | None = None
     answer_scores: dict[str, float] = Field(default_factory=dict)
 
 
-class QualitativeTest(_Frozen):
-    prefetch_group: str
-    display: str
-    loinc: list[str]
-    order_hint: str
-    lookback_days: int | None = None
+class QualitativeTest(ObservationDefinition):
     hgnc_genes: list[str] = Field(default_factory=list)
 
 
@@ -141,18 +142,21 @@ class Mappings:
     def observation_codes_by_group(self) -> dict[str, list[str]]:
         """LOINC codes per prefetch group, in file order (genomics panels included)."""
         groups: dict[str, list[str]] = {}
-        for definition in [*self.analytes.values(), *self.qualitative_tests.values()]:
+        for definition in self.observation_definitions.values():
             codes = groups.setdefault(definition.prefetch_group, [])
             codes.extend(c for c in definition.loinc if c not in codes)
-            if getattr(definition, "hgnc_genes", None) and "69548-6" not in codes:
+            if isinstance(definition, QualitativeTest) and definition.hgnc_genes and "69548-6" not in codes:
                 codes.append("69548-6")
         return groups
 
     @cached_property
+    def observation_definitions(self) -> dict[str, ObservationDefinition]:
+        """Analytes and qualitative tests by key (the keys never collide: checked at load)."""
+        return {**self.analytes, **self.qualitative_tests}
+
+    @cached_property
     def qualitative_test_by_gene(self) -> dict[str, str]:
-        return {
-            gene: key for key, test in self.qualitative_tests.items() for gene in test.hgnc_genes
-        }
+        return {gene: key for key, test in self.qualitative_tests.items() for gene in test.hgnc_genes}
 
     def class_members(self, class_name: str) -> list[tuple[str, DrugMember]]:
         """Members of a class including the classes it ``includes``, transitively."""
@@ -180,9 +184,7 @@ class Mappings:
             ]
         return patterns
 
-    def match_drug(
-        self, class_name: str, codings: list[tuple[str, str]], text: str
-    ) -> DrugMatch | None:
+    def match_drug(self, class_name: str, codings: list[tuple[str, str]], text: str) -> DrugMatch | None:
         """Match a medication (codings as (system, code) and its free text) against a class."""
         members = self.class_members(class_name)
         for system, code in codings:
@@ -223,36 +225,44 @@ class Mappings:
         return False
 
 
-def _read(path: Path, model: type[BaseModel]) -> Any:
+def _read(path: Path, model: type[BaseModel], texts: dict[str, str]) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        raw = yaml.safe_load(texts[path.name])
+    except KeyError as exc:
+        raise ConfigurationError(f"{path}: missing") from exc
+    except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: cannot be read as YAML: {exc}") from exc
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigurationError(f"{path}: {problems}") from exc
 
 
 def load_mappings(directory: Path) -> Mappings:
     """Load and cross-check every mapping file in ``directory``."""
-    analytes: _AnalyteFile = _read(directory / "analytes.yaml", _AnalyteFile)
-    conditions: _ConditionFile = _read(directory / "conditions.yaml", _ConditionFile)
-    medications: _MedicationFile = _read(directory / "medications.yaml", _MedicationFile)
-    units: _UnitFile = _read(directory / "units.yaml", _UnitFile)
+    try:
+        texts = {p.name: p.read_text(encoding="utf-8") for p in sorted(directory.glob("*.yaml"))}
+    except OSError as exc:
+        raise ConfigurationError(f"{directory}: cannot be read: {exc}") from exc
+    return mappings_from_texts(texts, directory)
+
+
+def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings")) -> Mappings:
+    """Mappings from file texts by name (what an audit record's criteria snapshot keeps)."""
+    analytes: _AnalyteFile = _read(directory / "analytes.yaml", _AnalyteFile, texts)
+    conditions: _ConditionFile = _read(directory / "conditions.yaml", _ConditionFile, texts)
+    medications: _MedicationFile = _read(directory / "medications.yaml", _MedicationFile, texts)
+    units: _UnitFile = _read(directory / "units.yaml", _UnitFile, texts)
+    clash = set(analytes.analytes) & set(analytes.qualitative_tests)
+    if clash:
+        raise ConfigurationError(f"{directory / 'analytes.yaml'}: keys used twice: {sorted(clash)}")
     for name, drug_class in medications.classes.items():
         for included in drug_class.includes:
             if included not in medications.classes:
                 raise ConfigurationError(
-                    f"{directory / 'medications.yaml'}: classes.{name}.includes: "
-                    f"unknown class '{included}'"
+                    f"{directory / 'medications.yaml'}: classes.{name}.includes: unknown class '{included}'"
                 )
-    source_text = {
-        p.name: p.read_text(encoding="utf-8") for p in sorted(directory.glob("*.yaml"))
-    }
     return Mappings(
         analytes=analytes.analytes,
         qualitative_tests=analytes.qualitative_tests,
@@ -260,5 +270,5 @@ def load_mappings(directory: Path) -> Mappings:
         value_sets=conditions.value_sets,
         drug_classes=medications.classes,
         unit_aliases=units.aliases,
-        source_text=source_text,
+        source_text=dict(texts),
     )

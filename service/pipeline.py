@@ -65,7 +65,7 @@ def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]
     lost: dict[str, str] = {}
     for key, reason in data.unavailable.items():
         group = key.removeprefix("observations-")
-        for name, definition in [*mappings.analytes.items(), *mappings.qualitative_tests.items()]:
+        for name, definition in mappings.observation_definitions.items():
             if definition.prefetch_group == group:
                 lost[name] = reason
     return lost
@@ -89,8 +89,15 @@ def _new_anticancer_drugs(context: OrderSelectContext, runtime: Runtime, current
         if context.selections and reference not in context.selections:
             continue
         concept = resource.get("medicationCodeableConcept") or {}
-        codings = [(str(c.get("system") or ""), str(c.get("code"))) for c in concept.get("coding") or [] if isinstance(c, dict)]
-        text = " | ".join([concept.get("text") or ""] + [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)])
+        codings = [
+            (str(c.get("system") or ""), str(c.get("code")))
+            for c in concept.get("coding") or []
+            if isinstance(c, dict)
+        ]
+        text = " | ".join(
+            [concept.get("text") or ""]
+            + [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)]
+        )
         match = runtime.mappings.match_drug("systemic_anticancer_therapy", codings, text)
         if match is not None and match.member not in current:
             names.append(match.member.replace("_", " "))
@@ -108,7 +115,9 @@ async def run_hook(
             expression="hook",
         )
     context = _context(request)
-    data = await gather(request, context.patientId, runtime.templates, runtime.http, runtime.limits, may_fetch)
+    data = await gather(
+        request, context.patientId, runtime.templates, runtime.http, runtime.limits, may_fetch
+    )
     missing = {k: v for k, v in data.unavailable.items() if k in REQUIRED_KEYS}
     if missing:
         raise PreconditionFailedError(
@@ -146,7 +155,9 @@ async def run_hook(
         "criteria_fingerprint": runtime.criteria.fingerprint,
         "input_fingerprint": results[0].input_fingerprint if results else None,
         "evaluated_at": evaluated_at.isoformat(),
-        "inputs": [{"resourceType": r.resource_type, "id": r.id, "versionId": r.version_id} for r in facts.inputs],
+        "inputs": [
+            {"resourceType": r.resource_type, "id": r.id, "versionId": r.version_id} for r in facts.inputs
+        ],
         "input_resources": resources,
         "data_sources": data.sources,
         "verdicts": [r.to_dict() for r in results],

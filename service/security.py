@@ -86,7 +86,7 @@ class JwtVerifier:
         if client.jwks is not None:
             if jku is not None:
                 raise JwtRejectedError("jku given but the client's keys are configured statically")
-            return KeySet.import_key_set(client.jwks)
+            return KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]  # a JWKS dict, checked by joserfc
         allowed = str(client.jwks_url) if client.jwks_url else None
         if allowed is None:
             raise JwtRejectedError("client has no JWKS configured")
@@ -96,8 +96,12 @@ class JwtVerifier:
             cached = self._cache.get(allowed)
             now = time.monotonic()
             stale = cached is None or now - cached.fetched_at > JWKS_CACHE_SECONDS
-            unknown_kid = cached is not None and kid is not None and not any(k.kid == kid for k in cached.keys.keys)
-            if stale or (unknown_kid and cached is not None and now - cached.fetched_at > JWKS_REFRESH_COOLDOWN_SECONDS):
+            unknown_kid = (
+                cached is not None and kid is not None and not any(k.kid == kid for k in cached.keys.keys)
+            )
+            if stale or (
+                unknown_kid and cached is not None and now - cached.fetched_at > JWKS_REFRESH_COOLDOWN_SECONDS
+            ):
                 cached = _CachedKeys(await self._fetch_jwks(allowed), now)
                 self._cache[allowed] = cached
             assert cached is not None  # set above when missing
@@ -144,10 +148,14 @@ class JwtVerifier:
         jti = verified.get("jti")
         if not isinstance(jti, str) or not jti:
             raise JwtRejectedError("no jti")
-        fresh = await run_in_threadpool(self.remember_jti, client.issuer, jti, datetime.fromtimestamp(exp + skew, UTC))
+        fresh = await run_in_threadpool(
+            self.remember_jti, client.issuer, jti, datetime.fromtimestamp(exp + skew, UTC)
+        )
         if not fresh:
             raise JwtRejectedError(f"jti '{jti}' was already used (replay)")
-        return AuthenticatedClient(issuer=client.issuer, tenant=verified.get("tenant"), jti=jti, config=client)
+        return AuthenticatedClient(
+            issuer=client.issuer, tenant=verified.get("tenant"), jti=jti, config=client
+        )
 
 
 async def authenticate_request(request: Request) -> AuthenticatedClient | None:

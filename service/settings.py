@@ -78,6 +78,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
+        if self.audit_pseudonymise_exports and self.audit_pseudonym_key is None:
+            raise ValueError("audit_pseudonymise_exports needs audit_pseudonym_key (the HMAC key)")
         if not self.dev and not self.clients:
             raise ValueError(
                 "client authentication is not configured: set TIL_CDS_CLIENTS (a list of "

@@ -66,9 +66,7 @@ def _factor(source: str, target: str, molar_mass_g_per_mol: float | None) -> flo
     if source == target:
         return 1.0
     if sorted(_ANNOTATION.findall(source)) != sorted(_ANNOTATION.findall(target)):
-        raise UnitConversionError(
-            f"'{source}' and '{target}' have different annotations and do not convert"
-        )
+        raise UnitConversionError(f"'{source}' and '{target}' have different annotations and do not convert")
     source_quantity = _parse(source)
     target_quantity = _parse(target)
     try:
@@ -88,9 +86,7 @@ def _factor(source: str, target: str, molar_mass_g_per_mol: float | None) -> flo
     return float(ratio.magnitude)
 
 
-def convert(
-    value: float, source: str, target: str, molar_mass_g_per_mol: float | None = None
-) -> float:
+def convert(value: float, source: str, target: str, molar_mass_g_per_mol: float | None = None) -> float:
     """Express ``value`` given in UCUM unit ``source`` in UCUM unit ``target``.
 
     >>> round(convert(1.5, "mg/dL", "umol/L", molar_mass_g_per_mol=113.12), 1)

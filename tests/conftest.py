@@ -30,21 +30,40 @@ def evaluated_at() -> datetime:
     return EVALUATED_AT
 
 
-def observation(code: str, value: float | None, unit: str | None, *, days_ago: float = 2, ref_high: float | None = None,
-                ref_unit: str | None = None, status: str = "final", id: str = "obs-1", patient: str = "p1") -> dict[str, Any]:
+def observation(
+    code: str,
+    value: float | None,
+    unit: str | None,
+    *,
+    days_ago: float = 2,
+    ref_high: float | None = None,
+    ref_unit: str | None = None,
+    status: str = "final",
+    id: str = "obs-1",
+    patient: str = "p1",
+) -> dict[str, Any]:
     """An Observation with a LOINC code and a UCUM valueQuantity, dated relative to EVALUATED_AT."""
     from datetime import timedelta
 
     resource: dict[str, Any] = {
-        "resourceType": "Observation", "id": id, "status": status,
+        "resourceType": "Observation",
+        "id": id,
+        "status": status,
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": f"Patient/{patient}"},
         "effectiveDateTime": (EVALUATED_AT - timedelta(days=days_ago)).isoformat(),
     }
     if value is not None:
-        resource["valueQuantity"] = {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+        resource["valueQuantity"] = {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+        }
     if ref_high is not None:
-        resource["referenceRange"] = [{"high": {"value": ref_high, "code": ref_unit or unit, "system": "http://unitsofmeasure.org"}}]
+        resource["referenceRange"] = [
+            {"high": {"value": ref_high, "code": ref_unit or unit, "system": "http://unitsofmeasure.org"}}
+        ]
     return resource
 
 
@@ -52,32 +71,60 @@ def patient(birth_date: str = "1968-03-01", gender: str = "male", id: str = "p1"
     return {"resourceType": "Patient", "id": id, "birthDate": birth_date, "gender": gender}
 
 
-def condition(system: str, code: str, display: str = "", *, status: str = "active", onset: str = "2026-01-10",
-              id: str = "cond-1", abatement: str | None = None) -> dict[str, Any]:
+def condition(
+    system: str,
+    code: str,
+    display: str = "",
+    *,
+    status: str = "active",
+    onset: str = "2026-01-10",
+    id: str = "cond-1",
+    abatement: str | None = None,
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
-        "resourceType": "Condition", "id": id,
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]},
+        "resourceType": "Condition",
+        "id": id,
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]
+        },
         "code": {"coding": [{"system": system, "code": code, "display": display}]},
-        "subject": {"reference": "Patient/p1"}, "onsetDateTime": onset,
+        "subject": {"reference": "Patient/p1"},
+        "onsetDateTime": onset,
     }
     if abatement:
         resource["abatementDateTime"] = abatement
     return resource
 
 
-def medication(text: str, *, status: str = "completed", start: str = "2026-06-01", end: str | None = "2026-08-01",
-               id: str = "med-1", dose_mg: float | None = None, per_day: int = 1, route: str | None = None,
-               rxnorm: str | None = None) -> dict[str, Any]:
+def medication(
+    text: str,
+    *,
+    status: str = "completed",
+    start: str = "2026-06-01",
+    end: str | None = "2026-08-01",
+    id: str = "med-1",
+    dose_mg: float | None = None,
+    per_day: int = 1,
+    route: str | None = None,
+    rxnorm: str | None = None,
+) -> dict[str, Any]:
     concept: dict[str, Any] = {"text": text}
     if rxnorm:
         concept["coding"] = [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": rxnorm}]
     period = {"start": start, **({"end": end} if end else {})}
-    resource: dict[str, Any] = {"resourceType": "MedicationStatement", "id": id, "status": status,
-                                "medicationCodeableConcept": concept, "subject": {"reference": "Patient/p1"},
-                                "effectivePeriod": period}
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationStatement",
+        "id": id,
+        "status": status,
+        "medicationCodeableConcept": concept,
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": period,
+    }
     if dose_mg is not None:
-        dosage: dict[str, Any] = {"timing": {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}},
-                                  "doseAndRate": [{"doseQuantity": {"value": dose_mg, "unit": "mg", "code": "mg"}}]}
+        dosage: dict[str, Any] = {
+            "timing": {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [{"doseQuantity": {"value": dose_mg, "unit": "mg", "code": "mg"}}],
+        }
         if route:
             dosage["route"] = {"text": route}
         resource["dosage"] = [dosage]

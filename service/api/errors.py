@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.audit.errors import AuditUnavailableError, UnknownCardError
 from service.api.outcomes import operation_outcome
+from service.audit.errors import AuditUnavailableError, UnknownCardError
 from service.errors import FhirServerError, PreconditionFailedError, RequestError
 
 __all__ = ["register_exception_handlers"]
@@ -19,7 +19,13 @@ logger = logging.getLogger("til_cds.api")
 _FHIR_JSON = "application/fhir+json"
 
 
-def _outcome(status: int, diagnostics: str, code: str, expression: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def _outcome(
+    status: int,
+    diagnostics: str,
+    code: str,
+    expression: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content=operation_outcome(diagnostics, code=code, expression=expression),
@@ -35,13 +41,19 @@ def _is_json(request: Request) -> bool:
 
 async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     if request.method == "POST" and not _is_json(request):
-        return _outcome(415, f"the body must be JSON (Content-Type: application/json), not '{request.headers.get('content-type', 'none')}'", "not-supported")
+        return _outcome(
+            415,
+            f"the body must be JSON (Content-Type: application/json), not '{request.headers.get('content-type', 'none')}'",
+            "not-supported",
+        )
     problems = []
     for error in exc.errors()[:10]:
         location = [str(p) for p in error.get("loc", ()) if p != "body"]
         path = ".".join(location) or "body"
         if error.get("type") == "json_invalid":
-            problems.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})")
+            problems.append(
+                f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
+            )
         else:
             problems.append(f"{path}: {error.get('msg')}")
     errors = exc.errors()
@@ -61,7 +73,12 @@ async def _precondition(request: Request, exc: PreconditionFailedError | FhirSer
 
 async def _audit_unavailable(request: Request, exc: AuditUnavailableError) -> JSONResponse:
     logger.error("audit store unavailable; call refused so no decision goes unrecorded: %s", exc)
-    return _outcome(503, "the audit store is unavailable; no decision was made, so none is left unrecorded. Retry later.", "transient", headers={"Retry-After": "5"})
+    return _outcome(
+        503,
+        "the audit store is unavailable; no decision was made, so none is left unrecorded. Retry later.",
+        "transient",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _unknown_card(request: Request, exc: UnknownCardError) -> JSONResponse:
@@ -74,7 +91,12 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such endpoint: {request.method} {request.url.path}; discovery is at /cds-services"
-    return _outcome(exc.status_code, detail, "not-found" if exc.status_code == 404 else "invalid", headers=getattr(exc, "headers", None))
+    return _outcome(
+        exc.status_code,
+        detail,
+        "not-found" if exc.status_code == 404 else "invalid",
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

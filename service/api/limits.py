@@ -21,11 +21,28 @@ class BodySizeLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"resourceType": "OperationOutcome", "issue": [{
-            "severity": "error", "code": "too-costly",
-            "diagnostics": f"request body larger than the limit of {self.max_bytes} bytes"}]}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "error",
+                        "code": "too-costly",
+                        "diagnostics": f"request body larger than the limit of {self.max_bytes} bytes",
+                    }
+                ],
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/fhir+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

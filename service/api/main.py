@@ -51,18 +51,26 @@ def build_runtime(settings: Settings, http: httpx.AsyncClient) -> Runtime:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; criteria and mappings load (and fail loudly) before it serves."""
+def create_app(
+    settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the app; criteria and mappings load (and fail loudly) before it serves.
+
+    ``transport`` replaces the network for outbound HTTP (tests of FHIR error paths).
+    """
     settings = settings or get_settings()
     if settings.dev:
-        logger.warning("DEV MODE: no client authentication unless clients are configured; "
-                       "plain http to loopback FHIR servers allowed. Never expose this service.")
+        logger.warning(
+            "DEV MODE: no client authentication unless clients are configured; "
+            "plain http to loopback FHIR servers allowed. Never expose this service."
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with httpx.AsyncClient(
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
             follow_redirects=False,
+            transport=transport,
         ) as http:
             app.state.runtime = build_runtime(settings, http)
             store = AuditStore.from_url(settings.audit_database_url)

@@ -33,9 +33,7 @@ SECRET_KEYS = frozenset(
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 kept: one text per value, so its hash is stable."""
     try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidAuditRecordError(f"audit record is not plain JSON: {exc}") from exc
 

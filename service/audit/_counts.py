@@ -19,9 +19,7 @@ class _Tally:
     cards_shown: int = 0
     accepted: int = 0
     overridden: int = 0
-    override_reasons: Counter[tuple[str | None, str | None, str | None]] = field(
-        default_factory=Counter
-    )
+    override_reasons: Counter[tuple[str | None, str | None, str | None]] = field(default_factory=Counter)
 
 
 def trial_outcome_matches(record: Mapping[str, Any], trial_id: str, outcome: str) -> bool:

@@ -68,6 +68,4 @@ def create_audit_engine(url: str) -> Engine:
             connect_args={"connect_timeout": 5},
         )
         return engine
-    raise AuditConfigurationError(
-        f"unsupported audit database {backend!r}: use sqlite or postgresql"
-    )
+    raise AuditConfigurationError(f"unsupported audit database {backend!r}: use sqlite or postgresql")

@@ -111,9 +111,7 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
     try:
         uuid.UUID(decision_id)
     except ValueError as exc:
-        raise InvalidAuditRecordError(
-            f"decision.decision_id is not a uuid: {decision_id!r}"
-        ) from exc
+        raise InvalidAuditRecordError(f"decision.decision_id is not a uuid: {decision_id!r}") from exc
     recorded_at = parse_timestamp(_require_str(clean, "recorded_at", where), "decision.recorded_at")
     verdicts = _list_of_dicts(clean, "verdicts", where)
     for verdict in verdicts:
@@ -158,9 +156,7 @@ def prepare_feedback(feedback: Mapping[str, Any]) -> PreparedFeedback:
     card_uuid = _require_str(item, "card", where)
     outcome = _require_str(item, "outcome", where)
     if outcome not in FEEDBACK_OUTCOMES:
-        raise InvalidAuditRecordError(
-            f"feedback.outcome must be accepted or overridden: {outcome!r}"
-        )
+        raise InvalidAuditRecordError(f"feedback.outcome must be accepted or overridden: {outcome!r}")
     outcome_timestamp = _require_str(item, "outcomeTimestamp", where)
     parse_timestamp(outcome_timestamp, "feedback.outcomeTimestamp")
     reason = item.get("overrideReason")

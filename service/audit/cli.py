@@ -41,9 +41,7 @@ def _settings() -> Settings:
     try:
         return get_settings()
     except ValueError as exc:
-        raise typer.BadParameter(
-            f"cannot read the service settings ({exc}); pass --database-url"
-        ) from exc
+        raise typer.BadParameter(f"cannot read the service settings ({exc}); pass --database-url") from exc
 
 
 @contextmanager

@@ -121,9 +121,7 @@ def _csv_line(values: Iterable[Any]) -> str:
     return buffer.getvalue()
 
 
-def export_csv(
-    records: Iterable[Mapping[str, Any]], *, pseudonym_key: bytes | None = None
-) -> Iterator[str]:
+def export_csv(records: Iterable[Mapping[str, Any]], *, pseudonym_key: bytes | None = None) -> Iterator[str]:
     """A header line, then one flattened line per record; lists are joined with ``;``."""
     yield _csv_line(CSV_COLUMNS)
     for record in _prepared(records, pseudonym_key):
@@ -201,16 +199,12 @@ def _record_entity(record: Mapping[str, Any]) -> dict[str, Any]:
     details = [_detail(name, record[name]) for name in ("seq", "outcome", "prev_hash", "hash")]
     if record["kind"] == "decision":
         identifier = {"system": DECISION_SYSTEM, "value": record["record_id"]}
-        details.append(
-            _detail("suggested_trials", suggested_trial_ids(content.get("verdicts", [])))
-        )
+        details.append(_detail("suggested_trials", suggested_trial_ids(content.get("verdicts", []))))
         for name in ("hook_instance", "criteria_fingerprint", "input_fingerprint", "evaluated_at"):
             if content.get(name) is not None:
                 details.append(_detail(name, content[name]))
         details.append(_detail("verdicts", content.get("verdicts", [])))
-        details.append(
-            _detail("card_uuids", [card.get("uuid") for card in content.get("cards", [])])
-        )
+        details.append(_detail("card_uuids", [card.get("uuid") for card in content.get("cards", [])]))
         return {
             "what": {"identifier": identifier},
             "type": _coding(_ENTITY_TYPE, "2", "System Object"),
@@ -255,9 +249,7 @@ def audit_event(record: Mapping[str, Any]) -> AuditEvent:
         "id": record["record_id"],
         "type": _coding(_DCM, "110112", "Query")
         if is_decision
-        else _coding(
-            "http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"
-        ),
+        else _coding("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"),
         "subtype": [_coding(HOOK_SYSTEM, record["hook"], record["hook"])],
         "action": "E" if is_decision else "C",
         "recorded": record["recorded_at"],

@@ -62,9 +62,7 @@ class AuditCard(AuditBase):
     __table_args__ = (Index("ix_audit_card_record_id", "record_id"),)
 
     card_uuid: Mapped[str] = mapped_column(String(200), primary_key=True)
-    record_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("audit_record.record_id"), primary_key=True
-    )
+    record_id: Mapped[str] = mapped_column(String(36), ForeignKey("audit_record.record_id"), primary_key=True)
     trial_ids: Mapped[list[str]] = mapped_column(JSON)
 
 

@@ -33,9 +33,7 @@ class ReplayDifference:
 
     def describe(self) -> str:
         """A one-line, human-readable account of the difference."""
-        where = (
-            self.trial_id if self.criterion_id is None else f"{self.trial_id}/{self.criterion_id}"
-        )
+        where = self.trial_id if self.criterion_id is None else f"{self.trial_id}/{self.criterion_id}"
         return f"{where}: {self.aspect} was {self.recorded!r}, now {self.replayed!r}"
 
 
@@ -79,9 +77,7 @@ def compare_verdicts(
             continue
         if old.get("suggested") != new.get("suggested"):
             differences.append(
-                ReplayDifference(
-                    trial_id, None, "suggested", old.get("suggested"), new.get("suggested")
-                )
+                ReplayDifference(trial_id, None, "suggested", old.get("suggested"), new.get("suggested"))
             )
         old_criteria = _by_key(old.get("criteria", []), "id")
         new_criteria = _by_key(new.get("criteria", []), "id")
@@ -89,9 +85,7 @@ def compare_verdicts(
             old_state = old_criteria.get(criterion_id, {}).get("state", _ABSENT)
             new_state = new_criteria.get(criterion_id, {}).get("state", _ABSENT)
             if old_state != new_state:
-                differences.append(
-                    ReplayDifference(trial_id, criterion_id, "state", old_state, new_state)
-                )
+                differences.append(ReplayDifference(trial_id, criterion_id, "state", old_state, new_state))
     return differences
 
 

@@ -150,9 +150,7 @@ class AuditStore:
                 with connection.begin():
                     yield connection
         except SQLAlchemyError as exc:
-            raise AuditUnavailableError(
-                f"audit store unavailable: {describe_database_error(exc)}"
-            ) from exc
+            raise AuditUnavailableError(f"audit store unavailable: {describe_database_error(exc)}") from exc
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision; safe to run from every instance."""
@@ -170,9 +168,7 @@ class AuditStore:
         try:
             with self._transaction(write=True) as connection:
                 exists = connection.execute(
-                    select(CriteriaVersion.fingerprint).where(
-                        CriteriaVersion.fingerprint == fingerprint
-                    )
+                    select(CriteriaVersion.fingerprint).where(CriteriaVersion.fingerprint == fingerprint)
                 ).first()
                 if exists is None:
                     connection.execute(
@@ -221,13 +217,9 @@ class AuditStore:
 
         return self._append(write)
 
-    def _write_decision(
-        self, connection: Connection, head: _ChainHead, prepared: PreparedDecision
-    ) -> str:
+    def _write_decision(self, connection: Connection, head: _ChainHead, prepared: PreparedDecision) -> str:
         record_id = str(prepared.values["record_id"])
-        taken = connection.execute(
-            select(AuditRecord.seq).where(AuditRecord.record_id == record_id)
-        ).first()
+        taken = connection.execute(select(AuditRecord.seq).where(AuditRecord.record_id == record_id)).first()
         if taken is not None:
             raise DuplicateRecordError(f"decision {record_id} is already in the audit trail")
         self._insert_record(connection, head, prepared.values)
@@ -303,9 +295,7 @@ class AuditStore:
         checked = 0
         expected_seq, previous_hash = 1, GENESIS_HASH
         with self._transaction(write=False, snapshot=True) as connection:
-            head = connection.execute(
-                select(AuditChainHead.last_seq, AuditChainHead.last_hash)
-            ).one()
+            head = connection.execute(select(AuditChainHead.last_seq, AuditChainHead.last_hash)).one()
             rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(
                 select(_record_table).order_by(_record_table.c.seq)
             )
@@ -320,9 +310,7 @@ class AuditStore:
                     )
                     problems.append(f"gap before {label}: {missing} missing (deleted record?)")
                 if row.prev_hash != previous_hash:
-                    problems.append(
-                        f"broken link at {label}: prev_hash is not the previous record's hash"
-                    )
+                    problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")
                 if chain_hash(hash_document(row._asdict()), row.prev_hash) != row.hash:
                     problems.append(f"edited content at {label}: hash does not match the record")
                 expected_seq, previous_hash = row.seq + 1, row.hash
@@ -389,8 +377,6 @@ class AuditStore:
             result = connection.execute(delete(SeenJti).where(SeenJti.expires_at < cutoff))
         return int(result.rowcount)
 
-    def counts(
-        self, since: datetime | None = None, until: datetime | None = None
-    ) -> list[dict[str, Any]]:
+    def counts(self, since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
         """Per month and trial: cards shown, accepted, overridden, and override reasons."""
         return _counts.monthly_trial_counts(self.iter_records(ExportFilters(since, until)))

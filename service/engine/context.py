@@ -23,7 +23,8 @@ class EvaluationContext:
         """Diagnoses (any clinical status) coded in the value set, memoised per call."""
         if value_set not in self._value_set_cache:
             self._value_set_cache[value_set] = [
-                d for d in self.facts.diagnoses
+                d
+                for d in self.facts.diagnoses
                 if self.mappings.condition_in_value_set(value_set, list(d.codings), d.text)
             ]
         return self._value_set_cache[value_set]
@@ -35,7 +36,8 @@ class EvaluationContext:
         """Medication statements matching a drug class, memoised per call."""
         if class_name not in self._class_cache:
             self._class_cache[class_name] = [
-                d for d in self.facts.drugs
+                d
+                for d in self.facts.drugs
                 if self.mappings.match_drug(class_name, list(d.codings), d.text) is not None
             ]
         return self._class_cache[class_name]

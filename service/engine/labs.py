@@ -70,11 +70,17 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
     if facts.sex not in ("male", "female"):
         missing.append("the sex")
     if missing or creatinine is None or weight is None or facts.birth_date is None:
-        return (f"clearance cannot be computed: needs {', '.join(missing)}",
-                "record the body weight; repeat the serum creatinine")
+        return (
+            f"clearance cannot be computed: needs {', '.join(missing)}",
+            "record the body weight; repeat the serum creatinine",
+        )
     try:
-        creatinine_mg_dl = convert(creatinine.value or 0.0, creatinine.unit or "", "mg/dL",
-                                   context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol)
+        creatinine_mg_dl = convert(
+            creatinine.value or 0.0,
+            creatinine.unit or "",
+            "mg/dL",
+            context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol,
+        )
         weight_kg = convert(weight.value or 0.0, weight.unit or "", "kg")
     except UnitConversionError as exc:
         return f"clearance cannot be computed: {exc}", "repeat the serum creatinine"
@@ -86,10 +92,16 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
         clearance *= 0.85
     when = min(creatinine.when, weight.when) if creatinine.when and weight.when else creatinine.when
     return LabResult(
-        analyte="creatinine_clearance", value=round(clearance, 1), unit="mL/min", when=when,
-        source=creatinine.source, code="cockcroft-gault",
-        display=(f"Creatinine clearance (Cockcroft-Gault from creatinine {_fmt(creatinine_mg_dl)} "
-                 f"mg/dL, weight {_fmt(weight_kg)} kg, age {age}, {facts.sex})"),
+        analyte="creatinine_clearance",
+        value=round(clearance, 1),
+        unit="mL/min",
+        when=when,
+        source=creatinine.source,
+        code="cockcroft-gault",
+        display=(
+            f"Creatinine clearance (Cockcroft-Gault from creatinine {_fmt(creatinine_mg_dl)} "
+            f"mg/dL, weight {_fmt(weight_kg)} kg, age {age}, {facts.sex})"
+        ),
     )
 
 
@@ -99,26 +111,37 @@ def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) ->
     if result.reference_high is not None:
         high, high_unit = result.reference_high
         try:
-            converted = convert(high, high_unit or result.unit or "", result.unit or "",
-                                definition.molar_mass_g_per_mol)
+            converted = convert(
+                high, high_unit or result.unit or "", result.unit or "", definition.molar_mass_g_per_mol
+            )
         except UnitConversionError:
             return f"the reference range unit '{high_unit}' does not convert to '{result.unit}'"
         return converted, f"the result's own reference range (high {_fmt(high)} {high_unit or result.unit})"
     if definition.default_uln is None:
         return "the result has no reference range and there is no documented default ULN"
     try:
-        converted = convert(definition.default_uln.value, definition.default_uln.unit,
-                            result.unit or "", definition.molar_mass_g_per_mol)
+        converted = convert(
+            definition.default_uln.value,
+            definition.default_uln.unit,
+            result.unit or "",
+            definition.molar_mass_g_per_mol,
+        )
     except UnitConversionError:
         return f"the default ULN unit does not convert to '{result.unit}'"
-    return converted, f"default ULN {_fmt(definition.default_uln.value)} {definition.default_uln.unit} ({definition.default_uln.source}); no reference range on the result"
+    return (
+        converted,
+        f"default ULN {_fmt(definition.default_uln.value)} {definition.default_uln.unit} ({definition.default_uln.source}); no reference range on the result",
+    )
 
 
 def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     definition = context.mappings.analytes[rule.analyte]
     if rule.analyte in context.facts.unavailable:
-        return RuleOutcome(State.UNKNOWN, f"{definition.display} could not be retrieved: {context.facts.unavailable[rule.analyte]}",
-                           resolve_hint=definition.order_hint)
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{definition.display} could not be retrieved: {context.facts.unavailable[rule.analyte]}",
+            resolve_hint=definition.order_hint,
+        )
     lookback = rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
     latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
     hint = definition.order_hint
@@ -127,7 +150,9 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
         if isinstance(derived, LabResult):
             latest = derived
         elif newest is None:
-            return RuleOutcome(State.UNKNOWN, f"no {definition.display} on record; {derived[0]}", resolve_hint=hint)
+            return RuleOutcome(
+                State.UNKNOWN, f"no {definition.display} on record; {derived[0]}", resolve_hint=hint
+            )
     if latest is None:
         if newest is not None and newest.when is not None:
             age_days = (context.at - newest.when).days
@@ -135,12 +160,19 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
                 State.UNKNOWN,
                 f"latest {definition.display} ({_fmt(newest.value or 0)} {newest.unit or ''} on "
                 f"{newest.when.date().isoformat()}) is {age_days} days old, outside the {lookback}-day look-back",
-                (_evidence(newest),), resolve_hint=hint,
+                (_evidence(newest),),
+                resolve_hint=hint,
             )
-        return RuleOutcome(State.UNKNOWN, f"no {definition.display} in the last {lookback} days", resolve_hint=hint)
+        return RuleOutcome(
+            State.UNKNOWN, f"no {definition.display} in the last {lookback} days", resolve_hint=hint
+        )
     if latest.value is None or latest.unit is None:
-        return RuleOutcome(State.UNKNOWN, f"{definition.display} on record has no unit; cannot compare",
-                           (_evidence(latest),), resolve_hint=hint)
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{definition.display} on record has no unit; cannot compare",
+            (_evidence(latest),),
+            resolve_hint=hint,
+        )
 
     times_uln, fixed_value = rule.times_uln, rule.value
     condition_note = ""
@@ -155,7 +187,9 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     if times_uln is not None:
         found = _upper_limit(latest, context, rule.analyte)
         if isinstance(found, str):
-            return RuleOutcome(State.UNKNOWN, f"{definition.display}: {found}", (_evidence(latest),), resolve_hint=hint)
+            return RuleOutcome(
+                State.UNKNOWN, f"{definition.display}: {found}", (_evidence(latest),), resolve_hint=hint
+            )
         uln, uln_source = found
         value, limit, unit = latest.value, times_uln * uln, latest.unit
         limit_text = f"{_fmt(times_uln)}× ULN = {_fmt(limit)} {unit}"
@@ -166,7 +200,8 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             return RuleOutcome(
                 State.UNKNOWN,
                 f"{definition.display} {_fmt(latest.value)} {latest.unit}: unit cannot be converted to {rule.unit} ({exc})",
-                (_evidence(latest),), resolve_hint=hint,
+                (_evidence(latest),),
+                resolve_hint=hint,
             )
         limit, unit = fixed_value, rule.unit
         limit_text = f"{_fmt(limit)} {unit}"
@@ -174,29 +209,40 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
         return RuleOutcome(State.UNKNOWN, f"{definition.display}: the criterion gives no limit")
 
     evidence = (_evidence(latest, uln, uln_source),)
-    shown = f"{_fmt(value)} {unit}" + ("" if unit == latest.unit else f" ({_fmt(latest.value)} {latest.unit})")
+    shown = f"{_fmt(value)} {unit}" + (
+        "" if unit == latest.unit else f" ({_fmt(latest.value)} {latest.unit})"
+    )
     when = latest.when.date().isoformat() if latest.when else "undated"
     if latest.unit_problem:
-        return RuleOutcome(State.UNKNOWN, f"{definition.display} {shown} on {when}: {latest.unit_problem}",
-                           evidence, resolve_hint=hint)
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{definition.display} {shown} on {when}: {latest.unit_problem}",
+            evidence,
+            resolve_hint=hint,
+        )
     flags: list[str] = []
     if rule.protocol_window_days is not None and latest.when is not None:
         age_days = (context.at - latest.when).days
         if age_days > rule.protocol_window_days:
-            flags.append(f"repeat before enrolment: result is {age_days} days old; the protocol needs it within {rule.protocol_window_days} days")
+            flags.append(
+                f"repeat before enrolment: result is {age_days} days old; the protocol needs it within {rule.protocol_window_days} days"
+            )
     if uln_source is not None and uln_source.startswith("default"):
         flags.append("provisional: lab reference range missing, default ULN used")
     state = State.MET if _holds(value, rule.comparison, limit) else State.NOT_MET
     reason = f"{definition.display} {shown} on {when}; needs {_SYMBOL[rule.comparison]} {limit_text}{condition_note}"
-    return RuleOutcome(state, reason, evidence, flags=tuple(flags),
-                       resolve_hint=hint if state is State.NOT_MET else None)
+    return RuleOutcome(
+        state, reason, evidence, flags=tuple(flags), resolve_hint=hint if state is State.NOT_MET else None
+    )
 
 
 def evaluate_no_result(rule: NoResultRule, context: EvaluationContext) -> RuleOutcome:
     results = context.facts.labs.get(rule.analyte, [])
     display = context.mappings.analytes[rule.analyte].display
     if rule.analyte in context.facts.unavailable:
-        return RuleOutcome(State.UNKNOWN, f"{display} could not be retrieved: {context.facts.unavailable[rule.analyte]}")
+        return RuleOutcome(
+            State.UNKNOWN, f"{display} could not be retrieved: {context.facts.unavailable[rule.analyte]}"
+        )
     if results:
         return RuleOutcome(State.NOT_MET, f"a {display} is on record", (_evidence(results[0]),))
     return RuleOutcome(State.MET, f"no {display} on record")

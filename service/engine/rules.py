@@ -61,7 +61,9 @@ def _drug_evidence(drug: DrugExposure, extra: str = "") -> Evidence:
 def _test_evidence(result: TestResult) -> Evidence:
     return Evidence(
         description=f"{result.test.replace('_', ' ')}: {result.text or 'no interpretable value'}",
-        source=str(result.source), value=result.polarity, date=_day(result.when),
+        source=str(result.source),
+        value=result.polarity,
+        date=_day(result.when),
     )
 
 
@@ -70,13 +72,21 @@ def _age(rule: AgeRule, context: EvaluationContext) -> RuleOutcome:
     if birth is None:
         return RuleOutcome(State.UNKNOWN, "no birth date on record", resolve_hint="record the birth date")
     age = age_in_years(birth, context.at)
-    evidence = (Evidence("age from Patient.birthDate", f"Patient/{context.facts.patient_id}", age, "a", birth.isoformat()),)
+    evidence = (
+        Evidence(
+            "age from Patient.birthDate", f"Patient/{context.facts.patient_id}", age, "a", birth.isoformat()
+        ),
+    )
     bounds = f"{rule.min_years if rule.min_years is not None else 0}–{rule.max_years if rule.max_years is not None else '∞'} years"
     if rule.min_years is not None and age < rule.min_years:
         return RuleOutcome(State.NOT_MET, f"age {age}; needs {bounds}", evidence)
     if rule.max_years is not None and age > rule.max_years:
         if rule.above_max == "needs_review":
-            return RuleOutcome(State.NEEDS_REVIEW, f"age {age}: {rule.above_max_note or 'above the upper age limit'}", evidence)
+            return RuleOutcome(
+                State.NEEDS_REVIEW,
+                f"age {age}: {rule.above_max_note or 'above the upper age limit'}",
+                evidence,
+            )
         return RuleOutcome(State.NOT_MET, f"age {age}; needs {bounds}", evidence)
     return RuleOutcome(State.MET, f"age {age} (needs {bounds})", evidence)
 
@@ -110,49 +120,96 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
     if found:
         evidence = tuple(_diagnosis_evidence(d) for d in found)
         if rule.not_met_if_on_classes:
-            treated = [drug for c in rule.not_met_if_on_classes for drug in context.drugs_in(c) if context.is_current(drug)]
+            treated = [
+                drug
+                for c in rule.not_met_if_on_classes
+                for drug in context.drugs_in(c)
+                if context.is_current(drug)
+            ]
             if treated:
-                return RuleOutcome(State.NOT_MET, f"{names} recorded and treated", evidence + tuple(_drug_evidence(d) for d in treated))
+                return RuleOutcome(
+                    State.NOT_MET,
+                    f"{names} recorded and treated",
+                    evidence + tuple(_drug_evidence(d) for d in treated),
+                )
         state = State.NOT_MET if rule.presence_state == "not_met" else State.UNKNOWN
         return RuleOutcome(state, rule.presence_note or f"{names} recorded", evidence)
     if undated:
-        return RuleOutcome(State.UNKNOWN, f"{names} recorded without dates; confirm when",
-                           tuple(_diagnosis_evidence(d) for d in undated))
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{names} recorded without dates; confirm when",
+            tuple(_diagnosis_evidence(d) for d in undated),
+        )
     return RuleOutcome(State.MET, f"no {names} recorded among {len(context.facts.diagnoses)} conditions")
 
 
 def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOutcome:
     test = context.mappings.qualitative_tests[rule.test]
-    if rule.only_for_sex and context.facts.sex in ("male", "female") and context.facts.sex != rule.only_for_sex:
+    if (
+        rule.only_for_sex
+        and context.facts.sex in ("male", "female")
+        and context.facts.sex != rule.only_for_sex
+    ):
         return RuleOutcome(State.MET, f"not applicable ({context.facts.sex})")
     diagnoses = [d for vs in rule.value_sets for d in context.diagnoses_in(vs) if d.is_active]
     if diagnoses:
-        return RuleOutcome(State.NOT_MET, f"{diagnoses[0].display} recorded",
-                           tuple(_diagnosis_evidence(d) for d in diagnoses))
+        return RuleOutcome(
+            State.NOT_MET,
+            f"{diagnoses[0].display} recorded",
+            tuple(_diagnosis_evidence(d) for d in diagnoses),
+        )
     if rule.test in context.facts.unavailable:
-        return RuleOutcome(State.UNKNOWN, f"{test.display} could not be retrieved: {context.facts.unavailable[rule.test]}",
-                           resolve_hint=test.order_hint)
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{test.display} could not be retrieved: {context.facts.unavailable[rule.test]}",
+            resolve_hint=test.order_hint,
+        )
     lookback = timedelta(days=test.lookback_days or DEFAULT_TEST_LOOKBACK_DAYS)
-    results = [r for r in context.facts.tests.get(rule.test, []) if r.when is None or context.at - r.when <= lookback]
+    results = [
+        r for r in context.facts.tests.get(rule.test, []) if r.when is None or context.at - r.when <= lookback
+    ]
     if not results:
         return RuleOutcome(State.UNKNOWN, f"no {test.display} on record", resolve_hint=test.order_hint)
     latest = results[0]
     if latest.polarity == "positive":
-        return RuleOutcome(State.NOT_MET, f"{test.display} positive on {_day(latest.when) or 'undated'}", (_test_evidence(latest),))
+        return RuleOutcome(
+            State.NOT_MET,
+            f"{test.display} positive on {_day(latest.when) or 'undated'}",
+            (_test_evidence(latest),),
+        )
     if latest.polarity == "negative":
-        return RuleOutcome(State.MET, f"{test.display} negative on {_day(latest.when) or 'undated'}", (_test_evidence(latest),))
-    return RuleOutcome(State.UNKNOWN, f"{test.display} result not interpretable", (_test_evidence(latest),), resolve_hint=test.order_hint)
+        return RuleOutcome(
+            State.MET,
+            f"{test.display} negative on {_day(latest.when) or 'undated'}",
+            (_test_evidence(latest),),
+        )
+    return RuleOutcome(
+        State.UNKNOWN,
+        f"{test.display} result not interpretable",
+        (_test_evidence(latest),),
+        resolve_hint=test.order_hint,
+    )
 
 
 def _histology(rule: HistologyRule, context: EvaluationContext) -> RuleOutcome:
     required = [d for vs in rule.required_value_sets for d in context.diagnoses_in(vs) if d.is_active]
     if required:
-        return RuleOutcome(State.MET, f"{required[0].display} recorded", tuple(_diagnosis_evidence(d) for d in required))
+        return RuleOutcome(
+            State.MET, f"{required[0].display} recorded", tuple(_diagnosis_evidence(d) for d in required)
+        )
     excluded = [d for vs in rule.excluded_value_sets for d in context.diagnoses_in(vs) if d.is_active]
     names = " or ".join(context.mappings.value_sets[v].display for v in rule.required_value_sets)
     if excluded:
-        return RuleOutcome(State.NOT_MET, f"{excluded[0].display} recorded; needs {names}", tuple(_diagnosis_evidence(d) for d in excluded))
-    return RuleOutcome(State.UNKNOWN, f"histology not coded; needs {names}", resolve_hint="confirm the histology from the pathology report")
+        return RuleOutcome(
+            State.NOT_MET,
+            f"{excluded[0].display} recorded; needs {names}",
+            tuple(_diagnosis_evidence(d) for d in excluded),
+        )
+    return RuleOutcome(
+        State.UNKNOWN,
+        f"histology not coded; needs {names}",
+        resolve_hint="confirm the histology from the pathology report",
+    )
 
 
 def _exposures(
@@ -173,15 +230,29 @@ def _in_window(drug: DrugExposure, context: EvaluationContext, within_days: int 
     if within_days is None:
         return True
     last = drug.end or drug.start
-    return last is not None and last <= context.at + timedelta(hours=12) and context.at - last <= timedelta(days=within_days)
+    return (
+        last is not None
+        and last <= context.at + timedelta(hours=12)
+        and context.at - last <= timedelta(days=within_days)
+    )
 
 
 def _no_medication(rule: NoMedicationRule, context: EvaluationContext) -> RuleOutcome:
     names = ", ".join(context.mappings.drug_classes[c].display for c in rule.classes)
-    exposed = [d for d in _exposures(rule.classes, context, rule.unless_classes) if _in_window(d, context, rule.within_days)]
+    exposed = [
+        d
+        for d in _exposures(rule.classes, context, rule.unless_classes)
+        if _in_window(d, context, rule.within_days)
+    ]
     if exposed:
         return RuleOutcome(State.NOT_MET, f"{names} on record", tuple(_drug_evidence(d) for d in exposed))
-    window = "" if rule.within_days is None else f" in the last {rule.within_days} days" if rule.within_days else " currently"
+    window = (
+        ""
+        if rule.within_days is None
+        else f" in the last {rule.within_days} days"
+        if rule.within_days
+        else " currently"
+    )
     return RuleOutcome(State.MET, f"no {names} recorded{window}")
 
 
@@ -189,7 +260,11 @@ def _on_medication(rule: OnMedicationRule, context: EvaluationContext) -> RuleOu
     names = ", ".join(context.mappings.drug_classes[c].display for c in rule.classes)
     taking = [d for d in _exposures(rule.classes, context) if _in_window(d, context, rule.within_days)]
     if taking:
-        return RuleOutcome(State.MET, f"{names} within the last {rule.within_days} days", tuple(_drug_evidence(d) for d in taking))
+        return RuleOutcome(
+            State.MET,
+            f"{names} within the last {rule.within_days} days",
+            tuple(_drug_evidence(d) for d in taking),
+        )
     return RuleOutcome(State.NOT_MET, f"no {names} within the last {rule.within_days} days")
 
 
@@ -199,7 +274,9 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
     undated: list[DrugExposure] = []
     for drug in _exposures(rule.classes, context):
         if context.is_current(drug):
-            blocking.append((context.at + timedelta(days=rule.days), drug, " — ongoing; the date assumes it stops today"))
+            blocking.append(
+                (context.at + timedelta(days=rule.days), drug, " — ongoing; the date assumes it stops today")
+            )
             continue
         last = drug.end or drug.start
         if last is None:
@@ -211,11 +288,19 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
     if blocking:
         lifts, drug, extra = max(blocking, key=lambda item: item[0])
         evidence = tuple(_drug_evidence(d, e) for _, d, e in blocking)
-        return RuleOutcome(State.NOT_YET, f"{rule.days}-day washout after {drug.text or names} ends {lifts.date().isoformat()}{extra}",
-                           evidence, until=lifts.date())
+        return RuleOutcome(
+            State.NOT_YET,
+            f"{rule.days}-day washout after {drug.text or names} ends {lifts.date().isoformat()}{extra}",
+            evidence,
+            until=lifts.date(),
+        )
     if undated:
-        return RuleOutcome(State.UNKNOWN, f"{names} recorded without dates; confirm the last dose",
-                           tuple(_drug_evidence(d) for d in undated), resolve_hint="confirm the date of the last anticancer dose")
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{names} recorded without dates; confirm the last dose",
+            tuple(_drug_evidence(d) for d in undated),
+            resolve_hint="confirm the date of the last anticancer dose",
+        )
     return RuleOutcome(State.MET, f"no {names} in the last {rule.days} days on record")
 
 
@@ -238,35 +323,69 @@ def _steroid_dose(rule: SteroidDoseRule, context: EvaluationContext) -> RuleOutc
             continue
         equivalent = drug.dose_mg_per_day * factor
         total += equivalent
-        evidence.append(_drug_evidence(drug, f"; {drug.dose_mg_per_day:g} mg/day = {equivalent:.1f} mg/day prednisone-equivalent"))
+        evidence.append(
+            _drug_evidence(
+                drug, f"; {drug.dose_mg_per_day:g} mg/day = {equivalent:.1f} mg/day prednisone-equivalent"
+            )
+        )
     symbol = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}[rule.comparison]
     limit = f"{symbol} {rule.prednisone_mg_per_day:g} mg/day prednisone-equivalent"
-    holds = {"ge": total >= rule.prednisone_mg_per_day, "gt": total > rule.prednisone_mg_per_day,
-             "le": total <= rule.prednisone_mg_per_day, "lt": total < rule.prednisone_mg_per_day}[rule.comparison]
+    holds = {
+        "ge": total >= rule.prednisone_mg_per_day,
+        "gt": total > rule.prednisone_mg_per_day,
+        "le": total <= rule.prednisone_mg_per_day,
+        "lt": total < rule.prednisone_mg_per_day,
+    }[rule.comparison]
     if not holds:
-        return RuleOutcome(State.NOT_MET, f"systemic corticosteroids {total:.1f} mg/day prednisone-equivalent; needs {limit}", tuple(evidence))
+        return RuleOutcome(
+            State.NOT_MET,
+            f"systemic corticosteroids {total:.1f} mg/day prednisone-equivalent; needs {limit}",
+            tuple(evidence),
+        )
     if problems:
-        return RuleOutcome(State.UNKNOWN, f"current systemic corticosteroid without a computable daily dose ({'; '.join(problems)})",
-                           tuple(evidence), resolve_hint="record the steroid dose and frequency")
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"current systemic corticosteroid without a computable daily dose ({'; '.join(problems)})",
+            tuple(evidence),
+            resolve_hint="record the steroid dose and frequency",
+        )
     if not evidence:
         return RuleOutcome(State.MET, "no current systemic corticosteroid on record")
-    return RuleOutcome(State.MET, f"systemic corticosteroids {total:.1f} mg/day prednisone-equivalent (needs {limit})", tuple(evidence))
+    return RuleOutcome(
+        State.MET,
+        f"systemic corticosteroids {total:.1f} mg/day prednisone-equivalent (needs {limit})",
+        tuple(evidence),
+    )
 
 
 def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationContext) -> RuleOutcome:
     positives = [d for vs in rule.positive_value_sets for d in context.diagnoses_in(vs)]
     if positives:
-        return RuleOutcome(State.NOT_MET, f"{positives[0].display} recorded", tuple(_diagnosis_evidence(d) for d in positives))
-    positive_tests = [r for t in rule.tests for r in context.facts.tests.get(t, []) if r.polarity == "positive"]
+        return RuleOutcome(
+            State.NOT_MET,
+            f"{positives[0].display} recorded",
+            tuple(_diagnosis_evidence(d) for d in positives),
+        )
+    positive_tests = [
+        r for t in rule.tests for r in context.facts.tests.get(t, []) if r.polarity == "positive"
+    ]
     if positive_tests:
-        return RuleOutcome(State.NOT_MET, "driver alteration detected", tuple(_test_evidence(r) for r in positive_tests))
+        return RuleOutcome(
+            State.NOT_MET, "driver alteration detected", tuple(_test_evidence(r) for r in positive_tests)
+        )
     implying = _exposures(rule.implying_medication_classes, context)
     if implying:
-        return RuleOutcome(State.NOT_MET, "treated with an EGFR/ALK-directed inhibitor, which implies a driver alteration",
-                           tuple(_drug_evidence(d) for d in implying))
+        return RuleOutcome(
+            State.NOT_MET,
+            "treated with an EGFR/ALK-directed inhibitor, which implies a driver alteration",
+            tuple(_drug_evidence(d) for d in implying),
+        )
     evidence: list[Evidence] = []
-    missing: list[str] = [context.mappings.qualitative_tests[t].display + " (could not be retrieved)"
-                          for t in rule.tests if t in context.facts.unavailable]
+    missing: list[str] = [
+        context.mappings.qualitative_tests[t].display + " (could not be retrieved)"
+        for t in rule.tests
+        if t in context.facts.unavailable
+    ]
     for test_name, negative_set in zip(rule.tests, rule.negative_value_sets, strict=False):
         if test_name in context.facts.unavailable:
             continue
@@ -279,8 +398,12 @@ def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationConte
         else:
             missing.append(context.mappings.qualitative_tests[test_name].display)
     if missing:
-        return RuleOutcome(State.UNKNOWN, f"no result for {', '.join(missing)}", tuple(evidence),
-                           resolve_hint="find or order EGFR, ALK and ROS1 molecular testing")
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"no result for {', '.join(missing)}",
+            tuple(evidence),
+            resolve_hint="find or order EGFR, ALK and ROS1 molecular testing",
+        )
     return RuleOutcome(State.MET, "EGFR, ALK and ROS1 negative", tuple(evidence))
 
 
@@ -304,8 +427,14 @@ def _combine(rule: AllRule | AnyRule, context: EvaluationContext) -> RuleOutcome
     hints = [o.resolve_hint for o in outcomes if o.resolve_hint and o.state is not State.MET]
     joiner = "; and " if isinstance(rule, AllRule) else "; or "
     reason = joiner.join(o.reason for o in (relevant if isinstance(rule, AllRule) else outcomes))
-    return RuleOutcome(chosen, reason, evidence, until=until, flags=flags,
-                       resolve_hint=" or ".join(dict.fromkeys(hints)) or None)
+    return RuleOutcome(
+        chosen,
+        reason,
+        evidence,
+        until=until,
+        flags=flags,
+        resolve_hint=" or ".join(dict.fromkeys(hints)) or None,
+    )
 
 
 _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = {

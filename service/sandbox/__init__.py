@@ -1,5 +1,6 @@
-"""Local sandboxes the service is tested against (a real HAPI FHIR R4 server).
+"""A local sandbox to test the service against: a real HAPI FHIR R4 server and data for it.
 
-They exist because mocks of a FHIR server drift from real search, paging and transaction
-semantics; see :mod:`service.sandbox.hapi`.
+It exists because mocks of a FHIR server drift from real search, paging and transaction
+semantics. :mod:`service.sandbox.hapi` builds and runs the server; the synthetic patients
+that are loaded into it live beside it.
 """

@@ -396,9 +396,7 @@ def start_server(
             cwd=HAPI_PROJECT_DIR,
             start_new_session=detach,
         )
-    server = HapiServer(
-        base_url=f"http://127.0.0.1:{port}/fhir", process=process, log_path=log_path
-    )
+    server = HapiServer(base_url=f"http://127.0.0.1:{port}/fhir", process=process, log_path=log_path)
     try:
         wait_until_ready(server, timeout=timeout)
     except BaseException:
@@ -423,9 +421,7 @@ def docker_available() -> bool:
         return False
 
 
-def start_container(
-    image: str = DEFAULT_IMAGE, *, timeout: float = 240.0, port: int = 8080
-) -> HapiServer:
+def start_container(image: str = DEFAULT_IMAGE, *, timeout: float = 240.0, port: int = 8080) -> HapiServer:
     """Start the upstream ``hapiproject/hapi`` image with testcontainers (needs Docker).
 
     For developers with a Docker engine who do not want to build ``deploy/hapi``. The

@@ -8,10 +8,11 @@ bodies (full, partial or no prefetch), so the prefetch and fetch paths can be co
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,27 +43,55 @@ class _Builder:
         self.id = patient_id
         self.today = today
         self.counter = 0
-        self.resources: list[dict[str, Any]] = [{
-            "resourceType": "Patient", "id": patient_id, "gender": gender, "birthDate": birth.isoformat(),
-            "name": [{"family": "Synthetic", "given": [patient_id]}],
-        }]
+        self.resources: list[dict[str, Any]] = [
+            {
+                "resourceType": "Patient",
+                "id": patient_id,
+                "gender": gender,
+                "birthDate": birth.isoformat(),
+                "name": [{"family": "Synthetic", "given": [patient_id]}],
+            }
+        ]
 
     def _next_id(self, kind: str) -> str:
         self.counter += 1
         return f"{self.id}-{kind}-{self.counter}"
 
     def when(self, days_ago: float) -> str:
-        moment = datetime.combine(self.today, time(9, 0), tzinfo=timezone.utc) - timedelta(days=days_ago)
+        moment = datetime.combine(self.today, time(9, 0), tzinfo=UTC) - timedelta(days=days_ago)
         return moment.isoformat().replace("+00:00", "Z")
 
-    def observation(self, code: str, value: float | None = None, unit: str | None = None, *, days_ago: float = 3,
-                    ref_high: float | None = None, category: str = "laboratory", display: str | None = None,
-                    value_concept: dict[str, Any] | None = None, value_integer: int | None = None,
-                    status: str = "final") -> _Builder:
+    def observation(
+        self,
+        code: str,
+        value: float | None = None,
+        unit: str | None = None,
+        *,
+        days_ago: float = 3,
+        ref_high: float | None = None,
+        category: str = "laboratory",
+        display: str | None = None,
+        value_concept: dict[str, Any] | None = None,
+        value_integer: int | None = None,
+        status: str = "final",
+    ) -> _Builder:
         resource: dict[str, Any] = {
-            "resourceType": "Observation", "id": self._next_id("obs"), "status": status,
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}],
-            "code": {"coding": [{"system": LOINC, "code": code, **({"display": display} if display else {})}]},
+            "resourceType": "Observation",
+            "id": self._next_id("obs"),
+            "status": status,
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": category,
+                        }
+                    ]
+                }
+            ],
+            "code": {
+                "coding": [{"system": LOINC, "code": code, **({"display": display} if display else {})}]
+            },
             "subject": {"reference": f"Patient/{self.id}"},
             "effectiveDateTime": self.when(days_ago),
         }
@@ -73,22 +102,56 @@ class _Builder:
         if value_concept is not None:
             resource["valueCodeableConcept"] = value_concept
         if ref_high is not None:
-            resource["referenceRange"] = [{"high": {"value": ref_high, "unit": unit, "system": UCUM, "code": unit}}]
+            resource["referenceRange"] = [
+                {"high": {"value": ref_high, "unit": unit, "system": UCUM, "code": unit}}
+            ]
         self.resources.append(resource)
         return self
 
     def qualitative(self, code: str, positive: bool, *, days_ago: float = 20) -> _Builder:
-        answer = {"system": LOINC, "code": "LA6576-8", "display": "Positive"} if positive else \
-                 {"system": LOINC, "code": "LA6577-6", "display": "Negative"}
+        answer = (
+            {"system": LOINC, "code": "LA6576-8", "display": "Positive"}
+            if positive
+            else {"system": LOINC, "code": "LA6577-6", "display": "Negative"}
+        )
         return self.observation(code, days_ago=days_ago, value_concept={"coding": [answer]})
 
-    def condition(self, system: str, code: str, display: str, *, status: str = "active", onset_days_ago: float = 200,
-                  abatement_days_ago: float | None = None) -> _Builder:
+    def condition(
+        self,
+        system: str,
+        code: str,
+        display: str,
+        *,
+        status: str = "active",
+        onset_days_ago: float = 200,
+        abatement_days_ago: float | None = None,
+    ) -> _Builder:
         resource: dict[str, Any] = {
-            "resourceType": "Condition", "id": self._next_id("cond"),
-            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}]},
-            "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "problem-list-item"}]}],
+            "resourceType": "Condition",
+            "id": self._next_id("cond"),
+            "clinicalStatus": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": status}
+                ]
+            },
+            "verificationStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                        "code": "confirmed",
+                    }
+                ]
+            },
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+                            "code": "problem-list-item",
+                        }
+                    ]
+                }
+            ],
             "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
             "subject": {"reference": f"Patient/{self.id}"},
             "onsetDateTime": self.when(onset_days_ago),
@@ -98,15 +161,26 @@ class _Builder:
         self.resources.append(resource)
         return self
 
-    def medication(self, name: str, *, rxnorm: str | None = None, status: str = "completed", start_days_ago: float = 120,
-                   end_days_ago: float | None = 60, dose_mg: float | None = None, per_day: int = 1,
-                   route: str | None = None) -> _Builder:
+    def medication(
+        self,
+        name: str,
+        *,
+        rxnorm: str | None = None,
+        status: str = "completed",
+        start_days_ago: float = 120,
+        end_days_ago: float | None = 60,
+        dose_mg: float | None = None,
+        per_day: int = 1,
+        route: str | None = None,
+    ) -> _Builder:
         coding = [{"system": RXNORM, "code": rxnorm, "display": name}] if rxnorm else []
         period: dict[str, str] = {"start": self.when(start_days_ago)}
         if end_days_ago is not None:
             period["end"] = self.when(end_days_ago)
         resource: dict[str, Any] = {
-            "resourceType": "MedicationStatement", "id": self._next_id("med"), "status": status,
+            "resourceType": "MedicationStatement",
+            "id": self._next_id("med"),
+            "status": status,
             "medicationCodeableConcept": {"coding": coding, "text": name} if coding else {"text": name},
             "subject": {"reference": f"Patient/{self.id}"},
             "effectivePeriod": period,
@@ -114,7 +188,9 @@ class _Builder:
         if dose_mg is not None:
             dosage: dict[str, Any] = {
                 "timing": {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}},
-                "doseAndRate": [{"doseQuantity": {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"}}],
+                "doseAndRate": [
+                    {"doseQuantity": {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"}}
+                ],
             }
             if route:
                 dosage["route"] = {"text": route}
@@ -124,33 +200,54 @@ class _Builder:
 
     # Composite helpers -----------------------------------------------------------------
     def nsclc(self, snomed: str = "254626006", display: str = "Adenocarcinoma of lung") -> _Builder:
-        return (self.condition(ICD10, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung")
-                .condition(SNOMED, snomed, display))
+        return self.condition(
+            ICD10, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
+        ).condition(SNOMED, snomed, display)
 
-    def good_labs(self, days_ago: float = 3, **overrides: tuple[float, str]) -> _Builder:
+    def good_labs(
+        self, days_ago: float = 3, overrides: dict[str, tuple[float, str]] | None = None
+    ) -> _Builder:
         values: dict[str, tuple[float, str]] = {
-            "6690-2": (6.2, "10*3/uL"), "751-8": (3.9, "10*3/uL"), "731-0": (1.4, "10*3/uL"),
-            "777-3": (240, "10*3/uL"), "718-7": (12.8, "g/dL"), "14979-9": (31, "s"), "6301-6": (1.0, "{INR}"),
-            "2160-0": (0.9, "mg/dL"), "1742-6": (30, "U/L"), "1920-8": (28, "U/L"), "1975-2": (0.7, "mg/dL"),
+            "6690-2": (6.2, "10*3/uL"),
+            "751-8": (3.9, "10*3/uL"),
+            "731-0": (1.4, "10*3/uL"),
+            "777-3": (240, "10*3/uL"),
+            "718-7": (12.8, "g/dL"),
+            "14979-9": (31, "s"),
+            "6301-6": (1.0, "{INR}"),
+            "2160-0": (0.9, "mg/dL"),
+            "1742-6": (30, "U/L"),
+            "1920-8": (28, "U/L"),
+            "1975-2": (0.7, "mg/dL"),
         }
-        values.update({code.replace("_", "-"): v for code, v in overrides.items()})
+        values.update(overrides or {})
         ref_highs = {"14979-9": 36.0, "1742-6": 40.0, "1920-8": 40.0, "1975-2": 1.2}
         for code, (value, unit) in values.items():
             self.observation(code, value, unit, days_ago=days_ago, ref_high=ref_highs.get(code))
         return self
 
     def good_workup(self) -> _Builder:
-        (self.observation("89247-1", value_integer=1, days_ago=10, category="survey", display="ECOG")
-         .observation("10230-1", 60, "%", days_ago=40, category="imaging")
-         .observation("20150-9", 2.8, "L", days_ago=40, category="procedure")
-         .observation("83053-9", 50, "%", days_ago=300))
+        (
+            self.observation("89247-1", value_integer=1, days_ago=10, category="survey", display="ECOG")
+            .observation("10230-1", 60, "%", days_ago=40, category="imaging")
+            .observation("20150-9", 2.8, "L", days_ago=40, category="procedure")
+            .observation("83053-9", 50, "%", days_ago=300)
+        )
         for code in ("56888-1", "5196-1", "16128-1", "24110-9", "21665-5", "76042-8", "81202-7"):
             self.qualitative(code, positive=False, days_ago=60)
         return self
 
     def prior_chemoimmunotherapy(self, end_days_ago: float = 90) -> _Builder:
-        (self.medication("carboplatin", rxnorm="40048", start_days_ago=end_days_ago + 120, end_days_ago=end_days_ago)
-         .medication("pembrolizumab", rxnorm="1547545", start_days_ago=end_days_ago + 120, end_days_ago=end_days_ago))
+        (
+            self.medication(
+                "carboplatin", rxnorm="40048", start_days_ago=end_days_ago + 120, end_days_ago=end_days_ago
+            ).medication(
+                "pembrolizumab",
+                rxnorm="1547545",
+                start_days_ago=end_days_ago + 120,
+                end_days_ago=end_days_ago,
+            )
+        )
         return self
 
 
@@ -158,92 +255,362 @@ def _years_ago(today: date, years: int, days: int = 40) -> date:
     return date(today.year - years, today.month, min(today.day, 28)) - timedelta(days=days)
 
 
-def _patient(today: date, patient_id: str, description: str, expected: set[str], *, age: int = 58,
-             gender: str = "male", build: Callable[[_Builder], Any]) -> SyntheticPatient:
+def _patient(
+    today: date,
+    patient_id: str,
+    description: str,
+    expected: set[str],
+    *,
+    age: int = 58,
+    gender: str = "male",
+    build: Callable[[_Builder], Any],
+) -> SyntheticPatient:
     builder = _Builder(patient_id, today, _years_ago(today, age), gender)
     build(builder)
     return SyntheticPatient(patient_id, description, expected, builder.resources)
 
 
-def _eligible_nsclc(b: _Builder) -> None:
-    b.nsclc().good_labs().good_workup().prior_chemoimmunotherapy()
+def _eligible_nsclc(b: _Builder) -> _Builder:
+    return b.nsclc().good_labs().good_workup().prior_chemoimmunotherapy()
 
 
 def generate_patients(today: date) -> list[SyntheticPatient]:
     """The synthetic cohort: eligible patients, one per ruling-out criterion, and data edge cases."""
     both = {LUNG, IOV}
     patients = [
-        _patient(today, "til-lung-eligible", "Nonsquamous NSCLC after chemo-immunotherapy, complete recent work-up", both, build=_eligible_nsclc),
-        _patient(today, "til-lung-ecog-2", "ECOG 2: inside NCT06538012's 0-2, outside IOV-LUN-202's 0-1", {LUNG},
-                 build=lambda b: (b.nsclc().good_labs().prior_chemoimmunotherapy(),
-                                  b.observation("89247-1", value_integer=2, days_ago=5, category="survey"))),
-        _patient(today, "til-lung-age-75", "Age 75: IOV-LUN-202 needs the Medical Monitor (review), NCT06538012 allows to 90", both,
-                 age=75, build=_eligible_nsclc),
-        _patient(today, "til-lung-age-92", "Age 92: above NCT06538012's 90", {IOV}, age=92, build=_eligible_nsclc),
-        _patient(today, "til-lung-age-15", "Age 15: below both trials' minimum", set(), age=15, build=_eligible_nsclc),
-        _patient(today, "til-sclc", "Small cell lung cancer: any lung cancer for NCT06538012, not NSCLC for IOV-LUN-202", {LUNG},
-                 build=lambda b: (b.condition(SNOMED, "254632001", "Small cell carcinoma of lung"), b.good_labs())),
-        _patient(today, "til-squamous", "Squamous NSCLC: the 2025 IOV-LUN-202 reports enrol nonsquamous only", {LUNG},
-                 build=lambda b: (b.nsclc("723301009", "Squamous non-small cell lung cancer"), b.good_labs())),
-        _patient(today, "til-egfr-positive", "EGFR-mutant NSCLC on osimertinib", {LUNG},
-                 build=lambda b: (b.nsclc("703228009", "Non-small cell lung cancer with EGFR mutation"), b.good_labs(),
-                                  b.medication("osimertinib", rxnorm="1721560", start_days_ago=400, end_days_ago=90))),
-        _patient(today, "til-low-anc", "ANC 0.9 x10^9/L: below NCT06538012's 1.5; IOV-LUN-202 publishes no threshold", {IOV},
-                 build=lambda b: (b.nsclc(), b.good_labs(**{"751-8": (0.9, "10*3/uL")}), b.good_workup())),
-        _patient(today, "til-prednisone-20", "Prednisone 20 mg/day: above both steroid limits", set(),
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.medication("prednisone 10 mg tablet", rxnorm="8640", status="active",
-                                  start_days_ago=30, end_days_ago=None, dose_mg=10, per_day=2, route="oral"))),
-        _patient(today, "til-dexamethasone-2", "Dexamethasone 2 mg/day = 13.3 mg prednisone: over IOV's 10, under NCT06538012's 15", {LUNG},
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.medication("dexamethasone 2 mg tablet", status="active",
-                                  start_days_ago=30, end_days_ago=None, dose_mg=2, route="oral"))),
-        _patient(today, "til-hiv-positive", "HIV antibody positive: excluded from NCT06538012 only", {IOV},
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.qualitative("56888-1", positive=True))),
-        _patient(today, "til-gastric", "Stomach adenocarcinoma: the Essen stomach/esophageal trial", {GASTRO},
-                 build=lambda b: (b.condition(ICD10, "C16.9", "Malignant neoplasm of stomach, unspecified"), b.good_labs())),
-        _patient(today, "til-esophageal", "Esophageal cancer metastatic to liver", {GASTRO},
-                 build=lambda b: (b.condition(SNOMED, "363402007", "Malignant tumor of esophagus"),
-                                  b.condition(ICD10, "C78.7", "Secondary malignant neoplasm of liver"))),
-        _patient(today, "til-recent-docetaxel", "Docetaxel ended 10 days ago: NCT06538012 not yet (washout), still suggested", both,
-                 build=lambda b: (_eligible_nsclc(b), b.medication("docetaxel", rxnorm="72962", start_days_ago=80, end_days_ago=10))),
-        _patient(today, "til-missing-data", "Lung cancer diagnosis only: every lab unknown, never met", both,
-                 build=lambda b: b.condition(ICD10, "C34.11", "Malignant neoplasm of upper lobe, right bronchus or lung")),
-        _patient(today, "til-stale-labs", "Labs 45 days old: unknown (outside the 30-day look-back)", both,
-                 build=lambda b: (b.nsclc(), b.good_labs(days_ago=45))),
-        _patient(today, "til-unusual-units", "ANC in /uL, hemoglobin in mmol/L, creatinine and bilirubin in umol/L, no reference ranges", both,
-                 build=lambda b: (b.nsclc(), b.observation("751-8", 1800, "/uL"), b.observation("718-7", 5.8, "mmol/L"),
-                                  b.observation("14682-9", 97, "umol/L"), b.observation("14631-6", 12, "umol/L"),
-                                  b.observation("777-3", 150000, "/uL"))),
-        _patient(today, "til-unconvertible-unit", "ANC reported as '10*9' with no volume: unknown, not guessed", both,
-                 build=lambda b: (b.nsclc(), b.observation("751-8", 2.0, "10*9"))),
-        _patient(today, "til-high-alt", "ALT 200 U/L with the lab's ULN 40: over 3x ULN", {IOV},
-                 build=lambda b: (b.nsclc(), b.good_labs(**{"1742-6": (200, "U/L")}))),
-        _patient(today, "til-many-observations", "600 hemoglobin results over two years, to exercise paging", both,
-                 build=lambda b: (b.nsclc(), [b.observation("718-7", 11 + (i % 7) / 10, "g/dL", days_ago=1 + i) for i in range(600)])),
-        _patient(today, "til-lung-resolved", "Lung cancer resolved five years ago: no active cancer, no card", set(),
-                 build=lambda b: (b.condition(ICD10, "C34.90", "Lung cancer", status="resolved", onset_days_ago=2500, abatement_days_ago=1900), b.good_labs())),
+        _patient(
+            today,
+            "til-lung-eligible",
+            "Nonsquamous NSCLC after chemo-immunotherapy, complete recent work-up",
+            both,
+            build=_eligible_nsclc,
+        ),
+        _patient(
+            today,
+            "til-lung-ecog-2",
+            "ECOG 2: inside NCT06538012's 0-2, outside IOV-LUN-202's 0-1",
+            {LUNG},
+            build=lambda b: (
+                b.nsclc().good_labs().prior_chemoimmunotherapy(),
+                b.observation("89247-1", value_integer=2, days_ago=5, category="survey"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-lung-age-75",
+            "Age 75: IOV-LUN-202 needs the Medical Monitor (review), NCT06538012 allows to 90",
+            both,
+            age=75,
+            build=_eligible_nsclc,
+        ),
+        _patient(
+            today, "til-lung-age-92", "Age 92: above NCT06538012's 90", {IOV}, age=92, build=_eligible_nsclc
+        ),
+        _patient(
+            today,
+            "til-lung-age-15",
+            "Age 15: below both trials' minimum",
+            set(),
+            age=15,
+            build=_eligible_nsclc,
+        ),
+        _patient(
+            today,
+            "til-sclc",
+            "Small cell lung cancer: any lung cancer for NCT06538012, not NSCLC for IOV-LUN-202",
+            {LUNG},
+            build=lambda b: (b.condition(SNOMED, "254632001", "Small cell carcinoma of lung"), b.good_labs()),
+        ),
+        _patient(
+            today,
+            "til-squamous",
+            "Squamous NSCLC: the 2025 IOV-LUN-202 reports enrol nonsquamous only",
+            {LUNG},
+            build=lambda b: (b.nsclc("723301009", "Squamous non-small cell lung cancer"), b.good_labs()),
+        ),
+        _patient(
+            today,
+            "til-egfr-positive",
+            "EGFR-mutant NSCLC on osimertinib",
+            {LUNG},
+            build=lambda b: (
+                b.nsclc("703228009", "Non-small cell lung cancer with EGFR mutation"),
+                b.good_labs(),
+                b.medication("osimertinib", rxnorm="1721560", start_days_ago=400, end_days_ago=90),
+            ),
+        ),
+        _patient(
+            today,
+            "til-low-anc",
+            "ANC 0.9 x10^9/L: below NCT06538012's 1.5; IOV-LUN-202 publishes no threshold",
+            {IOV},
+            build=lambda b: (b.nsclc(), b.good_labs(overrides={"751-8": (0.9, "10*3/uL")}), b.good_workup()),
+        ),
+        _patient(
+            today,
+            "til-prednisone-20",
+            "Prednisone 20 mg/day: above both steroid limits",
+            set(),
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.medication(
+                    "prednisone 10 mg tablet",
+                    rxnorm="8640",
+                    status="active",
+                    start_days_ago=30,
+                    end_days_ago=None,
+                    dose_mg=10,
+                    per_day=2,
+                    route="oral",
+                ),
+            ),
+        ),
+        _patient(
+            today,
+            "til-dexamethasone-2",
+            "Dexamethasone 2 mg/day = 13.3 mg prednisone: over IOV's 10, under NCT06538012's 15",
+            {LUNG},
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.medication(
+                    "dexamethasone 2 mg tablet",
+                    status="active",
+                    start_days_ago=30,
+                    end_days_ago=None,
+                    dose_mg=2,
+                    route="oral",
+                ),
+            ),
+        ),
+        _patient(
+            today,
+            "til-hiv-positive",
+            "HIV antibody positive: excluded from NCT06538012 only",
+            {IOV},
+            build=lambda b: (b.nsclc(), b.good_labs(), b.qualitative("56888-1", positive=True)),
+        ),
+        _patient(
+            today,
+            "til-gastric",
+            "Stomach adenocarcinoma: the Essen stomach/esophageal trial",
+            {GASTRO},
+            build=lambda b: (
+                b.condition(ICD10, "C16.9", "Malignant neoplasm of stomach, unspecified"),
+                b.good_labs(),
+            ),
+        ),
+        _patient(
+            today,
+            "til-esophageal",
+            "Esophageal cancer metastatic to liver",
+            {GASTRO},
+            build=lambda b: (
+                b.condition(SNOMED, "363402007", "Malignant tumor of esophagus"),
+                b.condition(ICD10, "C78.7", "Secondary malignant neoplasm of liver"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-recent-docetaxel",
+            "Docetaxel ended 10 days ago: NCT06538012 not yet (washout), still suggested",
+            both,
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.medication("docetaxel", rxnorm="72962", start_days_ago=80, end_days_ago=10),
+            ),
+        ),
+        _patient(
+            today,
+            "til-missing-data",
+            "Lung cancer diagnosis only: every lab unknown, never met",
+            both,
+            build=lambda b: b.condition(
+                ICD10, "C34.11", "Malignant neoplasm of upper lobe, right bronchus or lung"
+            ),
+        ),
+        _patient(
+            today,
+            "til-stale-labs",
+            "Labs 45 days old: unknown (outside the 30-day look-back)",
+            both,
+            build=lambda b: (b.nsclc(), b.good_labs(days_ago=45)),
+        ),
+        _patient(
+            today,
+            "til-unusual-units",
+            "ANC in /uL, hemoglobin in mmol/L, creatinine and bilirubin in umol/L, no reference ranges",
+            both,
+            build=lambda b: (
+                b.nsclc(),
+                b.observation("751-8", 1800, "/uL"),
+                b.observation("718-7", 5.8, "mmol/L"),
+                b.observation("14682-9", 97, "umol/L"),
+                b.observation("14631-6", 12, "umol/L"),
+                b.observation("777-3", 150000, "/uL"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-unconvertible-unit",
+            "ANC reported as '10*9' with no volume: unknown, not guessed",
+            both,
+            build=lambda b: (b.nsclc(), b.observation("751-8", 2.0, "10*9")),
+        ),
+        _patient(
+            today,
+            "til-high-alt",
+            "ALT 200 U/L with the lab's ULN 40: over 3x ULN",
+            {IOV},
+            build=lambda b: (b.nsclc(), b.good_labs(overrides={"1742-6": (200, "U/L")})),
+        ),
+        _patient(
+            today,
+            "til-many-observations",
+            "600 hemoglobin results over two years, to exercise paging",
+            both,
+            build=lambda b: (
+                b.nsclc(),
+                [b.observation("718-7", 11 + (i % 7) / 10, "g/dL", days_ago=1 + i) for i in range(600)],
+            ),
+        ),
+        _patient(
+            today,
+            "til-lung-resolved",
+            "Lung cancer resolved five years ago: no active cancer, no card",
+            set(),
+            build=lambda b: (
+                b.condition(
+                    ICD10,
+                    "C34.90",
+                    "Lung cancer",
+                    status="resolved",
+                    onset_days_ago=2500,
+                    abatement_days_ago=1900,
+                ),
+                b.good_labs(),
+            ),
+        ),
         _patient(today, "til-no-data", "A patient with no clinical data at all", set(), build=lambda b: None),
-        _patient(today, "til-prior-car-t", "Tisagenlecleucel 5 years ago: prior cell therapy excludes IOV-LUN-202", {LUNG},
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.medication("tisagenlecleucel (Kymriah)", start_days_ago=1830, end_days_ago=1829))),
-        _patient(today, "til-second-primary", "Breast cancer diagnosed a year ago: another primary within 3 years excludes IOV-LUN-202", {LUNG},
-                 gender="female", build=lambda b: (b.nsclc(), b.good_labs(), b.condition(ICD10, "C50.911", "Malignant neoplasm of right female breast", onset_days_ago=365),
-                                                   b.qualitative("2106-3", positive=False, days_ago=5))),
-        _patient(today, "til-kidney-transplant", "Kidney transplant recipient: excluded from both", set(),
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.condition(ICD10, "Z94.0", "Kidney transplant status", onset_days_ago=2000))),
-        _patient(today, "til-lvef-40", "LVEF 40%: under IOV-LUN-202's > 45%, over NCT06538012's 35%", {LUNG},
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.observation("10230-1", 40, "%", days_ago=20, category="imaging"))),
-        _patient(today, "til-fev1-1-5", "FEV1 1.5 L: under NCT06538012's 2 L", {IOV},
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.observation("20150-9", 1.5, "L", days_ago=20, category="procedure"))),
-        _patient(today, "til-pregnant", "Pregnancy recorded: excluded from NCT06538012", {IOV}, gender="female",
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.condition(SNOMED, "77386006", "Pregnancy", onset_days_ago=60))),
-        _patient(today, "til-on-warfarin", "On warfarin with INR 2.5: the anticoagulant exemption keeps NCT06538012 open", both,
-                 build=lambda b: (b.nsclc(), b.good_labs(**{"6301-6": (2.5, "{INR}")}),
-                                  b.medication("warfarin 5 mg tablet", rxnorm="11289", status="active", start_days_ago=90, end_days_ago=None, dose_mg=5))),
-        _patient(today, "til-high-inr", "INR 2.5 without an anticoagulant: over 1.5x ULN", {IOV},
-                 build=lambda b: (b.nsclc(), b.good_labs(**{"6301-6": (2.5, "{INR}")}))),
-        _patient(today, "til-creatinine-high-clearance-ok", "Creatinine 1.8 mg/dL but Cockcroft-Gault clearance above 50 mL/min", both,
-                 build=lambda b: (b.nsclc(), b.good_labs(**{"2160-0": (1.8, "mg/dL")}), b.observation("29463-7", 110, "kg", days_ago=5, category="vital-signs"))),
-        _patient(today, "til-entered-in-error", "The only low ANC was entered in error; a good one stands", both,
-                 build=lambda b: (b.nsclc(), b.good_labs(), b.observation("751-8", 0.2, "10*3/uL", days_ago=1, status="entered-in-error"))),
+        _patient(
+            today,
+            "til-prior-car-t",
+            "Tisagenlecleucel 5 years ago: prior cell therapy excludes IOV-LUN-202",
+            {LUNG},
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.medication("tisagenlecleucel (Kymriah)", start_days_ago=1830, end_days_ago=1829),
+            ),
+        ),
+        _patient(
+            today,
+            "til-second-primary",
+            "Breast cancer diagnosed a year ago: another primary within 3 years excludes IOV-LUN-202",
+            {LUNG},
+            gender="female",
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.condition(
+                    ICD10, "C50.911", "Malignant neoplasm of right female breast", onset_days_ago=365
+                ),
+                b.qualitative("2106-3", positive=False, days_ago=5),
+            ),
+        ),
+        _patient(
+            today,
+            "til-kidney-transplant",
+            "Kidney transplant recipient: excluded from both",
+            set(),
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.condition(ICD10, "Z94.0", "Kidney transplant status", onset_days_ago=2000),
+            ),
+        ),
+        _patient(
+            today,
+            "til-lvef-40",
+            "LVEF 40%: under IOV-LUN-202's > 45%, over NCT06538012's 35%",
+            {LUNG},
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.observation("10230-1", 40, "%", days_ago=20, category="imaging"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-fev1-1-5",
+            "FEV1 1.5 L: under NCT06538012's 2 L",
+            {IOV},
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.observation("20150-9", 1.5, "L", days_ago=20, category="procedure"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-pregnant",
+            "Pregnancy recorded: excluded from NCT06538012",
+            {IOV},
+            gender="female",
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.condition(SNOMED, "77386006", "Pregnancy", onset_days_ago=60),
+            ),
+        ),
+        _patient(
+            today,
+            "til-on-warfarin",
+            "On warfarin with INR 2.5: the anticoagulant exemption keeps NCT06538012 open",
+            both,
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(overrides={"6301-6": (2.5, "{INR}")}),
+                b.medication(
+                    "warfarin 5 mg tablet",
+                    rxnorm="11289",
+                    status="active",
+                    start_days_ago=90,
+                    end_days_ago=None,
+                    dose_mg=5,
+                ),
+            ),
+        ),
+        _patient(
+            today,
+            "til-high-inr",
+            "INR 2.5 without an anticoagulant: over 1.5x ULN",
+            {IOV},
+            build=lambda b: (b.nsclc(), b.good_labs(overrides={"6301-6": (2.5, "{INR}")})),
+        ),
+        _patient(
+            today,
+            "til-creatinine-high-clearance-ok",
+            "Creatinine 1.8 mg/dL but Cockcroft-Gault clearance above 50 mL/min",
+            both,
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(overrides={"2160-0": (1.8, "mg/dL")}),
+                b.observation("29463-7", 110, "kg", days_ago=5, category="vital-signs"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-entered-in-error",
+            "The only low ANC was entered in error; a good one stands",
+            both,
+            build=lambda b: (
+                b.nsclc(),
+                b.good_labs(),
+                b.observation("751-8", 0.2, "10*3/uL", days_ago=1, status="entered-in-error"),
+            ),
+        ),
     ]
     return patients
 
@@ -251,10 +618,14 @@ def generate_patients(today: date) -> list[SyntheticPatient]:
 def transaction_bundle(patient: SyntheticPatient) -> dict[str, Any]:
     """A FHIR transaction that PUTs every resource (client-assigned ids keep reloads idempotent)."""
     return {
-        "resourceType": "Bundle", "type": "transaction",
+        "resourceType": "Bundle",
+        "type": "transaction",
         "entry": [
-            {"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r,
-             "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            {
+                "fullUrl": f"{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
             for r in patient.resources
         ],
     }
@@ -263,14 +634,21 @@ def transaction_bundle(patient: SyntheticPatient) -> dict[str, Any]:
 def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not resources:
         return None
-    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [
+            {"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+            for r in resources
+        ],
+    }
 
 
 def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any]:
     """What a CDS client would prefetch for our templates (null where a search finds nothing)."""
     by_type: dict[str, list[dict[str, Any]]] = {}
-    for resource in patient.resources:
+    for resource in copy.deepcopy(patient.resources):
         by_type.setdefault(resource["resourceType"], []).append(resource)
     prefetch: dict[str, Any] = {
         "patient": by_type["Patient"][0],
@@ -279,19 +657,29 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
         "medication-requests": _searchset(by_type.get("MedicationRequest", [])),
     }
     for group, codes in mappings.observation_codes_by_group.items():
-        matching = [o for o in by_type.get("Observation", [])
-                    if any(c.get("code") in codes for c in o["code"]["coding"])]
+        matching = [
+            o
+            for o in by_type.get("Observation", [])
+            if any(c.get("code") in codes for c in o["code"]["coding"])
+        ]
         matching.sort(key=lambda o: o.get("effectiveDateTime", ""), reverse=True)
         prefetch[f"observations-{group}"] = _searchset(matching)
     return prefetch
 
 
-def hook_request(patient: SyntheticPatient, mappings: Mappings, *, prefetch: str = "full",
-                 fhir_server: str | None = None, hook: str = "patient-view",
-                 hook_instance: str = "00000000-0000-4000-8000-000000000000") -> dict[str, Any]:
+def hook_request(
+    patient: SyntheticPatient,
+    mappings: Mappings,
+    *,
+    prefetch: str = "full",
+    fhir_server: str | None = None,
+    hook: str = "patient-view",
+    hook_instance: str = "00000000-0000-4000-8000-000000000000",
+) -> dict[str, Any]:
     """A CDS Hooks request body: ``prefetch`` is 'full', 'partial' (patient and conditions only) or 'none'."""
     body: dict[str, Any] = {
-        "hook": hook, "hookInstance": hook_instance,
+        "hook": hook,
+        "hookInstance": hook_instance,
         "context": {"userId": "Practitioner/oncologist-1", "patientId": patient.id},
     }
     if fhir_server:
@@ -307,7 +695,10 @@ def write_samples(directory: Path, today: date, mappings: Mappings) -> list[Path
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for patient in generate_patients(today):
-        for suffix, content in (("bundle", transaction_bundle(patient)), ("request", hook_request(patient, mappings))):
+        for suffix, content in (
+            ("bundle", transaction_bundle(patient)),
+            ("request", hook_request(patient, mappings)),
+        ):
             path = directory / f"{patient.id}.{suffix}.json"
             path.write_text(json.dumps(content, indent=1), encoding="utf-8")
             written.append(path)

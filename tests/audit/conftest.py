@@ -77,9 +77,7 @@ class PostgresServer:
         if completed.returncode != 0:
             log = self.base_dir / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(
-                f"{tool} failed ({completed.returncode}): {completed.stderr}\n{tail}"
-            )
+            raise RuntimeError(f"{tool} failed ({completed.returncode}): {completed.stderr}\n{tail}")
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""

@@ -39,9 +39,7 @@ def _assert_linear_chain(store: AuditStore, expected: int) -> list[dict[str, Any
     return records
 
 
-def test_concurrent_threads_extend_one_chain(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_concurrent_threads_extend_one_chain(store: AuditStore, make_decision: DecisionFactory) -> None:
     written: dict[int, list[str]] = {worker: [] for worker in range(THREADS)}
     failures: list[BaseException] = []
     start = threading.Barrier(THREADS)
@@ -132,9 +130,7 @@ def test_edited_content_is_detected(store: AuditStore, make_decision: DecisionFa
     report = store.verify()
 
     assert not report.ok
-    assert report.problems == [
-        f"edited content at seq 3 (record {ids[2]}): hash does not match the record"
-    ]
+    assert report.problems == [f"edited content at seq 3 (record {ids[2]}): hash does not match the record"]
 
 
 def test_edited_column_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
@@ -147,9 +143,7 @@ def test_edited_column_is_detected(store: AuditStore, make_decision: DecisionFac
     assert not report.ok and "edited content at seq 2" in report.problems[0]
 
 
-def test_rehashed_edit_breaks_the_next_link(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_rehashed_edit_breaks_the_next_link(store: AuditStore, make_decision: DecisionFactory) -> None:
     _fill(store, make_decision, 3)
     with store.engine.begin() as connection:
         connection.execute(update(AuditRecord).where(AuditRecord.seq == 2).values(hash="f" * 64))
@@ -161,9 +155,7 @@ def test_rehashed_edit_breaks_the_next_link(
 def _delete_record(store: AuditStore, seq: int) -> None:
     with store.engine.begin() as connection:
         record_id = (
-            connection.execute(AuditRecord.__table__.select().where(AuditRecord.seq == seq))
-            .one()
-            .record_id
+            connection.execute(AuditRecord.__table__.select().where(AuditRecord.seq == seq)).one().record_id
         )
         connection.execute(delete(AuditCard).where(AuditCard.record_id == record_id))
         connection.execute(delete(AuditRecord).where(AuditRecord.seq == seq))
@@ -181,9 +173,7 @@ def test_deleted_record_is_detected(store: AuditStore, make_decision: DecisionFa
     assert report.problems[1].startswith("broken link at seq 4")
 
 
-def test_deleted_first_record_is_detected(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_deleted_first_record_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
     _fill(store, make_decision, 3)
     _delete_record(store, 1)
     problems = store.verify().problems

@@ -48,9 +48,7 @@ def _evaluate_like_recorded(
     ]
 
 
-def test_replay_agrees_with_the_same_engine(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_replay_agrees_with_the_same_engine(store: AuditStore, make_decision: DecisionFactory) -> None:
     record = _recorded(store, make_decision)
     report = replay_decision(store, record["decision_id"], _evaluate_like_recorded)
     assert report.agrees
@@ -88,9 +86,7 @@ def test_compare_verdicts_notes_missing_trials_and_criteria() -> None:
     ]
 
 
-def test_replay_of_unknown_decision_or_criteria(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_replay_of_unknown_decision_or_criteria(store: AuditStore, make_decision: DecisionFactory) -> None:
     with pytest.raises(UnknownDecisionError):
         replay_decision(store, str(uuid.uuid4()), _evaluate_like_recorded)
     record = make_decision(criteria_fingerprint="sha256:never-saved")

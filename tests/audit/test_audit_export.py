@@ -70,9 +70,7 @@ def test_ndjson_has_one_line_per_record(store: AuditStore, make_decision: Decisi
     assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3, 4]
 
 
-def test_csv_has_a_header_and_one_row_per_record(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_csv_has_a_header_and_one_row_per_record(store: AuditStore, make_decision: DecisionFactory) -> None:
     decisions = _trail(store, make_decision)
     rows = list(csv.DictReader(io.StringIO(_text(export_csv(store.iter_records())))))
     assert len(rows) == 4

@@ -67,9 +67,7 @@ def client(store: AuditStore, make_decision: DecisionFactory) -> Iterator[httpx.
         yield http_client
 
 
-@pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
-)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
 @pytest.mark.parametrize("path", ["/audit/export", "/audit/counts"])
 def test_without_the_token_is_401(client: httpx.Client, path: str, headers: dict[str, str]) -> None:
     response = client.get(path, headers=headers)
@@ -89,9 +87,7 @@ def test_export_disabled_without_a_configured_token(store: AuditStore) -> None:
     ("export_format", "media_type"),
     [("ndjson", "application/x-ndjson"), ("csv", "text/csv"), ("fhir", "application/fhir+json")],
 )
-def test_export_streams_each_format(
-    client: httpx.Client, export_format: str, media_type: str
-) -> None:
+def test_export_streams_each_format(client: httpx.Client, export_format: str, media_type: str) -> None:
     with client.stream("GET", f"/audit/export?format={export_format}", headers=AUTH) as response:
         body = "".join(response.iter_text())
     assert response.status_code == 200
@@ -112,13 +108,9 @@ def test_export_filters(client: httpx.Client) -> None:
     assert len(lines) == 1 and json.loads(lines[0])["patient_ref"] == "Patient/pat-2"
 
 
-def test_export_pseudonymises_when_configured(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_export_pseudonymises_when_configured(store: AuditStore, make_decision: DecisionFactory) -> None:
     store.append_decision(make_decision(patient_ref="Patient/pat-1"))
-    app = _app(
-        store, audit_pseudonymise_exports=True, audit_pseudonym_key=SecretStr("pseudonym-key")
-    )
+    app = _app(store, audit_pseudonymise_exports=True, audit_pseudonym_key=SecretStr("pseudonym-key"))
     with serve(app) as test_client:
         response = test_client.get("/audit/export?format=csv", headers=AUTH)
     assert response.status_code == 200

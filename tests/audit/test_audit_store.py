@@ -106,9 +106,7 @@ def test_malformed_decision_is_refused(
         store.append_decision(make_decision(**change))
 
 
-def test_feedback_is_linked_to_the_card_decision(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_feedback_is_linked_to_the_card_decision(store: AuditStore, make_decision: DecisionFactory) -> None:
     record = make_decision()
     store.append_decision(record)
     card_uuid = record["cards"][0]["uuid"]
@@ -132,18 +130,14 @@ def test_feedback_is_idempotent(store: AuditStore, make_decision: DecisionFactor
 
     first = store.append_feedback("til-trials", item)
     again = store.append_feedback("til-trials", item)
-    later = store.append_feedback(
-        "til-trials", {**item, "outcomeTimestamp": "2024-05-14T10:00:00Z"}
-    )
+    later = store.append_feedback("til-trials", {**item, "outcomeTimestamp": "2024-05-14T10:00:00Z"})
 
     assert first[1] and not again[1] and later[1]
     assert again[0] == first[0] and later[0] != first[0]
     assert store.verify().records_checked == 3
 
 
-def test_bare_coding_override_reason_is_nested(
-    store: AuditStore, make_decision: DecisionFactory
-) -> None:
+def test_bare_coding_override_reason_is_nested(store: AuditStore, make_decision: DecisionFactory) -> None:
     record = make_decision()
     store.append_decision(record)
     coding = {"system": "urn:til-cds:override", "code": "declined", "display": "Declined"}

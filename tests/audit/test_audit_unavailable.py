@@ -34,9 +34,7 @@ def test_closed_port_raises_unavailable(make_decision: DecisionFactory) -> None:
     assert raised.value.__cause__ is not None
 
 
-def test_unmigrated_sqlite_raises_unavailable(
-    tmp_path: Path, make_decision: DecisionFactory
-) -> None:
+def test_unmigrated_sqlite_raises_unavailable(tmp_path: Path, make_decision: DecisionFactory) -> None:
     store = AuditStore.from_url(f"sqlite:///{tmp_path / 'new' / 'audit.sqlite3'}")
     try:
         with pytest.raises(AuditUnavailableError):

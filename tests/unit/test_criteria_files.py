@@ -45,7 +45,7 @@ def test_every_rule_kind_is_used_by_some_criterion(criteria: CriteriaSet) -> Non
     used: set[str] = set()
 
     def walk(rule: object) -> None:
-        used.add(getattr(rule, "kind"))
+        used.add(rule.kind)
         if isinstance(rule, AllRule | AnyRule):
             for child in rule.rules:
                 walk(child)
@@ -68,7 +68,9 @@ def _copy_tree(tmp_path: Path) -> tuple[Path, Path]:
 def test_a_broken_threshold_names_file_and_path(tmp_path: Path, mappings: Mappings) -> None:
     criteria_dir, _ = _copy_tree(tmp_path)
     path = criteria_dir / "NCT06538012.yaml"
-    path.write_text(path.read_text().replace("value: 1.5, unit: 10*9/L", 'value: "one and a half", unit: 10*9/L'))
+    path.write_text(
+        path.read_text().replace("value: 1.5, unit: 10*9/L", 'value: "one and a half", unit: 10*9/L')
+    )
     with pytest.raises(ConfigurationError) as caught:
         load_criteria(criteria_dir, mappings)
     assert "NCT06538012.yaml" in str(caught.value) and "inclusion" in str(caught.value)
@@ -77,25 +79,38 @@ def test_a_broken_threshold_names_file_and_path(tmp_path: Path, mappings: Mappin
 def test_an_unknown_analyte_suggests_the_nearest(tmp_path: Path, mappings: Mappings) -> None:
     criteria_dir, _ = _copy_tree(tmp_path)
     path = criteria_dir / "NCT06538012.yaml"
-    path.write_text(path.read_text().replace("analyte: absolute_neutrophil_count", "analyte: absolute_neutrophil_cnt"))
+    path.write_text(
+        path.read_text().replace("analyte: absolute_neutrophil_count", "analyte: absolute_neutrophil_cnt")
+    )
     with pytest.raises(ConfigurationError, match="did you mean 'absolute_neutrophil_count'"):
         load_criteria(criteria_dir, mappings)
 
 
-def test_a_changed_threshold_changes_the_verdict_and_fingerprint(tmp_path: Path, mappings: Mappings, criteria: CriteriaSet) -> None:
+def test_a_changed_threshold_changes_the_verdict_and_fingerprint(
+    tmp_path: Path, mappings: Mappings, criteria: CriteriaSet
+) -> None:
     from service.engine import evaluate_trials
     from service.facts import build_facts
     from tests.conftest import EVALUATED_AT, LUNG_CANCER, observation, patient
 
     criteria_dir, _ = _copy_tree(tmp_path)
     path = criteria_dir / "NCT06538012.yaml"
-    path.write_text(path.read_text().replace("analyte: hemoglobin, comparison: ge, value: 90", "analyte: hemoglobin, comparison: ge, value: 100"))
+    path.write_text(
+        path.read_text().replace(
+            "analyte: hemoglobin, comparison: ge, value: 90",
+            "analyte: hemoglobin, comparison: ge, value: 100",
+        )
+    )
     changed = load_criteria(criteria_dir, mappings)
     assert changed.fingerprint != criteria.fingerprint
     facts = build_facts("p1", [patient(), LUNG_CANCER, observation("718-7", 9.5, "g/dL")], mappings)
 
     def hemoglobin_state(criteria_set: CriteriaSet) -> str:
-        result = next(r for r in evaluate_trials(criteria_set, mappings, facts, EVALUATED_AT) if r.trial_id == "NCT06538012")
+        result = next(
+            r
+            for r in evaluate_trials(criteria_set, mappings, facts, EVALUATED_AT)
+            if r.trial_id == "NCT06538012"
+        )
         return next(c.state.value for c in result.criteria if c.id == "hemoglobin")
 
     assert hemoglobin_state(criteria) == "met"

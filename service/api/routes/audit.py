@@ -84,9 +84,7 @@ _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "The audit database is unavailable"},
 }
 
-_EXPORT_CONTENT = {
-    media_type: {"schema": {"type": "string"}} for media_type, _ in EXPORT_FORMATS.values()
-}
+_EXPORT_CONTENT = {media_type: {"schema": {"type": "string"}} for media_type, _ in EXPORT_FORMATS.values()}
 
 
 @router.get(
@@ -121,9 +119,7 @@ async def export_audit_records(
     ] = None,
     kind: Annotated[
         str | None,
-        Query(
-            description="decision or feedback", json_schema_extra={"enum": ["decision", "feedback"]}
-        ),
+        Query(description="decision or feedback", json_schema_extra={"enum": ["decision", "feedback"]}),
     ] = None,
 ) -> StreamingResponse:
     """Parse the filters, read the first chunk (so a dead store is a 503), then stream."""

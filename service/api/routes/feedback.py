@@ -21,14 +21,23 @@ class FeedbackReceipt(BaseModel):
     duplicates: int
 
 
-@router.post("/{service_id}/feedback", response_model=FeedbackReceipt, responses=FEEDBACK_ERRORS, operation_id="feedback")
-async def feedback(service_id: str, body: FeedbackRequest, audit: AuditDep, client: ClientDep) -> FeedbackReceipt:
+@router.post(
+    "/{service_id}/feedback",
+    response_model=FeedbackReceipt,
+    responses=FEEDBACK_ERRORS,
+    operation_id="feedback",
+)
+async def feedback(
+    service_id: str, body: FeedbackRequest, audit: AuditDep, client: ClientDep
+) -> FeedbackReceipt:
     """Record each feedback item against its card; repeating an item changes nothing."""
     if service_id != SERVICE_ID:
         raise HTTPException(404, f"no CDS service '{service_id}'")
     recorded = duplicates = 0
     for item in body.feedback:
-        _, created = await run_in_threadpool(audit.append_feedback, service_id, item.model_dump(mode="json", exclude_none=True))
+        _, created = await run_in_threadpool(
+            audit.append_feedback, service_id, item.model_dump(mode="json", exclude_none=True)
+        )
         recorded += created
         duplicates += not created
     return FeedbackReceipt(recorded=recorded, duplicates=duplicates)

@@ -27,15 +27,25 @@ router = APIRouter(prefix="/cds-services", tags=["hooks"])
     operation_id="call_service",
 )
 async def call_service(
-    service_id: str, body: HookRequest, runtime: RuntimeDep, settings: SettingsDep,
-    audit: AuditDep, client: ClientDep,
+    service_id: str,
+    body: HookRequest,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    audit: AuditDep,
+    client: ClientDep,
 ) -> Any:
     """Evaluate every trial for the patient; the decision is recorded before the answer."""
     if service_id != SERVICE_ID:
-        raise HTTPException(404, f"no CDS service '{service_id}'; discovery at /cds-services lists '{SERVICE_ID}'")
-    outcome = await run_hook(body, runtime, datetime.now(UTC), may_fetch=may_fetch_from(body, settings, client))
+        raise HTTPException(
+            404, f"no CDS service '{service_id}'; discovery at /cds-services lists '{SERVICE_ID}'"
+        )
+    outcome = await run_hook(
+        body, runtime, datetime.now(UTC), may_fetch=may_fetch_from(body, settings, client)
+    )
     outcome.record["recorded_at"] = datetime.now(UTC).isoformat()
     outcome.record["client"] = client.issuer if client else "dev (unauthenticated)"
-    await run_in_threadpool(audit.save_criteria_version, runtime.criteria.fingerprint, runtime.criteria.snapshot)
+    await run_in_threadpool(
+        audit.save_criteria_version, runtime.criteria.fingerprint, runtime.criteria.snapshot
+    )
     await run_in_threadpool(audit.append_decision, outcome.record)
     return outcome.response.model_dump(mode="json", exclude_none=True)

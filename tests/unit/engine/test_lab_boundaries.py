@@ -50,7 +50,9 @@ CASES = [
 ]
 
 
-def _evaluate(rule: LabRule, resources: list[dict[str, Any]], mappings: Mappings, at: datetime = EVALUATED_AT) -> Any:
+def _evaluate(
+    rule: LabRule, resources: list[dict[str, Any]], mappings: Mappings, at: datetime = EVALUATED_AT
+) -> Any:
     facts = build_facts("p1", [patient(), *resources], mappings)
     return evaluate_lab(rule, EvaluationContext(facts=facts, mappings=mappings, at=at))
 
@@ -89,27 +91,37 @@ def test_fixed_limit_boundaries(case: LabCase, offset: int, mappings: Mappings) 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.rule.times_uln is not None], ids=str)
 @pytest.mark.parametrize("offset", [-1, 0, 1])
-def test_uln_boundaries_use_the_results_reference_range(case: LabCase, offset: int, mappings: Mappings) -> None:
+def test_uln_boundaries_use_the_results_reference_range(
+    case: LabCase, offset: int, mappings: Mappings
+) -> None:
     rule = case.rule
     assert rule.times_uln is not None
     unit = _canonical_unit(rule, mappings)
     uln = 40.0
     value = rule.times_uln * uln + offset * 0.5
-    outcome = _evaluate(rule, [observation(_primary_code(rule, mappings), value, unit, ref_high=uln)], mappings)
+    outcome = _evaluate(
+        rule, [observation(_primary_code(rule, mappings), value, unit, ref_high=uln)], mappings
+    )
     assert outcome.state is _expected(rule.comparison, offset), outcome.reason
     assert outcome.evidence[0].upper_limit_of_normal == pytest.approx(uln)
     assert "reference range" in (outcome.evidence[0].upper_limit_source or "")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.rule.times_uln is not None], ids=str)
-def test_missing_reference_range_uses_the_documented_default_and_says_so(case: LabCase, mappings: Mappings) -> None:
+def test_missing_reference_range_uses_the_documented_default_and_says_so(
+    case: LabCase, mappings: Mappings
+) -> None:
     rule = case.rule
     definition = mappings.analytes[rule.analyte]
     assert definition.default_uln is not None, "every ULN-relative analyte needs a documented default"
     unit = definition.default_uln.unit
-    outcome = _evaluate(rule, [observation(_primary_code(rule, mappings), definition.default_uln.value, unit)], mappings)
+    outcome = _evaluate(
+        rule, [observation(_primary_code(rule, mappings), definition.default_uln.value, unit)], mappings
+    )
     assert outcome.state is State.MET
-    assert outcome.evidence[0].upper_limit_source and outcome.evidence[0].upper_limit_source.startswith("default ULN")
+    assert outcome.evidence[0].upper_limit_source and outcome.evidence[0].upper_limit_source.startswith(
+        "default ULN"
+    )
     assert any("provisional" in flag for flag in outcome.flags)
 
 
@@ -126,18 +138,36 @@ def test_stale_value_is_unknown(case: LabCase, mappings: Mappings) -> None:
     lookback = rule.lookback_days or mappings.analytes[rule.analyte].lookback_days or 30
     unit = _canonical_unit(rule, mappings)
     value = rule.value if rule.value is not None else 1.0
-    outcome = _evaluate(rule, [observation(_primary_code(rule, mappings), value, unit, days_ago=lookback + 1, ref_high=100)], mappings)
+    outcome = _evaluate(
+        rule,
+        [observation(_primary_code(rule, mappings), value, unit, days_ago=lookback + 1, ref_high=100)],
+        mappings,
+    )
     assert outcome.state is State.UNKNOWN
     assert "look-back" in outcome.reason
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.rule.protocol_window_days], ids=str)
-def test_result_older_than_the_protocol_window_counts_but_is_flagged(case: LabCase, mappings: Mappings) -> None:
+def test_result_older_than_the_protocol_window_counts_but_is_flagged(
+    case: LabCase, mappings: Mappings
+) -> None:
     rule = case.rule
     assert rule.protocol_window_days is not None
     unit = _canonical_unit(rule, mappings)
     value = rule.value if rule.value is not None else 1.0
-    outcome = _evaluate(rule, [observation(_primary_code(rule, mappings), value, unit, days_ago=rule.protocol_window_days + 2, ref_high=100)], mappings)
+    outcome = _evaluate(
+        rule,
+        [
+            observation(
+                _primary_code(rule, mappings),
+                value,
+                unit,
+                days_ago=rule.protocol_window_days + 2,
+                ref_high=100,
+            )
+        ],
+        mappings,
+    )
     assert outcome.state in (State.MET, State.NOT_MET)
     assert any("repeat before enrolment" in flag for flag in outcome.flags)
 
@@ -145,7 +175,9 @@ def test_result_older_than_the_protocol_window_counts_but_is_flagged(case: LabCa
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_unconvertible_unit_is_unknown_with_the_reason(case: LabCase, mappings: Mappings) -> None:
     rule = case.rule
-    outcome = _evaluate(rule, [observation(_primary_code(rule, mappings), 1.0, "kg/m2", ref_high=None)], mappings)
+    outcome = _evaluate(
+        rule, [observation(_primary_code(rule, mappings), 1.0, "kg/m2", ref_high=None)], mappings
+    )
     assert outcome.state is State.UNKNOWN
     assert "convert" in outcome.reason or "kg/m2" in outcome.reason
 
@@ -166,9 +198,19 @@ OTHER_UNITS = [
 ]
 
 
-@pytest.mark.parametrize(("analyte", "value", "unit", "limit", "limit_unit", "comparison", "expected"), OTHER_UNITS)
-def test_values_in_other_units_are_converted_with_ucum(analyte: str, value: float, unit: str, limit: float, limit_unit: str,
-                                                       comparison: str, expected: State, mappings: Mappings) -> None:
+@pytest.mark.parametrize(
+    ("analyte", "value", "unit", "limit", "limit_unit", "comparison", "expected"), OTHER_UNITS
+)
+def test_values_in_other_units_are_converted_with_ucum(
+    analyte: str,
+    value: float,
+    unit: str,
+    limit: float,
+    limit_unit: str,
+    comparison: str,
+    expected: State,
+    mappings: Mappings,
+) -> None:
     rule = LabRule(kind="lab", analyte=analyte, comparison=comparison, value=limit, unit=limit_unit)  # type: ignore[arg-type]
     outcome = _evaluate(rule, [observation(mappings.analytes[analyte].loinc[0], value, unit)], mappings)
     assert outcome.state is expected, outcome.reason
@@ -177,19 +219,28 @@ def test_values_in_other_units_are_converted_with_ucum(analyte: str, value: floa
 def test_bilirubin_reference_range_in_another_unit_is_converted(mappings: Mappings) -> None:
     rule = LabRule(kind="lab", analyte="total_bilirubin", comparison="le", times_uln=1.5)
     # value 1.7 mg/dL, lab ULN 20.5 umol/L = 1.2 mg/dL -> limit 1.8 mg/dL
-    outcome = _evaluate(rule, [observation("1975-2", 1.7, "mg/dL", ref_high=20.5, ref_unit="umol/L")], mappings)
+    outcome = _evaluate(
+        rule, [observation("1975-2", 1.7, "mg/dL", ref_high=20.5, ref_unit="umol/L")], mappings
+    )
     assert outcome.state is State.MET, outcome.reason
     assert outcome.evidence[0].upper_limit_of_normal == pytest.approx(1.199, abs=0.01)
 
 
 def test_liver_metastasis_switches_to_the_conditional_limit(mappings: Mappings) -> None:
-    rule = LabRule(kind="lab", analyte="alanine_aminotransferase", comparison="le", times_uln=3,
-                   conditional_limits=[{"when_value_set": "liver_metastasis", "times_uln": 5}])  # type: ignore[list-item]
+    rule = LabRule(
+        kind="lab",
+        analyte="alanine_aminotransferase",
+        comparison="le",
+        times_uln=3,
+        conditional_limits=[{"when_value_set": "liver_metastasis", "times_uln": 5}],
+    )  # type: ignore[list-item]
     from tests.conftest import condition
 
     alt = observation("1742-6", 180, "U/L", ref_high=40)
     assert _evaluate(rule, [alt], mappings).state is State.NOT_MET
-    with_metastasis = _evaluate(rule, [alt, condition("http://snomed.info/sct", "94381002", "Liver metastasis")], mappings)
+    with_metastasis = _evaluate(
+        rule, [alt, condition("http://snomed.info/sct", "94381002", "Liver metastasis")], mappings
+    )
     assert with_metastasis.state is State.MET
     assert "Liver metastasis" in with_metastasis.reason
 

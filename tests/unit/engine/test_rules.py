@@ -36,26 +36,33 @@ def run(rule: Any, resources: list[dict[str, Any]], mappings: Mappings, **patien
     return evaluate_rule(rule, EvaluationContext(facts=facts, mappings=mappings, at=EVALUATED_AT))
 
 
-@pytest.mark.parametrize(("birth", "state"), [
-    ("2010-11-24", State.NOT_MET),   # 15, a day before the 16th birthday
-    ("2010-11-23", State.MET),       # 16 on the evaluation day
-    ("1936-11-24", State.MET),       # 89... 90 tomorrow
-    ("1935-11-23", State.NOT_MET),   # 91 today
-])
+@pytest.mark.parametrize(
+    ("birth", "state"),
+    [
+        ("2010-11-24", State.NOT_MET),  # 15, a day before the 16th birthday
+        ("2010-11-23", State.MET),  # 16 on the evaluation day
+        ("1936-11-24", State.MET),  # 89... 90 tomorrow
+        ("1935-11-23", State.NOT_MET),  # 91 today
+    ],
+)
 def test_age_limits_are_inclusive_in_completed_years(birth: str, state: State, mappings: Mappings) -> None:
     rule = AgeRule(kind="age", min_years=16, max_years=90)
     assert run(rule, [], mappings, birth_date=birth).state is state
 
 
 def test_age_above_max_can_be_a_review_item(mappings: Mappings) -> None:
-    rule = AgeRule(kind="age", min_years=18, max_years=70, above_max="needs_review", above_max_note="Medical Monitor")
+    rule = AgeRule(
+        kind="age", min_years=18, max_years=70, above_max="needs_review", above_max_note="Medical Monitor"
+    )
     outcome = run(rule, [], mappings, birth_date="1950-01-01")
     assert outcome.state is State.NEEDS_REVIEW and "Medical Monitor" in outcome.reason
 
 
 def test_missing_birth_date_is_unknown(mappings: Mappings) -> None:
     facts = build_facts("p1", [{"resourceType": "Patient", "id": "p1"}], mappings)
-    outcome = evaluate_rule(AgeRule(kind="age", min_years=16), EvaluationContext(facts, mappings, EVALUATED_AT))
+    outcome = evaluate_rule(
+        AgeRule(kind="age", min_years=16), EvaluationContext(facts, mappings, EVALUATED_AT)
+    )
     assert outcome.state is State.UNKNOWN
 
 
@@ -69,24 +76,51 @@ def test_no_condition_ignores_refuted_resolved_and_entered_in_error(mappings: Ma
 
 
 def test_history_counts_when_the_rule_says_so(mappings: Mappings) -> None:
-    rule = NoConditionRule(kind="no_condition", value_sets=["organ_or_stem_cell_transplant"], include_history=True)
+    rule = NoConditionRule(
+        kind="no_condition", value_sets=["organ_or_stem_cell_transplant"], include_history=True
+    )
     old = condition(ICD10, "Z94.0", "Kidney transplant status", status="inactive")
     assert run(rule, [old], mappings).state is State.NOT_MET
 
 
 def test_other_primary_malignancy_window_and_exception(mappings: Mappings) -> None:
-    rule = NoConditionRule(kind="no_condition", value_sets=["malignant_neoplasm"], unless_value_sets=["lung_cancer"],
-                           include_history=True, onset_within_days=1096)
-    recent_breast = condition(ICD10, "C50.911", "Breast cancer", status="resolved", onset="2024-01-01", abatement="2024-09-01", id="b")
-    old_breast = condition(ICD10, "C50.911", "Breast cancer", status="resolved", onset="2015-01-01", abatement="2016-01-01", id="b")
+    rule = NoConditionRule(
+        kind="no_condition",
+        value_sets=["malignant_neoplasm"],
+        unless_value_sets=["lung_cancer"],
+        include_history=True,
+        onset_within_days=1096,
+    )
+    recent_breast = condition(
+        ICD10,
+        "C50.911",
+        "Breast cancer",
+        status="resolved",
+        onset="2024-01-01",
+        abatement="2024-09-01",
+        id="b",
+    )
+    old_breast = condition(
+        ICD10,
+        "C50.911",
+        "Breast cancer",
+        status="resolved",
+        onset="2015-01-01",
+        abatement="2016-01-01",
+        id="b",
+    )
     assert run(rule, [LUNG_CANCER, recent_breast], mappings).state is State.NOT_MET
     assert run(rule, [LUNG_CANCER, old_breast], mappings).state is State.MET
     assert run(rule, [LUNG_CANCER], mappings).state is State.MET
 
 
 def test_presence_can_be_unknown_unless_treated(mappings: Mappings) -> None:
-    rule = NoConditionRule(kind="no_condition", value_sets=["autoimmune_disease"], presence_state="unknown",
-                           not_met_if_on_classes=["immunomodulatory_therapy"])
+    rule = NoConditionRule(
+        kind="no_condition",
+        value_sets=["autoimmune_disease"],
+        presence_state="unknown",
+        not_met_if_on_classes=["immunomodulatory_therapy"],
+    )
     lupus = condition(SNOMED, "55464009", "SLE")
     assert run(rule, [lupus], mappings).state is State.UNKNOWN
     treated = run(rule, [lupus, medication("methotrexate 15 mg", status="active", end=None)], mappings)
@@ -94,16 +128,28 @@ def test_presence_can_be_unknown_unless_treated(mappings: Mappings) -> None:
 
 
 def test_histology_met_excluded_or_unknown(mappings: Mappings) -> None:
-    rule = HistologyRule(kind="histology", required_value_sets=["non_small_cell_lung_cancer"], excluded_value_sets=["small_cell_lung_cancer"])
+    rule = HistologyRule(
+        kind="histology",
+        required_value_sets=["non_small_cell_lung_cancer"],
+        excluded_value_sets=["small_cell_lung_cancer"],
+    )
     assert run(rule, [condition(SNOMED, "254637007", "NSCLC")], mappings).state is State.MET
     assert run(rule, [condition(SNOMED, "254632001", "SCLC")], mappings).state is State.NOT_MET
     assert run(rule, [LUNG_CANCER], mappings).state is State.UNKNOWN
 
 
 def test_uncoded_condition_text_is_a_fallback_only(mappings: Mappings) -> None:
-    rule = HistologyRule(kind="histology", required_value_sets=["non_small_cell_lung_cancer"], excluded_value_sets=["small_cell_lung_cancer"])
-    text_only = {"resourceType": "Condition", "id": "t", "code": {"text": "Small cell lung cancer, extensive stage"},
-                 "clinicalStatus": {"coding": [{"code": "active"}]}}
+    rule = HistologyRule(
+        kind="histology",
+        required_value_sets=["non_small_cell_lung_cancer"],
+        excluded_value_sets=["small_cell_lung_cancer"],
+    )
+    text_only = {
+        "resourceType": "Condition",
+        "id": "t",
+        "code": {"text": "Small cell lung cancer, extensive stage"},
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+    }
     assert run(rule, [text_only], mappings).state is State.NOT_MET
 
 
@@ -116,17 +162,24 @@ class TestWashout:
         assert outcome.until == date(2026, 12, 11)
 
     def test_therapy_ended_long_enough_ago_is_met(self, mappings: Mappings) -> None:
-        assert run(self.rule, [medication("docetaxel", start="2026-09-01", end="2026-10-20")], mappings).state is State.MET
+        assert (
+            run(self.rule, [medication("docetaxel", start="2026-09-01", end="2026-10-20")], mappings).state
+            is State.MET
+        )
 
     def test_ongoing_therapy_blocks_until_28_days_after_today(self, mappings: Mappings) -> None:
-        outcome = run(self.rule, [medication("pembrolizumab", status="active", start="2026-09-01", end=None)], mappings)
+        outcome = run(
+            self.rule, [medication("pembrolizumab", status="active", start="2026-09-01", end=None)], mappings
+        )
         assert outcome.state is State.NOT_YET and outcome.until == date(2026, 12, 21)
         assert "ongoing" in outcome.reason
 
     def test_matching_by_rxnorm_atc_prefix_and_name(self, mappings: Mappings) -> None:
         by_rxnorm = medication("Keytruda 100 mg/4 mL", rxnorm="1547545", end="2026-11-20")
         by_atc = medication("something", end="2026-11-20")
-        by_atc["medicationCodeableConcept"]["coding"] = [{"system": "http://www.whocc.no/atc", "code": "L01XX99"}]
+        by_atc["medicationCodeableConcept"]["coding"] = [
+            {"system": "http://www.whocc.no/atc", "code": "L01XX99"}
+        ]
         for statement in (by_rxnorm, by_atc, medication("CARBOplatin 450 mg", end="2026-11-20")):
             assert run(self.rule, [statement], mappings).state is State.NOT_YET
 
@@ -144,7 +197,9 @@ class TestSteroids:
     rule_iovance = SteroidDoseRule(kind="steroid_dose", comparison="lt", prednisone_mg_per_day=10)
 
     def current(self, text: str, dose: float, per_day: int = 1, route: str | None = "oral") -> dict[str, Any]:
-        return medication(text, status="active", start="2026-10-01", end=None, dose_mg=dose, per_day=per_day, route=route)
+        return medication(
+            text, status="active", start="2026-10-01", end=None, dose_mg=dose, per_day=per_day, route=route
+        )
 
     def test_dexamethasone_is_converted_to_prednisone_equivalent(self, mappings: Mappings) -> None:
         dexamethasone = self.current("dexamethasone 2 mg", 2)
@@ -152,19 +207,37 @@ class TestSteroids:
         outcome = run(self.rule_iovance, [dexamethasone], mappings)
         assert outcome.state is State.NOT_MET and "13.3" in outcome.reason
 
-    @pytest.mark.parametrize(("dose", "essen", "iovance"), [(15, State.MET, State.NOT_MET), (15.5, State.NOT_MET, State.NOT_MET),
-                                                            (9.5, State.MET, State.MET), (10, State.MET, State.NOT_MET)])
-    def test_prednisone_boundaries(self, dose: float, essen: State, iovance: State, mappings: Mappings) -> None:
+    @pytest.mark.parametrize(
+        ("dose", "essen", "iovance"),
+        [
+            (15, State.MET, State.NOT_MET),
+            (15.5, State.NOT_MET, State.NOT_MET),
+            (9.5, State.MET, State.MET),
+            (10, State.MET, State.NOT_MET),
+        ],
+    )
+    def test_prednisone_boundaries(
+        self, dose: float, essen: State, iovance: State, mappings: Mappings
+    ) -> None:
         statement = self.current("prednisone", dose)
         assert run(self.rule_essen, [statement], mappings).state is essen
         assert run(self.rule_iovance, [statement], mappings).state is iovance
 
     def test_doses_per_day_multiply(self, mappings: Mappings) -> None:
-        assert run(self.rule_essen, [self.current("prednisone 10 mg", 10, per_day=2)], mappings).state is State.NOT_MET
+        assert (
+            run(self.rule_essen, [self.current("prednisone 10 mg", 10, per_day=2)], mappings).state
+            is State.NOT_MET
+        )
 
     def test_inhaled_steroids_do_not_count(self, mappings: Mappings) -> None:
-        assert run(self.rule_iovance, [self.current("budesonide", 0.4, route="inhalation")], mappings).state is State.MET
-        assert run(self.rule_iovance, [self.current("dexamethasone", 4, route="Inhalation")], mappings).state is State.MET
+        assert (
+            run(self.rule_iovance, [self.current("budesonide", 0.4, route="inhalation")], mappings).state
+            is State.MET
+        )
+        assert (
+            run(self.rule_iovance, [self.current("dexamethasone", 4, route="Inhalation")], mappings).state
+            is State.MET
+        )
 
     def test_dose_without_frequency_is_unknown(self, mappings: Mappings) -> None:
         statement = self.current("prednisone 5 mg", 5)
@@ -172,16 +245,22 @@ class TestSteroids:
         assert run(self.rule_iovance, [statement], mappings).state is State.UNKNOWN
 
     def test_stopped_steroids_do_not_count(self, mappings: Mappings) -> None:
-        assert run(self.rule_iovance, [medication("prednisone", dose_mg=40, end="2026-10-01")], mappings).state is State.MET
+        assert (
+            run(self.rule_iovance, [medication("prednisone", dose_mg=40, end="2026-10-01")], mappings).state
+            is State.MET
+        )
 
 
 def test_anticoagulant_exemption_in_an_any(mappings: Mappings) -> None:
     from service.criteria import LabRule
 
-    rule = AnyRule(kind="any", rules=[
-        OnMedicationRule(kind="on_medication", classes=["anticoagulant"], within_days=3),
-        LabRule(kind="lab", analyte="international_normalized_ratio", comparison="le", times_uln=1.5),
-    ])
+    rule = AnyRule(
+        kind="any",
+        rules=[
+            OnMedicationRule(kind="on_medication", classes=["anticoagulant"], within_days=3),
+            LabRule(kind="lab", analyte="international_normalized_ratio", comparison="le", times_uln=1.5),
+        ],
+    )
     high_inr = observation("6301-6", 2.5, "{INR}")
     assert run(rule, [high_inr], mappings).state is State.NOT_MET
     warfarin = medication("warfarin 5 mg", status="active", end=None)
@@ -193,10 +272,23 @@ def test_anticoagulant_exemption_in_an_any(mappings: Mappings) -> None:
 
 
 def test_prior_cell_therapy_except_lifileucel(mappings: Mappings) -> None:
-    rule = NoMedicationRule(kind="no_medication", classes=["cell_therapy"], within_days=7305, unless_classes=["lifileucel"])
-    assert run(rule, [medication("Kymriah (tisagenlecleucel)", start="2019-01-01", end="2019-01-02")], mappings).state is State.NOT_MET
-    assert run(rule, [medication("lifileucel (LN-145)", start="2024-01-01", end="2024-01-02")], mappings).state is State.MET
-    assert run(rule, [medication("tisagenlecleucel", start="2005-01-01", end="2005-01-02")], mappings).state is State.MET
+    rule = NoMedicationRule(
+        kind="no_medication", classes=["cell_therapy"], within_days=7305, unless_classes=["lifileucel"]
+    )
+    assert (
+        run(
+            rule, [medication("Kymriah (tisagenlecleucel)", start="2019-01-01", end="2019-01-02")], mappings
+        ).state
+        is State.NOT_MET
+    )
+    assert (
+        run(rule, [medication("lifileucel (LN-145)", start="2024-01-01", end="2024-01-02")], mappings).state
+        is State.MET
+    )
+    assert (
+        run(rule, [medication("tisagenlecleucel", start="2005-01-01", end="2005-01-02")], mappings).state
+        is State.MET
+    )
 
 
 class TestNegativeTest:
@@ -211,8 +303,18 @@ class TestNegativeTest:
         return resource
 
     def test_positive_negative_and_missing(self, mappings: Mappings) -> None:
-        assert run(self.rule, [self.qualitative({"system": "http://loinc.org", "code": "LA6576-8"})], mappings).state is State.NOT_MET
-        assert run(self.rule, [self.qualitative({"system": "http://loinc.org", "code": "LA6577-6"})], mappings).state is State.MET
+        assert (
+            run(
+                self.rule, [self.qualitative({"system": "http://loinc.org", "code": "LA6576-8"})], mappings
+            ).state
+            is State.NOT_MET
+        )
+        assert (
+            run(
+                self.rule, [self.qualitative({"system": "http://loinc.org", "code": "LA6577-6"})], mappings
+            ).state
+            is State.MET
+        )
         missing = run(self.rule, [], mappings)
         assert missing.state is State.UNKNOWN and missing.resolve_hint
 
@@ -225,16 +327,21 @@ class TestNegativeTest:
         assert run(self.rule, [condition(ICD10, "B20", "HIV disease")], mappings).state is State.NOT_MET
 
     def test_sex_specific_test_is_not_applicable_to_the_other_sex(self, mappings: Mappings) -> None:
-        rule = NegativeTestRule(kind="negative_test", test="pregnancy_test", value_sets=["pregnancy"], only_for_sex="female")
+        rule = NegativeTestRule(
+            kind="negative_test", test="pregnancy_test", value_sets=["pregnancy"], only_for_sex="female"
+        )
         assert run(rule, [], mappings, gender="male").state is State.MET
         assert run(rule, [], mappings, gender="female").state is State.UNKNOWN
 
 
 class TestDriverAlterations:
-    rule = NoDriverAlterationRule(kind="no_driver_alteration", tests=["egfr_mutation", "alk_rearrangement", "ros1_rearrangement"],
-                                  positive_value_sets=["egfr_alk_ros1_driver"],
-                                  negative_value_sets=["egfr_wild_type", "alk_negative", "ros1_negative"],
-                                  implying_medication_classes=["egfr_alk_specific_inhibitor"])
+    rule = NoDriverAlterationRule(
+        kind="no_driver_alteration",
+        tests=["egfr_mutation", "alk_rearrangement", "ros1_rearrangement"],
+        positive_value_sets=["egfr_alk_ros1_driver"],
+        negative_value_sets=["egfr_wild_type", "alk_negative", "ros1_negative"],
+        implying_medication_classes=["egfr_alk_specific_inhibitor"],
+    )
 
     def gene_result(self, code: str = "21665-5", answer: str = "LA6577-6") -> dict[str, Any]:
         resource = observation(code, None, None, days_ago=300, id=f"gene-{code}")
@@ -251,14 +358,25 @@ class TestDriverAlterations:
 
     def test_positive_result_condition_or_targeted_drug_excludes(self, mappings: Mappings) -> None:
         assert run(self.rule, [self.gene_result("76042-8", "LA6576-8")], mappings).state is State.NOT_MET
-        assert run(self.rule, [condition(SNOMED, "703228009", "NSCLC with EGFR mutation")], mappings).state is State.NOT_MET
+        assert (
+            run(self.rule, [condition(SNOMED, "703228009", "NSCLC with EGFR mutation")], mappings).state
+            is State.NOT_MET
+        )
         assert run(self.rule, [medication("Tagrisso (osimertinib) 80 mg")], mappings).state is State.NOT_MET
 
     def test_mcode_genomics_pattern(self, mappings: Mappings) -> None:
         variant = observation("69548-6", None, None, days_ago=100, id="variant")
-        variant["valueCodeableConcept"] = {"coding": [{"system": "http://loinc.org", "code": "LA9633-4", "display": "Present"}]}
-        variant["component"] = [{"code": {"coding": [{"system": "http://loinc.org", "code": "48018-6"}]},
-                                 "valueCodeableConcept": {"coding": [{"system": "http://www.genenames.org/geneId", "code": "HGNC:427"}]}}]
+        variant["valueCodeableConcept"] = {
+            "coding": [{"system": "http://loinc.org", "code": "LA9633-4", "display": "Present"}]
+        }
+        variant["component"] = [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "48018-6"}]},
+                "valueCodeableConcept": {
+                    "coding": [{"system": "http://www.genenames.org/geneId", "code": "HGNC:427"}]
+                },
+            }
+        ]
         assert run(self.rule, [variant], mappings).state is State.NOT_MET
 
 

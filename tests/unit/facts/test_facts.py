@@ -11,15 +11,18 @@ from service.mappings import Mappings
 from tests.conftest import condition, medication, observation, patient
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2024", datetime(2024, 1, 1, tzinfo=UTC)),
-    ("2024-05", datetime(2024, 5, 1, tzinfo=UTC)),
-    ("2024-05-17", datetime(2024, 5, 17, tzinfo=UTC)),
-    ("2024-05-17T10:00:00Z", datetime(2024, 5, 17, 10, tzinfo=UTC)),
-    ("2024-05-17T10:00:00", datetime(2024, 5, 17, 10, tzinfo=UTC)),
-    ("garbage", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024", datetime(2024, 1, 1, tzinfo=UTC)),
+        ("2024-05", datetime(2024, 5, 1, tzinfo=UTC)),
+        ("2024-05-17", datetime(2024, 5, 17, tzinfo=UTC)),
+        ("2024-05-17T10:00:00Z", datetime(2024, 5, 17, 10, tzinfo=UTC)),
+        ("2024-05-17T10:00:00", datetime(2024, 5, 17, 10, tzinfo=UTC)),
+        ("garbage", None),
+        (None, None),
+    ],
+)
 def test_fhir_dates(text: str | None, expected: datetime | None) -> None:
     assert parse_fhir_datetime(text) == expected
 
@@ -71,12 +74,15 @@ def test_condition_status_and_verification(mappings: Mappings) -> None:
     assert [(d.source.id, d.is_active) for d in facts.diagnoses] == [("r", False), ("n", True)]
 
 
-@pytest.mark.parametrize(("timing", "per_day"), [
-    ({"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}, 2),
-    ({"repeat": {"frequency": 1, "period": 12, "periodUnit": "h"}}, 2),
-    ({"repeat": {"frequency": 1, "period": 2, "periodUnit": "d"}}, 0.5),
-    ({"code": {"coding": [{"code": "TID"}]}}, 3),
-])
+@pytest.mark.parametrize(
+    ("timing", "per_day"),
+    [
+        ({"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}, 2),
+        ({"repeat": {"frequency": 1, "period": 12, "periodUnit": "h"}}, 2),
+        ({"repeat": {"frequency": 1, "period": 2, "periodUnit": "d"}}, 0.5),
+        ({"code": {"coding": [{"code": "TID"}]}}, 3),
+    ],
+)
 def test_daily_dose_from_timing(timing: dict[str, object], per_day: float, mappings: Mappings) -> None:
     statement = medication("prednisone", status="active", end=None, dose_mg=10)
     statement["dosage"][0]["timing"] = timing

@@ -1,0 +1,27 @@
+"""Re-evaluate a recorded decision with its recorded criteria version and inputs (audit replay)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from service.criteria import criteria_from_snapshot
+from service.engine import evaluate_trials
+from service.facts import build_facts
+from service.mappings import mappings_from_texts
+
+__all__ = ["evaluate_recorded"]
+
+
+def evaluate_recorded(
+    criteria_snapshot: dict[str, Any], input_resources: list[dict[str, Any]], evaluated_at: str
+) -> list[dict[str, Any]]:
+    """Today's engine on yesterday's criteria and data, at yesterday's evaluation time."""
+    mappings = mappings_from_texts(criteria_snapshot["__mappings__"])
+    criteria = criteria_from_snapshot(criteria_snapshot, mappings)
+    patient_id = next(
+        (str(r.get("id")) for r in input_resources if r.get("resourceType") == "Patient"), "unknown"
+    )
+    facts = build_facts(patient_id, input_resources, mappings)
+    results = evaluate_trials(criteria, mappings, facts, datetime.fromisoformat(evaluated_at))
+    return [result.to_dict() for result in results]

@@ -1,0 +1,313 @@
+"""POST /cds-services/til-trials: cards for the synthetic cohort, and every kind of bad input."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from service.sandbox.synthetic import SyntheticPatient
+from tests.api.conftest import SERVICE_URL, started
+
+RequestFor = Callable[..., dict[str, Any]]
+
+
+def assert_outcome(response: httpx.Response, status: int, *phrases: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    diagnostics = body["issue"][0]["diagnostics"]
+    for phrase in phrases:
+        assert phrase in diagnostics, diagnostics
+    return body
+
+
+async def test_every_synthetic_patient_gets_the_expected_cards(
+    client: httpx.AsyncClient, request_for: RequestFor, patients: dict[str, SyntheticPatient]
+) -> None:
+    for patient in patients.values():
+        response = await client.post(SERVICE_URL, json=request_for(patient.id))
+        assert response.status_code == 200, response.text
+        cards = response.json()["cards"]
+        named = {card["source"]["topic"]["code"] for card in cards}
+        assert named == patient.expected_cards, patient.id
+
+
+async def test_a_card_is_short_true_and_useful(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    response = await client.post(SERVICE_URL, json=request_for("til-recent-docetaxel"))
+    card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
+    assert card["summary"].startswith("May be eligible: ") and "NCT06538012" in card["summary"]
+    assert len(card["summary"]) < 140
+    assert "not before" in card["summary"]
+    assert card["indicator"] == "info"
+    assert card["uuid"] and card["source"]["url"] == "https://clinicaltrials.gov/study/NCT06538012"
+    assert {link["type"] for link in card["links"]} == {"absolute"}
+    assert {r["code"] for r in card["overrideReasons"]} >= {"patient-declined", "not-cell-therapy-candidate"}
+    detail = card["detail"]
+    assert "Only the trial team can confirm eligibility" in detail
+    assert "washout" in detail and "MedicationStatement/" in detail
+    assert "**Met**" in detail and "Observation/" in detail
+    assert "eligible for" not in card["summary"].lower()
+
+
+async def test_missing_labs_are_unknown_with_what_to_order(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    response = await client.post(SERVICE_URL, json=request_for("til-missing-data"))
+    card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
+    unknown_section = card["detail"].split("**Unknown")[1].split("**Met**")[0]
+    assert (
+        "absolute-neutrophil-count" in unknown_section and "order a CBC with differential" in unknown_section
+    )
+
+
+async def test_essen_gastro_card_says_its_criteria_are_incomplete(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    response = await client.post(SERVICE_URL, json=request_for("til-gastric"))
+    (card,) = response.json()["cards"]
+    assert "essen-til-gastroesophageal" in card["summary"] and "criteria incomplete" in card["summary"]
+    assert "Criteria incomplete" in card["detail"]
+
+
+async def test_nothing_to_say_is_an_empty_card_list(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    response = await client.post(SERVICE_URL, json=request_for("til-no-data"))
+    assert response.status_code == 200 and response.json() == {"cards": []}
+
+
+async def test_null_prefetch_means_no_data_not_missing(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["observations-blood-counts"] = None
+    response = await client.post(SERVICE_URL, json=body)
+    card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
+    assert "no Absolute neutrophil count (ANC) in the last 30 days" in card["detail"]
+
+
+async def test_order_select_warns_about_a_new_anticancer_therapy(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    body = request_for("til-lung-eligible", hook="order-select")
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "draft-1",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [
+                {
+                    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                    "code": "72962",
+                    "display": "docetaxel",
+                }
+            ]
+        },
+        "subject": {"reference": "Patient/til-lung-eligible"},
+    }
+    body["context"].update(
+        selections=["MedicationRequest/draft-1"],
+        draftOrders={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]},
+    )
+    cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
+    assert cards[0]["indicator"] == "warning"
+    assert "docetaxel" in cards[0]["summary"] and "washout" in cards[0]["summary"]
+    assert "28-day washout" in cards[0]["detail"]
+    assert len(cards[0]["summary"]) < 140
+
+    order["medicationCodeableConcept"] = {"text": "amlodipine 5 mg"}
+    cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
+    assert all(card["indicator"] == "info" for card in cards)
+
+
+async def test_order_select_for_an_ineligible_patient_gives_no_warning(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    body = request_for("til-kidney-transplant", hook="order-select")
+    body["context"].update(
+        selections=[],
+        draftOrders={
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "MedicationRequest",
+                        "id": "d",
+                        "status": "draft",
+                        "intent": "order",
+                        "medicationCodeableConcept": {"text": "docetaxel"},
+                    }
+                }
+            ],
+        },
+    )
+    assert (await client.post(SERVICE_URL, json=body)).json() == {"cards": []}
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+async def test_not_json(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        SERVICE_URL, content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_outcome(response, 400, "not valid JSON")
+
+
+async def test_wrong_content_type(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        SERVICE_URL,
+        content=b"hook=patient-view",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert_outcome(response, 415, "must be JSON")
+
+
+async def test_unknown_hook(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    body = request_for("til-lung-eligible", hook="order-sign")
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "order-sign", "patient-view, order-select")
+
+
+async def test_unknown_service(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    response = await client.post("/cds-services/nope", json=request_for("til-lung-eligible"))
+    assert_outcome(response, 404, "no CDS service 'nope'")
+
+
+async def test_missing_patient_id(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    body = request_for("til-lung-eligible")
+    del body["context"]["patientId"]
+    body = assert_outcome(await client.post(SERVICE_URL, json=body), 400, "context.patientId")
+    assert body["issue"][0]["expression"] == ["context.patientId"]
+
+
+async def test_missing_hook_instance(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    body = request_for("til-lung-eligible")
+    del body["hookInstance"]
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "hookInstance")
+
+
+async def test_prefetch_of_the_wrong_type(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["conditions"]["entry"][0]["resource"] = copy.deepcopy(body["prefetch"]["patient"])
+    assert_outcome(
+        await client.post(SERVICE_URL, json=body), 400, "prefetch.conditions.entry[0].resource is a Patient"
+    )
+
+
+async def test_prefetch_for_another_patient(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["observations-blood-counts"]["entry"][0]["resource"]["subject"]["reference"] = (
+        "Patient/someone-else"
+    )
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "Patient/someone-else")
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["patient"]["id"] = "someone-else"
+    assert_outcome(
+        await client.post(SERVICE_URL, json=body), 400, "not the context's Patient/til-lung-eligible"
+    )
+
+
+async def test_malformed_fhir_patient(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["patient"]["birthDate"] = "last spring"
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "not a valid FHIR R4 Patient", "birthDate")
+
+
+async def test_prefetch_that_is_not_a_resource(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["conditions"] = ["not", "a", "bundle"]
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "prefetch.conditions must be")
+
+
+async def test_an_operation_outcome_without_a_fhir_server_is_412(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["conditions"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout"}],
+    }
+    assert_outcome(await client.post(SERVICE_URL, json=body), 412, "conditions")
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["medications"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "exception"}],
+                },
+                "search": {"mode": "outcome"},
+            }
+        ],
+    }
+    assert_outcome(await client.post(SERVICE_URL, json=body), 412, "medications")
+
+
+async def test_no_prefetch_and_no_fhir_server_is_412(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    assert_outcome(
+        await client.post(SERVICE_URL, json=request_for("til-lung-eligible", prefetch="none")), 412, "patient"
+    )
+
+
+async def test_fhir_authorization_without_fhir_server(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    body = request_for("til-lung-eligible")
+    body["fhirAuthorization"] = {
+        "access_token": "t",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "til",
+    }
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "fhirServer is required")
+
+
+async def test_oversized_body_is_413(app_factory: Callable[..., Any], request_for: RequestFor) -> None:
+    async for client in started(app_factory(max_body_bytes=10_000)):
+        response = await client.post(SERVICE_URL, json=request_for("til-many-observations"))
+        assert_outcome(response, 413, "larger than the limit")
+
+
+async def test_too_many_prefetched_resources_is_a_clear_400(
+    app_factory: Callable[..., Any], request_for: RequestFor
+) -> None:
+    async for client in started(app_factory(max_prefetch_resources=100)):
+        response = await client.post(SERVICE_URL, json=request_for("til-many-observations"))
+        assert_outcome(response, 400, "more than the limit of 100")
+
+
+@pytest.mark.parametrize("patient_id", ["til-lung-eligible"])
+async def test_discovery_lists_both_hooks_under_one_id(client: httpx.AsyncClient, patient_id: str) -> None:
+    body = (await client.get("/cds-services")).json()
+    assert [(s["hook"], s["id"]) for s in body["services"]] == [
+        ("patient-view", "til-trials"),
+        ("order-select", "til-trials"),
+    ]
+    for service in body["services"]:
+        prefetch = service["prefetch"]
+        assert prefetch["patient"] == "Patient/{{context.patientId}}"
+        assert {
+            "conditions",
+            "medications",
+            "observations-blood-counts",
+            "observations-cardiopulmonary",
+            "observations-body-and-performance",
+        } <= set(prefetch)
+        observation_templates = [v for k, v in prefetch.items() if k.startswith("observations-")]
+        assert all(
+            "_sort=-date" in t and "_count=" in t and "category" not in t for t in observation_templates
+        )
+        assert "89247-1" in prefetch["observations-body-and-performance"]  # ECOG, filed under survey
+        assert "10230-1" in prefetch["observations-cardiopulmonary"]  # LVEF, filed under imaging
+        assert service["usageRequirements"]
