@@ -20,6 +20,7 @@ from service.criteria import load_criteria
 from service.gather import FetchLimits, prefetch_templates
 from service.mappings import load_mappings
 from service.pipeline import Runtime
+from service.redaction import install_redaction
 from service.security import JwtVerifier
 from service.settings import Settings, get_settings
 
@@ -59,6 +60,7 @@ def create_app(
     ``transport`` replaces the network for outbound HTTP (tests of FHIR error paths).
     """
     settings = settings or get_settings()
+    install_redaction()
     if settings.dev:
         logger.warning(
             "DEV MODE: no client authentication unless clients are configured; "
