@@ -26,7 +26,9 @@ __all__ = [
     "Arm",
     "Criterion",
     "CriteriaSet",
+    "PerformanceStatusRule",
     "Rule",
+    "StageRule",
     "Trial",
     "criteria_json_schema",
     "criteria_from_raw",
@@ -163,6 +165,33 @@ class NoDriverAlterationRule(_Frozen):
     implying_medication_classes: list[str] = Field(default_factory=list)
 
 
+class PerformanceStatusRule(_Frozen):
+    """ECOG and/or Karnofsky: the newest assessment in either scale decides.
+
+    They measure the same thing, so an ECOG 3 is not rescued by a missing Karnofsky;
+    a criterion on one scale reads the other through the equivalence in the mappings.
+    """
+
+    kind: Literal["performance_status"]
+    ecog_max: int | None = None
+    karnofsky_min: int | None = None
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> PerformanceStatusRule:
+        if self.ecog_max is None and self.karnofsky_min is None:
+            raise ValueError("give ecog_max, karnofsky_min or both")
+        return self
+
+
+class StageRule(_Frozen):
+    """The newest recorded cancer stage group: met at or above ``met_from``."""
+
+    kind: Literal["stage"]
+    met_from: int
+    review_from: int | None = None
+    review_note: str | None = None
+
+
 class AllRule(_Frozen):
     kind: Literal["all"]
     rules: list[Rule]
@@ -185,6 +214,8 @@ Rule = Annotated[
     | WashoutRule
     | SteroidDoseRule
     | NoDriverAlterationRule
+    | PerformanceStatusRule
+    | StageRule
     | AllRule
     | AnyRule,
     Field(discriminator="kind"),

@@ -25,6 +25,7 @@ __all__ = [
     "LabResult",
     "PatientFacts",
     "SourceRef",
+    "StageFact",
     "TestResult",
     "age_in_years",
     "build_facts",
@@ -79,6 +80,7 @@ class LabResult:
     display: str
     reference_high: tuple[float, str | None] | None = None
     unit_problem: str | None = None
+    derivation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,16 @@ class DrugExposure:
     route: str = ""
 
 
+@dataclass(frozen=True)
+class StageFact:
+    """A cancer stage group (1-4) from a staging Observation or Condition.stage."""
+
+    stage: int
+    text: str
+    when: datetime | None
+    source: SourceRef
+
+
 @dataclass
 class PatientFacts:
     patient_id: str
@@ -133,8 +145,12 @@ class PatientFacts:
     inputs: list[SourceRef] = field(default_factory=list)
     data_problems: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    stages: list[StageFact] = field(default_factory=list)
+    deceased: bool = False
 
 
+_STAGE_TEXT = re.compile(r"(?i)(?:\bstage\s*|^\s*)(IV|III|II|I|4|3|2|1)(?:[ABC]\d?)?\b")
+_STAGE_NUMERALS = {"I": 1, "II": 2, "III": 3, "IV": 4, "1": 1, "2": 2, "3": 3, "4": 4}
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 
@@ -208,6 +224,7 @@ class _FactBuilder:
         self.facts = PatientFacts(patient_id=patient_id)
         self.labs: dict[str, list[LabResult]] = defaultdict(list)
         self.tests: dict[str, list[TestResult]] = defaultdict(list)
+        self.percents: dict[str, list[LabResult]] = defaultdict(list)
 
     def add(self, resource: dict[str, Any]) -> None:
         kind = resource.get("resourceType")
@@ -229,6 +246,7 @@ class _FactBuilder:
         self.facts.birth_date = birth.date() if birth else None
         gender = patient.get("gender")
         self.facts.sex = gender if isinstance(gender, str) else None
+        self.facts.deceased = patient.get("deceasedBoolean") is True or "deceasedDateTime" in patient
 
     def _observation(self, observation: dict[str, Any]) -> None:
         if observation.get("status") in _IGNORED_OBSERVATION_STATUSES:
@@ -241,6 +259,19 @@ class _FactBuilder:
             analyte = self.mappings.analyte_by_loinc.get(code)
             if analyte is not None:
                 self._numeric(observation, analyte, code, when, source)
+                return
+            percent_of = self.mappings.percent_analyte_by_loinc.get(code)
+            if percent_of is not None:
+                self._percent(observation, percent_of, code, when, source)
+                return
+            if code in self.mappings.staging.loinc:
+                concept = observation.get("valueCodeableConcept")
+                self._stage(
+                    _codings(concept),
+                    _concept_text(concept) or str(observation.get("valueString") or ""),
+                    when,
+                    source,
+                )
                 return
             test = self.mappings.qualitative_test_by_loinc.get(code)
             if test is not None:
@@ -305,6 +336,78 @@ class _FactBuilder:
             )
         )
 
+    def _percent(
+        self, observation: dict[str, Any], analyte: str, code: str, when: datetime | None, source: SourceRef
+    ) -> None:
+        quantity = observation.get("valueQuantity")
+        if (
+            not isinstance(quantity, dict)
+            or isinstance(quantity.get("value"), bool)
+            or not isinstance(quantity.get("value"), int | float)
+        ):
+            return
+        unit = normalise_unit(quantity.get("code") or quantity.get("unit"), self.mappings.unit_aliases)
+        if unit != "%":
+            self.facts.data_problems.append(f"{source}: differential percentage in '{unit}', not %; ignored")
+            return
+        self.percents[analyte].append(
+            LabResult(
+                analyte=analyte,
+                value=float(quantity["value"]),
+                unit="%",
+                when=when,
+                source=source,
+                code=code,
+                display=_concept_text(observation.get("code")) or code,
+            )
+        )
+
+    def _stage(
+        self, codings: list[tuple[str, str]], text: str, when: datetime | None, source: SourceRef
+    ) -> None:
+        stage = next(
+            (
+                self.mappings.staging.snomed_stage[c]
+                for _, c in codings
+                if c in self.mappings.staging.snomed_stage
+            ),
+            None,
+        )
+        if stage is None:
+            match = _STAGE_TEXT.search(text)
+            if match:
+                stage = _STAGE_NUMERALS[match.group(1).upper()]
+        if stage is not None:
+            self.facts.stages.append(
+                StageFact(stage=stage, text=text or f"stage {stage}", when=when, source=source)
+            )
+
+    def _derive_absolute_counts(self) -> None:
+        """ANC/ALC from WBC x differential %, where no absolute count shares the specimen time."""
+        white_cells = {r.when: r for r in self.labs.get("white_blood_cell_count", []) if r.when is not None}
+        for analyte, percents in self.percents.items():
+            measured = {r.when for r in self.labs.get(analyte, [])}
+            for percent in percents:
+                total = white_cells.get(percent.when) if percent.when is not None else None
+                if total is None or percent.when in measured or total.value is None or total.unit is None:
+                    continue
+                try:
+                    per_litre = convert(total.value, total.unit, "10*9/L")
+                except UnitConversionError:
+                    continue
+                self.labs[analyte].append(
+                    LabResult(
+                        analyte=analyte,
+                        value=round(per_litre * (percent.value or 0) / 100, 3),
+                        unit="10*9/L",
+                        when=percent.when,
+                        source=percent.source,
+                        code=percent.code,
+                        display=self.mappings.analytes[analyte].display,
+                        derivation=f"computed from WBC {total.value:g} {total.unit} × {percent.value:g} %, {total.source}",
+                    )
+                )
+
     def _qualitative(
         self, observation: dict[str, Any], test: str, when: datetime | None, source: SourceRef
     ) -> None:
@@ -345,6 +448,10 @@ class _FactBuilder:
         onset = parse_fhir_datetime(condition.get("onsetDateTime"))
         if onset is None and isinstance(condition.get("onsetPeriod"), dict):
             onset = parse_fhir_datetime(condition["onsetPeriod"].get("start"))
+        for stage in condition.get("stage") or []:
+            if isinstance(stage, dict):
+                summary = stage.get("summary")
+                self._stage(_codings(summary), _concept_text(summary), onset, _ref(condition))
         abatement = parse_fhir_datetime(condition.get("abatementDateTime"))
         if abatement is None and isinstance(condition.get("abatementPeriod"), dict):
             abatement = parse_fhir_datetime(condition["abatementPeriod"].get("end"))
@@ -366,8 +473,20 @@ class _FactBuilder:
         if status in _IGNORED_STATEMENT_STATUSES:
             return
         concept = statement.get("medicationCodeableConcept")
-        if concept is None and isinstance(statement.get("medicationReference"), dict):
-            concept = {"text": statement["medicationReference"].get("display") or ""}
+        reference = statement.get("medicationReference")
+        if concept is None and isinstance(reference, dict):
+            concept = {"text": reference.get("display") or ""}
+            target = str(reference.get("reference") or "")
+            for contained in statement.get("contained") or []:
+                if (
+                    isinstance(contained, dict)
+                    and target == f"#{contained.get('id')}"
+                    and isinstance(contained.get("code"), dict)
+                ):
+                    concept = {
+                        **contained["code"],
+                        "text": _concept_text(contained["code"]) or concept["text"],
+                    }
         start = end = None
         period = statement.get("effectivePeriod")
         if isinstance(period, dict):
@@ -435,6 +554,8 @@ class _FactBuilder:
         return None
 
     def finish(self) -> PatientFacts:
+        self._derive_absolute_counts()
+
         def newest_first(item: LabResult | TestResult) -> datetime:
             return item.when or datetime.min.replace(tzinfo=UTC)
 

@@ -53,6 +53,17 @@ class Analyte(ObservationDefinition):
     molar_mass_g_per_mol: float | None = None
     default_uln: DefaultUpperLimit | None = None
     answer_scores: dict[str, float] = Field(default_factory=dict)
+    percent_of_white_cells_loinc: list[str] = Field(default_factory=list)
+
+
+class PerformanceStatusEquivalence(_Frozen):
+    ecog: int
+    karnofsky_min: int
+    karnofsky_max: int
+
+
+class Staging(ObservationDefinition):
+    snomed_stage: dict[str, int]
 
 
 class QualitativeTest(ObservationDefinition):
@@ -95,6 +106,8 @@ class _AnalyteFile(_Frozen):
     analytes: dict[str, Analyte]
     qualitative_tests: dict[str, QualitativeTest]
     qualitative_answers: QualitativeAnswers
+    performance_status_equivalence: list[PerformanceStatusEquivalence]
+    staging: Staging
 
 
 class _ConditionFile(_Frozen):
@@ -118,6 +131,14 @@ class DrugMatch:
     prednisone_equivalent_factor: float | None = None
 
 
+@dataclass(frozen=True)
+class _DrugIndex:
+    rxnorm: dict[str, tuple[str, DrugMember]]
+    atc: dict[str, tuple[str, DrugMember]]
+    atc_prefixes: tuple[str, ...]
+    any_name: re.Pattern[str] | None
+
+
 @dataclass
 class Mappings:
     """All code mappings, with the indexes the fact builder needs."""
@@ -125,6 +146,8 @@ class Mappings:
     analytes: dict[str, Analyte]
     qualitative_tests: dict[str, QualitativeTest]
     qualitative_answers: QualitativeAnswers
+    performance_status_equivalence: list[PerformanceStatusEquivalence]
+    staging: Staging
     value_sets: dict[str, ValueSet]
     drug_classes: dict[str, DrugClass]
     unit_aliases: dict[str, str]
@@ -133,6 +156,15 @@ class Mappings:
     @cached_property
     def analyte_by_loinc(self) -> dict[str, str]:
         return {code: key for key, analyte in self.analytes.items() for code in analyte.loinc}
+
+    @cached_property
+    def percent_analyte_by_loinc(self) -> dict[str, str]:
+        """LOINC codes of differential percentages, to the absolute count they yield."""
+        return {
+            code: key
+            for key, analyte in self.analytes.items()
+            for code in analyte.percent_of_white_cells_loinc
+        }
 
     @cached_property
     def qualitative_test_by_loinc(self) -> dict[str, str]:
@@ -145,6 +177,8 @@ class Mappings:
         for definition in self.observation_definitions.values():
             codes = groups.setdefault(definition.prefetch_group, [])
             codes.extend(c for c in definition.loinc if c not in codes)
+            if isinstance(definition, Analyte):
+                codes.extend(c for c in definition.percent_of_white_cells_loinc if c not in codes)
             if isinstance(definition, QualitativeTest) and definition.hgnc_genes and "69548-6" not in codes:
                 codes.append("69548-6")
         return groups
@@ -152,7 +186,7 @@ class Mappings:
     @cached_property
     def observation_definitions(self) -> dict[str, ObservationDefinition]:
         """Analytes and qualitative tests by key (the keys never collide: checked at load)."""
-        return {**self.analytes, **self.qualitative_tests}
+        return {**self.analytes, **self.qualitative_tests, "staging": self.staging}
 
     @cached_property
     def qualitative_test_by_gene(self) -> dict[str, str]:
@@ -184,25 +218,67 @@ class Mappings:
             ]
         return patterns
 
+    @cached_property
+    def _drug_indexes(self) -> dict[str, _DrugIndex]:
+        """Per class: code -> first member carrying it, ATC prefixes, and all names as one pattern."""
+        indexes = {}
+        for class_name in self.drug_classes:
+            rxnorm: dict[str, tuple[str, DrugMember]] = {}
+            atc: dict[str, tuple[str, DrugMember]] = {}
+            for key, member in self.class_members(class_name):
+                for code in member.rxnorm:
+                    rxnorm.setdefault(code, (key, member))
+                for code in member.atc:
+                    atc.setdefault(code, (key, member))
+            patterns = [pattern.pattern for pattern, _, _ in self._name_patterns[class_name]]
+            indexes[class_name] = _DrugIndex(
+                rxnorm=rxnorm,
+                atc=atc,
+                atc_prefixes=tuple(self.class_atc_prefixes(class_name)),
+                any_name=re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None,
+            )
+        return indexes
+
     def match_drug(self, class_name: str, codings: list[tuple[str, str]], text: str) -> DrugMatch | None:
-        """Match a medication (codings as (system, code) and its free text) against a class."""
-        members = self.class_members(class_name)
+        """Match a medication (codings as (system, code) and its free text) against a class.
+
+        Codes are looked up in per-class indexes; the names are first tried as one
+        alternation, so the member-by-member search (first member in file order wins)
+        runs only for a medication that does match some name of the class.
+        """
+        index = self._drug_indexes[class_name]
         for system, code in codings:
             if "rxnorm" in system:
-                for key, member in members:
-                    if code in member.rxnorm:
-                        return DrugMatch(key, f"RxNorm {code}", member.prednisone_equivalent_factor)
+                found = index.rxnorm.get(code)
+                if found is not None:
+                    return DrugMatch(found[0], f"RxNorm {code}", found[1].prednisone_equivalent_factor)
             elif "atc" in system.lower():
-                for key, member in members:
-                    if code in member.atc:
-                        return DrugMatch(key, f"ATC {code}", member.prednisone_equivalent_factor)
-                if any(code.startswith(p) for p in self.class_atc_prefixes(class_name)):
+                found = index.atc.get(code)
+                if found is not None:
+                    return DrugMatch(found[0], f"ATC {code}", found[1].prednisone_equivalent_factor)
+                if code.startswith(index.atc_prefixes):
                     return DrugMatch(code, f"ATC {code}")
         lowered = text.lower()
+        if index.any_name is None or index.any_name.search(lowered) is None:
+            return None
         for pattern, key, member in self._name_patterns[class_name]:
             if pattern.search(lowered):
                 return DrugMatch(key, f"name '{key}'", member.prednisone_equivalent_factor)
         return None
+
+    @cached_property
+    def _value_set_index(
+        self,
+    ) -> dict[str, tuple[frozenset[str], tuple[str, ...], tuple[re.Pattern[str], ...]]]:
+        """Per value set: SNOMED codes, ICD-10 prefixes without dots, compiled text patterns."""
+        return {
+            name: (
+                frozenset(members.snomed),
+                tuple(p.replace(".", "") for p in members.icd10_prefixes),
+                tuple(re.compile(p) for p in members.text_patterns),
+            )
+            for name, members in self.value_sets.items()
+        }
 
     def condition_in_value_set(self, value_set: str, codings: list[tuple[str, str]], text: str = "") -> bool:
         """Whether any (system, code) coding is in the value set.
@@ -211,17 +287,17 @@ class Mappings:
         coding at all (free-text problem-list entries); a coded condition is judged
         by its codes alone.
         """
-        members = self.value_sets[value_set]
+        snomed, icd10_prefixes, text_patterns = self._value_set_index[value_set]
         coded = any("snomed" in s or "icd" in s for s, _ in codings)
-        if not coded and text and members.text_patterns:
-            return any(re.search(p, text) for p in members.text_patterns)
+        if not coded and text and text_patterns:
+            return any(pattern.search(text) for pattern in text_patterns)
         for system, code in codings:
-            if "snomed" in system and code in members.snomed:
+            if "snomed" in system and code in snomed:
                 return True
-            if "icd-10" in system or "icd10" in system:
-                normalised = code.replace(".", "").upper()
-                if any(normalised.startswith(p.replace(".", "")) for p in members.icd10_prefixes):
-                    return True
+            if ("icd-10" in system or "icd10" in system) and code.replace(".", "").upper().startswith(
+                icd10_prefixes
+            ):
+                return True
         return False
 
 
@@ -254,7 +330,9 @@ def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings"
     conditions: _ConditionFile = _read(directory / "conditions.yaml", _ConditionFile, texts)
     medications: _MedicationFile = _read(directory / "medications.yaml", _MedicationFile, texts)
     units: _UnitFile = _read(directory / "units.yaml", _UnitFile, texts)
-    clash = set(analytes.analytes) & set(analytes.qualitative_tests)
+    clash = (set(analytes.analytes) & set(analytes.qualitative_tests)) | (
+        {"staging"} & (set(analytes.analytes) | set(analytes.qualitative_tests))
+    )
     if clash:
         raise ConfigurationError(f"{directory / 'analytes.yaml'}: keys used twice: {sorted(clash)}")
     for name, drug_class in medications.classes.items():
@@ -267,6 +345,8 @@ def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings"
         analytes=analytes.analytes,
         qualitative_tests=analytes.qualitative_tests,
         qualitative_answers=analytes.qualitative_answers,
+        performance_status_equivalence=analytes.performance_status_equivalence,
+        staging=analytes.staging,
         value_sets=conditions.value_sets,
         drug_classes=medications.classes,
         unit_aliases=units.aliases,

@@ -89,6 +89,8 @@ def evaluate_trial(
         evaluated_at=context.at.isoformat(),
         data_problems=tuple(context.facts.data_problems),
     )
+    if context.facts.deceased:
+        return replace(base, reason="the patient is recorded as deceased")
     cancers = [d for vs in trial.disease.value_sets for d in context.diagnoses_in(vs) if d.is_active]
     if not cancers:
         return base

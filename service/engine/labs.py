@@ -48,8 +48,8 @@ def _latest_in_window(
     results: list[LabResult], at: datetime, lookback_days: int
 ) -> tuple[LabResult | None, LabResult | None]:
     """(newest result inside the window, newest result at all), ignoring future-dated ones."""
-    dated = [r for r in results if r.when is not None and r.when <= at + timedelta(hours=12)]
-    newest = dated[0] if dated else None
+    latest_allowed = at + timedelta(hours=12)
+    newest = next((r for r in results if r.when is not None and r.when <= latest_allowed), None)
     if newest is not None and newest.when is not None and at - newest.when <= timedelta(days=lookback_days):
         return newest, newest
     return None, newest
@@ -98,9 +98,10 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
         when=when,
         source=creatinine.source,
         code="cockcroft-gault",
-        display=(
-            f"Creatinine clearance (Cockcroft-Gault from creatinine {_fmt(creatinine_mg_dl)} "
-            f"mg/dL, weight {_fmt(weight_kg)} kg, age {age}, {facts.sex})"
+        display="Creatinine clearance",
+        derivation=(
+            f"Cockcroft-Gault from creatinine {_fmt(creatinine_mg_dl)} mg/dL, "
+            f"weight {_fmt(weight_kg)} kg, age {age}, {facts.sex}"
         ),
     )
 
@@ -212,6 +213,8 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     shown = f"{_fmt(value)} {unit}" + (
         "" if unit == latest.unit else f" ({_fmt(latest.value)} {latest.unit})"
     )
+    if latest.derivation:
+        shown += f" [{latest.derivation}]"
     when = latest.when.date().isoformat() if latest.when else "undated"
     if latest.unit_problem:
         return RuleOutcome(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 from typing import Any
@@ -32,6 +32,18 @@ class Evidence:
     upper_limit_of_normal: float | None = None
     upper_limit_source: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """``dataclasses.asdict(self)``, without its generic recursion."""
+        return {
+            "description": self.description,
+            "source": self.source,
+            "value": self.value,
+            "unit": self.unit,
+            "date": self.date,
+            "upper_limit_of_normal": self.upper_limit_of_normal,
+            "upper_limit_source": self.upper_limit_source,
+        }
+
 
 @dataclass(frozen=True)
 class RuleOutcome:
@@ -59,10 +71,21 @@ class CriterionResult:
     arm: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = self.state.value
-        data["until"] = self.until.isoformat() if self.until else None
-        return data
+        """What ``dataclasses.asdict`` gives (tuples stay tuples), written out: it is on every call's path."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "text": self.text,
+            "source": self.source,
+            "state": self.state.value,
+            "reason": self.reason,
+            "evidence": tuple(e.to_dict() for e in self.evidence),
+            "until": self.until.isoformat() if self.until else None,
+            "flags": tuple(self.flags),
+            "resolve_hint": self.resolve_hint,
+            "note": self.note,
+            "arm": self.arm,
+        }
 
 
 @dataclass(frozen=True)
@@ -118,7 +141,7 @@ class TrialResult:
                 }
                 for arm in self.arms
             ],
-            "disease_evidence": [asdict(e) for e in self.disease_evidence],
+            "disease_evidence": [e.to_dict() for e in self.disease_evidence],
             "criteria_fingerprint": self.criteria_fingerprint,
             "input_fingerprint": self.input_fingerprint,
             "evaluated_at": self.evaluated_at,

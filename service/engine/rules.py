@@ -9,6 +9,7 @@ In ``any``: MET wins, then NOT_YET (earliest date), then UNKNOWN, else NOT_MET.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,8 @@ from service.criteria import (
     NoMedicationRule,
     NoResultRule,
     OnMedicationRule,
+    PerformanceStatusRule,
+    StageRule,
     SteroidDoseRule,
     WashoutRule,
 )
@@ -407,6 +410,118 @@ def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationConte
     return RuleOutcome(State.MET, "EGFR, ALK and ROS1 negative", tuple(evidence))
 
 
+def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext) -> RuleOutcome:
+    ecog_definition = context.mappings.analytes["ecog_performance_status"]
+    karnofsky_definition = context.mappings.analytes["karnofsky_performance_status"]
+    if {"ecog_performance_status", "karnofsky_performance_status"} & set(context.facts.unavailable):
+        return RuleOutcome(
+            State.UNKNOWN,
+            "performance status could not be retrieved",
+            resolve_hint=ecog_definition.order_hint,
+        )
+    window = timedelta(days=ecog_definition.lookback_days or 90)
+    assessments = [
+        (result, scale)
+        for scale in ("ecog", "karnofsky")
+        for result in context.facts.labs.get(f"{scale}_performance_status", [])
+        if result.when is not None
+        and result.value is not None
+        and timedelta(0) <= context.at - result.when <= window
+    ]
+    if not assessments:
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"no ECOG or Karnofsky performance status in the last {window.days} days",
+            resolve_hint=ecog_definition.order_hint,
+        )
+    newest_day = max(r.when for r, _ in assessments if r.when is not None).date()
+    newest = [(r, scale) for r, scale in assessments if r.when is not None and r.when.date() == newest_day]
+    table = context.mappings.performance_status_equivalence
+    limits = " or ".join(
+        part
+        for part in (
+            f"ECOG ≤ {rule.ecog_max}" if rule.ecog_max is not None else "",
+            f"Karnofsky ≥ {rule.karnofsky_min}%" if rule.karnofsky_min is not None else "",
+        )
+        if part
+    )
+    outcomes: list[RuleOutcome] = []
+    for result, scale in newest:
+        value = int(result.value or 0)
+        evidence = (
+            Evidence(result.display, str(result.source), result.value, result.unit, _day(result.when)),
+        )
+        label = f"{'ECOG' if scale == 'ecog' else 'Karnofsky'} {value}{'%' if scale == 'karnofsky' else ''} on {_day(result.when)}"
+        if scale == "ecog" and rule.ecog_max is not None:
+            holds: bool | None = value <= rule.ecog_max
+        elif scale == "karnofsky" and rule.karnofsky_min is not None:
+            holds = value >= rule.karnofsky_min
+        elif scale == "ecog" and rule.karnofsky_min is not None:
+            row = next((r for r in table if r.ecog == value), None)
+            holds = (
+                None
+                if row is None
+                else True
+                if row.karnofsky_min >= rule.karnofsky_min
+                else False
+                if row.karnofsky_max < rule.karnofsky_min
+                else None
+            )
+            label += " (read on the Karnofsky scale by the ECOG-Karnofsky equivalence)"
+        else:
+            row = next((r for r in table if r.karnofsky_min <= value <= r.karnofsky_max), None)
+            holds = None if row is None or rule.ecog_max is None else row.ecog <= rule.ecog_max
+            label += f" (≈ ECOG {row.ecog} by the ECOG-Karnofsky equivalence)" if row else ""
+        state = State.UNKNOWN if holds is None else State.MET if holds else State.NOT_MET
+        outcomes.append(RuleOutcome(state, f"{label}; needs {limits}", evidence))
+    chosen = next((o for o in outcomes if o.state is State.MET), None) or next(
+        (o for o in outcomes if o.state is State.NOT_MET), outcomes[0]
+    )
+    if chosen.state is State.UNKNOWN:
+        return replace(
+            chosen,
+            resolve_hint=ecog_definition.order_hint
+            if rule.ecog_max is not None
+            else karnofsky_definition.order_hint,
+        )
+    return chosen
+
+
+def _stage(rule: StageRule, context: EvaluationContext) -> RuleOutcome:
+    staging = context.mappings.staging
+    if "staging" in context.facts.unavailable:
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"stage could not be retrieved: {context.facts.unavailable['staging']}",
+            resolve_hint=staging.order_hint,
+        )
+    stages = sorted(
+        context.facts.stages,
+        key=lambda s: s.when or datetime.min.replace(tzinfo=context.at.tzinfo),
+        reverse=True,
+    )
+    if not stages:
+        return RuleOutcome(State.UNKNOWN, "no stage group recorded", resolve_hint=staging.order_hint)
+    newest = stages[0]
+    roman = {1: "I", 2: "II", 3: "III", 4: "IV"}
+    evidence = (
+        Evidence(
+            f"stage group: {newest.text}", str(newest.source), roman[newest.stage], None, _day(newest.when)
+        ),
+    )
+    if newest.stage >= rule.met_from:
+        return RuleOutcome(State.MET, f"stage {roman[newest.stage]} recorded", evidence)
+    if rule.review_from is not None and newest.stage >= rule.review_from:
+        return RuleOutcome(
+            State.NEEDS_REVIEW,
+            f"stage {roman[newest.stage]} recorded: {rule.review_note or 'review'}",
+            evidence,
+        )
+    return RuleOutcome(
+        State.NOT_MET, f"stage {roman[newest.stage]} recorded; needs stage {roman[rule.met_from]}", evidence
+    )
+
+
 def _combine(rule: AllRule | AnyRule, context: EvaluationContext) -> RuleOutcome:
     outcomes = [evaluate_rule(child, context) for child in rule.rules]
     states = [o.state for o in outcomes]
@@ -449,6 +564,8 @@ _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = 
     WashoutRule: _washout,
     SteroidDoseRule: _steroid_dose,
     NoDriverAlterationRule: _no_driver_alteration,
+    PerformanceStatusRule: _performance_status,
+    StageRule: _stage,
     AllRule: _combine,
     AnyRule: _combine,
 }

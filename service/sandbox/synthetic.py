@@ -611,6 +611,54 @@ def generate_patients(today: date) -> list[SyntheticPatient]:
                 b.observation("751-8", 0.2, "10*3/uL", days_ago=1, status="entered-in-error"),
             ),
         ),
+        _patient(
+            today,
+            "til-ecog-3",
+            "ECOG 3 and no Karnofsky: outside both trials (the scales measure the same thing)",
+            set(),
+            build=lambda b: (
+                b.nsclc().good_labs(),
+                b.observation("89247-1", value_integer=3, days_ago=4, category="survey"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-karnofsky-80",
+            "Karnofsky 80% only: ECOG-equivalent 1, inside both trials",
+            both,
+            build=lambda b: (
+                b.nsclc().good_labs(),
+                b.observation("89243-0", 80, "%", days_ago=4, category="survey"),
+            ),
+        ),
+        _patient(
+            today,
+            "til-stage-2",
+            "NSCLC stage II: IOV-LUN-202 needs metastatic stage IV; NCT06538012 has no stage limit",
+            {LUNG},
+            build=lambda b: (
+                b.nsclc().good_labs(),
+                b.observation("21908-9", days_ago=100, category="exam", value_concept={"text": "Stage IIA"}),
+            ),
+        ),
+        _patient(
+            today,
+            "til-anc-from-differential",
+            "No absolute ANC: WBC 4.0 x 20% neutrophils = 0.8 x10^9/L, below NCT06538012's 1.5",
+            {IOV},
+            build=lambda b: (
+                b.nsclc(),
+                b.observation("6690-2", 4.0, "10*3/uL", days_ago=2),
+                b.observation("770-8", 20, "%", days_ago=2),
+            ),
+        ),
+        _patient(
+            today,
+            "til-deceased",
+            "Recorded as deceased: no cards",
+            set(),
+            build=lambda b: (_eligible_nsclc(b), b.resources[0].update({"deceasedDateTime": b.when(3)})),
+        ),
     ]
     return patients
 

@@ -17,6 +17,8 @@ from service.criteria import (
     NoDriverAlterationRule,
     NoMedicationRule,
     OnMedicationRule,
+    PerformanceStatusRule,
+    StageRule,
     SteroidDoseRule,
     WashoutRule,
 )
@@ -397,3 +399,121 @@ def test_three_valued_combinators(mappings: Mappings) -> None:
     ]
     for rule, expected in cases:
         assert run(rule, [recent], mappings).state is expected, rule
+
+
+class TestPerformanceStatus:
+    essen = PerformanceStatusRule(kind="performance_status", ecog_max=2, karnofsky_min=60)
+    iovance = PerformanceStatusRule(kind="performance_status", ecog_max=1)
+
+    def ecog(self, value: int, days_ago: float = 3, id: str = "ecog") -> dict[str, Any]:
+        resource = observation("89247-1", None, None, days_ago=days_ago, id=id)
+        resource["valueInteger"] = value
+        return resource
+
+    def karnofsky(self, value: float, days_ago: float = 3, id: str = "kps") -> dict[str, Any]:
+        return observation("89243-0", value, "%", days_ago=days_ago, id=id)
+
+    def test_ecog_limits(self, mappings: Mappings) -> None:
+        assert run(self.essen, [self.ecog(2)], mappings).state is State.MET
+        assert run(self.essen, [self.ecog(3)], mappings).state is State.NOT_MET
+        assert run(self.iovance, [self.ecog(2)], mappings).state is State.NOT_MET
+
+    def test_a_missing_second_scale_does_not_rescue_a_failing_first(self, mappings: Mappings) -> None:
+        outcome = run(self.essen, [self.ecog(3)], mappings)
+        assert outcome.state is State.NOT_MET and "ECOG 3" in outcome.reason
+
+    def test_karnofsky_alone(self, mappings: Mappings) -> None:
+        assert run(self.essen, [self.karnofsky(60)], mappings).state is State.MET
+        assert run(self.essen, [self.karnofsky(50)], mappings).state is State.NOT_MET
+        converted = run(self.iovance, [self.karnofsky(80)], mappings)
+        assert converted.state is State.MET and "≈ ECOG 1" in converted.reason
+        assert run(self.iovance, [self.karnofsky(60)], mappings).state is State.NOT_MET
+
+    def test_the_newest_assessment_decides(self, mappings: Mappings) -> None:
+        older_good, newer_bad = self.ecog(1, days_ago=20, id="old"), self.ecog(3, days_ago=2, id="new")
+        assert run(self.essen, [older_good, newer_bad], mappings).state is State.NOT_MET
+        same_day_either = [self.ecog(3, days_ago=2), self.karnofsky(70, days_ago=2)]
+        assert run(self.essen, same_day_either, mappings).state is State.MET
+
+    def test_missing_or_stale_is_unknown(self, mappings: Mappings) -> None:
+        assert run(self.essen, [], mappings).state is State.UNKNOWN
+        assert run(self.essen, [self.ecog(0, days_ago=120)], mappings).state is State.UNKNOWN
+
+
+class TestStage:
+    rule = StageRule(kind="stage", met_from=4, review_from=3, review_note="unresectable?")
+
+    def staged(self, text: str, days_ago: float = 30) -> dict[str, Any]:
+        resource = observation("21908-9", None, None, days_ago=days_ago, id=f"stage-{text}")
+        resource["valueCodeableConcept"] = {"text": text}
+        return resource
+
+    @pytest.mark.parametrize(
+        ("text", "state"),
+        [
+            ("Stage IVA", State.MET),
+            ("IIIB", State.NEEDS_REVIEW),
+            ("Stage II", State.NOT_MET),
+            ("T2N0M0", State.UNKNOWN),
+        ],
+    )
+    def test_stage_groups(self, text: str, state: State, mappings: Mappings) -> None:
+        assert run(self.rule, [self.staged(text)], mappings).state is state
+
+    def test_condition_stage_summary_and_snomed_qualifier(self, mappings: Mappings) -> None:
+        cancer = condition(SNOMED, "254637007", "NSCLC")
+        cancer["stage"] = [
+            {"summary": {"coding": [{"system": SNOMED, "code": "258228008", "display": "Stage 4"}]}}
+        ]
+        assert run(self.rule, [cancer], mappings).state is State.MET
+
+    def test_the_newest_stage_decides(self, mappings: Mappings) -> None:
+        assert (
+            run(self.rule, [self.staged("Stage II", 400), self.staged("Stage IV", 10)], mappings).state
+            is State.MET
+        )
+
+
+def test_absolute_count_is_derived_from_the_differential(mappings: Mappings) -> None:
+    from service.criteria import LabRule
+
+    rule = LabRule(kind="lab", analyte="absolute_neutrophil_count", comparison="ge", value=1.5, unit="10*9/L")
+    white_cells = observation("6690-2", 5.0, "10*3/uL", id="wbc")
+    neutrophil_percent = observation("770-8", 40, "%", id="pct")
+    outcome = run(rule, [white_cells, neutrophil_percent], mappings)
+    assert outcome.state is State.MET and "computed from WBC" in outcome.reason
+    assert outcome.evidence[0].value == 2.0
+    measured = observation("751-8", 1.0, "10*9/L", id="anc")
+    assert run(rule, [white_cells, neutrophil_percent, measured], mappings).state is State.NOT_MET
+
+
+def test_a_deceased_patient_gets_no_trial(mappings: Mappings, criteria: Any) -> None:
+    from service.engine import evaluate_trials
+
+    dead = {**patient(), "deceasedBoolean": True}
+    facts = build_facts("p1", [dead, LUNG_CANCER], mappings)
+    results = evaluate_trials(criteria, mappings, facts, EVALUATED_AT)
+    assert all(r.status == "not_applicable" and "deceased" in r.reason for r in results)
+
+
+def test_a_contained_medication_is_read(mappings: Mappings) -> None:
+    statement = medication("x", end="2026-11-20")
+    del statement["medicationCodeableConcept"]
+    statement["medicationReference"] = {"reference": "#m"}
+    statement["contained"] = [
+        {
+            "resourceType": "Medication",
+            "id": "m",
+            "code": {
+                "coding": [
+                    {
+                        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                        "code": "72962",
+                        "display": "docetaxel",
+                    }
+                ]
+            },
+        }
+    ]
+    rule = WashoutRule(kind="washout", classes=["systemic_anticancer_therapy"], days=28)
+    assert run(rule, [statement], mappings).state is State.NOT_YET
