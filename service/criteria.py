@@ -230,6 +230,7 @@ class Criterion(_Frozen):
     rule: Rule | None = None
     requires_clinician_review: str | None = None
     note: str | None = None
+    evidence_classes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _rule_or_review(self) -> Criterion:
@@ -322,6 +323,9 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
         if name not in value_sets:
             refuse("disease", "value_sets", name, value_sets)
     for criterion in trial.all_criteria():
+        for name in criterion.evidence_classes:
+            if name not in classes:
+                refuse(criterion.id, "evidence_classes", name, classes)
         for rule in _rules(criterion.rule):
             checks: list[tuple[str, list[Any], list[str]]] = [
                 ("analyte", [getattr(rule, "analyte", None)], analytes),

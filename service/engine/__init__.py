@@ -47,6 +47,8 @@ def _evaluate_criterion(
 ) -> CriterionResult:
     if criterion.rule is None:
         outcome = RuleOutcome(State.NEEDS_REVIEW, criterion.requires_clinician_review or "needs review")
+        if criterion.evidence_classes:
+            outcome = _with_medication_history(outcome, criterion.evidence_classes, context)
     else:
         outcome = evaluate_rule(criterion.rule, context)
     return CriterionResult(
@@ -63,6 +65,21 @@ def _evaluate_criterion(
         note=criterion.note,
         arm=arm,
     )
+
+
+def _with_medication_history(
+    outcome: RuleOutcome, classes: list[str], context: EvaluationContext
+) -> RuleOutcome:
+    """A review item shows the therapies on record that the clinician needs to judge it."""
+    drugs = list(dict.fromkeys(d for c in classes for d in context.drugs_in(c)))
+    if not drugs:
+        return replace(outcome, reason=f"{outcome.reason} (no such therapy on record)")
+    evidence = tuple(
+        Evidence(f"{d.text or 'medication'} ({d.status})", str(d.source), date=_day(d.end or d.start))
+        for d in drugs
+    )
+    names = ", ".join(dict.fromkeys(d.text for d in drugs if d.text))
+    return replace(outcome, reason=f"{outcome.reason} (on record: {names})", evidence=evidence)
 
 
 def _evaluate_arm(arm: Arm, context: EvaluationContext) -> ArmResult:
