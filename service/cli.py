@@ -1,4 +1,4 @@
-"""The ``til-cds`` command line (Typer): serve, criteria, audit, sandbox."""
+"""The ``til-cds`` command line (Typer): serve, criteria, audit, sandbox, bench."""
 
 from __future__ import annotations
 
@@ -35,11 +35,14 @@ def serve(
             "--dev", help="Embedded default configuration, no client authentication; loopback only."
         ),
     ] = False,
-    workers: Annotated[int, typer.Option(help="Worker processes (production: one per core).")] = 1,
+    workers: Annotated[
+        int, typer.Option(envvar="WEB_CONCURRENCY", help="Worker processes (production: one per core).")
+    ] = 1,
 ) -> None:
     """Run the service with uvicorn."""
     import uvicorn
 
+    from service.observability import log_config, prepare_multiprocess_dir
     from service.settings import get_settings
 
     if dev:
@@ -53,6 +56,7 @@ def serve(
     except ValueError as exc:
         typer.echo(f"refusing to start: {exc}", err=True)
         raise typer.Exit(2) from exc
+    prepare_multiprocess_dir()
     uvicorn.run(
         "service.api.main:create_app",
         factory=True,
@@ -60,6 +64,8 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
+        log_config=log_config(),
+        access_log=False,
         timeout_graceful_shutdown=20,
     )
 
@@ -109,6 +115,63 @@ def criteria_schema(
 
     output.write_text(json.dumps(criteria_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     typer.echo(f"wrote {output}")
+
+
+@app.command()
+def bench(
+    parts: Annotated[
+        str, typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory.")
+    ] = "prefetch,fetch,throughput,memory",
+    sizes: Annotated[
+        str | None, typer.Option(help="Observations per patient, e.g. 10,100,1000,5000.")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("var/bench.json"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Few calls and small patients (about a minute).")
+    ] = False,
+    calls: Annotated[int | None, typer.Option(help="Calls per patient size (bounded by time too).")] = None,
+    memory_calls: Annotated[int | None, typer.Option(help="Calls before the second RSS reading.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Throughput workers (default: one per core).")] = None,
+    audit_url: Annotated[
+        str | None, typer.Option(help="Audit database for the measured service (default: temporary SQLite).")
+    ] = None,
+    fhir_url: Annotated[
+        str | None, typer.Option(help="A running FHIR server for the fetch part (default: start HAPI).")
+    ] = None,
+    profile: Annotated[
+        int | None,
+        typer.Option(help="Instead: print a pyinstrument profile of in-process calls at this size."),
+    ] = None,
+) -> None:
+    """Benchmark latency (next to its floors), throughput and memory; print tables, write JSON."""
+    import asyncio
+
+    from service.bench import BenchOptions, format_report, run_benchmarks
+
+    if profile is not None:
+        from service.bench.inprocess import profile_in_process
+
+        typer.echo(asyncio.run(profile_in_process(profile, calls or 20)))
+        return
+    overrides: dict[str, object] = {"parts": tuple(p.strip() for p in parts.split(",") if p.strip())}
+    if sizes:
+        overrides["sizes"] = overrides["fetch_sizes"] = tuple(int(s) for s in sizes.split(","))
+    for name, value in (
+        ("calls", calls),
+        ("memory_calls", memory_calls),
+        ("workers", workers),
+        ("audit_url", audit_url),
+        ("fhir_url", fhir_url),
+    ):
+        if value is not None:
+            overrides[name] = value
+    try:
+        options = BenchOptions.quick(**overrides) if quick else BenchOptions(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--parts") from exc
+    result = run_benchmarks(options, output)
+    typer.echo(format_report(result))
+    typer.echo(f"\nwrote {output}")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def parse_fhir_datetime(value: Any) -> datetime | None:
     """Parse a FHIR date/dateTime/instant; partial dates take their first day; naive is UTC."""
     if not isinstance(value, str) or not value:
         return None
-    match = _DATE_RE.match(value)
+    match = _DATE_RE.match(value) if len(value) <= 11 else None  # longer text has a time part
     if match:
         year, month, day = match.groups()
         return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
@@ -180,17 +180,25 @@ def _codings(concept: Any) -> list[tuple[str, str]]:
         return []
     result = []
     for coding in concept.get("coding") or []:
-        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-            result.append((str(coding.get("system") or ""), coding["code"]))
+        if isinstance(coding, dict):
+            code = coding.get("code")
+            if isinstance(code, str):
+                result.append((str(coding.get("system") or ""), code))
     return result
 
 
 def _concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
         return ""
-    parts = [concept.get("text") or ""]
-    parts += [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)]
-    unique = dict.fromkeys(p for p in parts if isinstance(p, str) and p)
+    unique: dict[str, None] = {}
+    text = concept.get("text")
+    if isinstance(text, str) and text:
+        unique[text] = None
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict):
+            display = coding.get("display")
+            if isinstance(display, str) and display:
+                unique[display] = None
     return " | ".join(unique)
 
 
@@ -228,12 +236,13 @@ class _FactBuilder:
 
     def add(self, resource: dict[str, Any]) -> None:
         kind = resource.get("resourceType")
-        self.facts.inputs.append(_ref(resource))
+        source = _ref(resource)
+        self.facts.inputs.append(source)
         try:
             if kind == "Patient":
                 self._patient(resource)
             elif kind == "Observation":
-                self._observation(resource)
+                self._observation(resource, source)
             elif kind == "Condition":
                 self._condition(resource)
             elif kind in ("MedicationStatement", "MedicationRequest"):
@@ -248,13 +257,12 @@ class _FactBuilder:
         self.facts.sex = gender if isinstance(gender, str) else None
         self.facts.deceased = patient.get("deceasedBoolean") is True or "deceasedDateTime" in patient
 
-    def _observation(self, observation: dict[str, Any]) -> None:
+    def _observation(self, observation: dict[str, Any], source: SourceRef) -> None:
         if observation.get("status") in _IGNORED_OBSERVATION_STATUSES:
             return
         codings = _codings(observation.get("code"))
         loinc_codes = [code for system, code in codings if system == LOINC or not system]
         when = _effective(observation)
-        source = _ref(observation)
         for code in loinc_codes:
             analyte = self.mappings.analyte_by_loinc.get(code)
             if analyte is not None:

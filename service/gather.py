@@ -11,6 +11,7 @@ their loss is a 412.  A lost Observation group only makes its criteria unknown.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -28,6 +29,7 @@ from service.errors import (
     PrefetchError,
 )
 from service.mappings import Mappings
+from service.observability import FHIR_FETCH_ERRORS, FHIR_FETCH_SECONDS
 
 __all__ = ["GatheredData", "FetchLimits", "gather", "prefetch_templates", "REQUIRED_KEYS"]
 
@@ -176,12 +178,29 @@ class _Fetcher:
         self.base_url = base_url.rstrip("/") + "/"
         self.origin = urlsplit(self.base_url)[:2]
         self.headers = {"Accept": _FHIR_JSON}
+        self.token = token
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         self.limits = limits
         self.semaphore = asyncio.Semaphore(limits.max_concurrency)
 
+    def scrub(self, data: GatheredData) -> None:
+        """Blank the access token out of what servers said: some echo it in their errors."""
+        if self.token:
+            data.problems = [p.replace(self.token, "[redacted]") for p in data.problems]
+            data.unavailable = {k: v.replace(self.token, "[redacted]") for k, v in data.unavailable.items()}
+
     async def get_json(self, url: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return await self._get_json_unobserved(url)
+        except Exception as exc:
+            FHIR_FETCH_ERRORS.labels(error=type(exc).__name__).inc()
+            raise
+        finally:
+            FHIR_FETCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _get_json_unobserved(self, url: str) -> dict[str, Any]:
         if urlsplit(url)[:2] != self.origin:
             raise FhirResponseError(f"refused to follow a link to another server ({urlsplit(url).netloc})")
         shown = url.split("?")[0]
@@ -196,6 +215,10 @@ class _Fetcher:
                 ) from exc
             except httpx.TransportError as exc:
                 raise FhirUnavailableError(f"{shown} could not be reached ({type(exc).__name__})") from exc
+        if response.is_redirect or 300 <= response.status_code < 400:
+            raise FhirResponseError(
+                f"{shown} answered HTTP {response.status_code}; redirects are not followed and their body is not read"
+            )
         content_type = response.headers.get("content-type", "")
         if "json" not in content_type:
             raise FhirResponseError(
@@ -256,6 +279,57 @@ class _Fetcher:
         if key == "patient":
             return [_check_resource(key, key, await self.get_json(urljoin(self.base_url, query)), patient_id)]
         return await self.search_pages(key, query, patient_id, data)
+
+
+_HARVESTED_TYPES = ("Patient", "Condition", "MedicationStatement", "MedicationRequest", "Observation")
+
+
+def _harvest_other_keys(
+    prefetch: dict[str, Any], templates: dict[str, str], patient_id: str, data: GatheredData
+) -> set[str]:
+    """Use resources a client prefetched under keys of its own naming, by resource type.
+
+    Some clients prefetch with their own key names (one "observations" Bundle, say).
+    Those resources are checked like ours and used; a resource type they bring counts as
+    prefetched, so our keys for that type are neither fetched nor reported missing.
+    """
+    covered: set[str] = set()
+    for key, value in prefetch.items():
+        if key in templates or not isinstance(value, dict):
+            continue
+        where = f"prefetch.{key}"
+        if value.get("resourceType") == "Bundle":
+            entries = value.get("entry") or []
+            candidates = [
+                (f"{where}.entry[{i}].resource", e.get("resource"))
+                for i, e in enumerate(entries)
+                if isinstance(e, dict)
+            ]
+        else:
+            candidates = [(where, value)]
+        used = 0
+        for place, resource in candidates:
+            if not isinstance(resource, dict) or resource.get("resourceType") not in _HARVESTED_TYPES:
+                continue
+            kind = str(resource["resourceType"])
+            if kind == "Patient" and resource.get("id") != patient_id:
+                raise PrefetchError(
+                    f"{place} is Patient/{resource.get('id')}, not the context's Patient/{patient_id}",
+                    expression=place,
+                )
+            if not _belongs_to(resource, patient_id):
+                raise PrefetchError(
+                    f"{place} belongs to {resource['subject']['reference']}, not Patient/{patient_id}",
+                    expression=place,
+                )
+            if not isinstance(resource.get("id"), str):
+                raise PrefetchError(f"{place} has no id", expression=place)
+            data.resources.append(resource)
+            covered.add(kind)
+            used += 1
+        if used:
+            data.sources[key] = f"prefetch key of the client's own naming ({used} resources used by type)"
+    return covered
 
 
 def _render(template: str, request: HookRequest) -> str:
@@ -327,6 +401,12 @@ async def gather(
                 data.problems.append(
                     f"{key}: prefetch is paged and the next pages cannot be fetched; only the first page was read"
                 )
+    covered_types = _harvest_other_keys(prefetch, templates, patient_id, data)
+    for key in [k for k, query in to_fetch.items() if not isinstance(query, tuple)]:
+        covered = sorted(set(_expected_types(key)) & covered_types)
+        if covered:
+            data.sources[key] = f"covered by other prefetch keys ({', '.join(covered)})"
+            del to_fetch[key]
     if len(data.resources) > limits.max_resources:
         raise PrefetchError(
             f"prefetch holds {len(data.resources)} resources, more than the limit of {limits.max_resources}"
@@ -371,4 +451,5 @@ async def gather(
             raise error
         data.resources.extend(task.result())
         data.sources[key] = "fetched" if key not in data.sources else "prefetch + fetched pages"
+    fetcher.scrub(data)
     return data

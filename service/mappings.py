@@ -230,12 +230,17 @@ class Mappings:
                     rxnorm.setdefault(code, (key, member))
                 for code in member.atc:
                     atc.setdefault(code, (key, member))
-            patterns = [pattern.pattern for pattern, _, _ in self._name_patterns[class_name]]
+            names = [
+                re.escape(name.lower())
+                for _, member in self.class_members(class_name)
+                for name in member.names
+            ]
             indexes[class_name] = _DrugIndex(
                 rxnorm=rxnorm,
                 atc=atc,
                 atc_prefixes=tuple(self.class_atc_prefixes(class_name)),
-                any_name=re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None,
+                # the boundaries of _name_patterns, factored out of the alternation
+                any_name=re.compile(r"(?<![\w-])(?:" + "|".join(names) + r")(?![\w-])") if names else None,
             )
         return indexes
 
@@ -299,6 +304,41 @@ class Mappings:
             ):
                 return True
         return False
+
+    @cached_property
+    def _value_sets_by_code(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """SNOMED CT code -> value sets listing it; ICD-10 prefix (no dots) -> value sets listing it."""
+        by_snomed: dict[str, set[str]] = {}
+        by_icd10_prefix: dict[str, set[str]] = {}
+        for name, (snomed, icd10_prefixes, _) in self._value_set_index.items():
+            for code in snomed:
+                by_snomed.setdefault(code, set()).add(name)
+            for prefix in icd10_prefixes:
+                by_icd10_prefix.setdefault(prefix, set()).add(name)
+        return by_snomed, by_icd10_prefix
+
+    def value_sets_containing(self, codings: list[tuple[str, str]], text: str = "") -> set[str]:
+        """Every value set for which :meth:`condition_in_value_set` holds, found by code lookups.
+
+        One pass per diagnosis instead of one per diagnosis and value set.
+        """
+        found: set[str] = set()
+        coded = any("snomed" in s or "icd" in s for s, _ in codings)
+        if not coded:
+            if text:
+                for name, (_, _, text_patterns) in self._value_set_index.items():
+                    if any(pattern.search(text) for pattern in text_patterns):
+                        found.add(name)
+            return found
+        by_snomed, by_icd10_prefix = self._value_sets_by_code
+        for system, code in codings:
+            if "snomed" in system:
+                found |= by_snomed.get(code, set())
+            if "icd-10" in system or "icd10" in system:
+                normalised = code.replace(".", "").upper()
+                for length in range(len(normalised) + 1):
+                    found |= by_icd10_prefix.get(normalised[:length], set())
+        return found
 
 
 def _read(path: Path, model: type[BaseModel], texts: dict[str, str]) -> Any:

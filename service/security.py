@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ __all__ = ["AuthenticatedClient", "JwtVerifier", "authenticate_request", "may_fe
 logger = logging.getLogger("til_cds.security")
 ASYMMETRIC_ALGORITHMS = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 JWKS_CACHE_SECONDS = 3600
-JWKS_REFRESH_COOLDOWN_SECONDS = 30
+MAX_JTI_LENGTH = 500  # the replay table's column width
 
 
 class JwtRejectedError(Exception):
@@ -99,9 +100,8 @@ class JwtVerifier:
             unknown_kid = (
                 cached is not None and kid is not None and not any(k.kid == kid for k in cached.keys.keys)
             )
-            if stale or (
-                unknown_kid and cached is not None and now - cached.fetched_at > JWKS_REFRESH_COOLDOWN_SECONDS
-            ):
+            cooldown = self.settings.jwks_refresh_cooldown_seconds
+            if stale or (unknown_kid and cached is not None and now - cached.fetched_at >= cooldown):
                 cached = _CachedKeys(await self._fetch_jwks(allowed), now)
                 self._cache[allowed] = cached
             assert cached is not None  # set above when missing
@@ -133,21 +133,21 @@ class JwtVerifier:
         skew = self.settings.jwt_clock_skew_seconds
         now = time.time()
         audiences = verified.get("aud")
-        audiences = [audiences] if isinstance(audiences, str) else audiences or []
-        if audience not in audiences:
-            raise JwtRejectedError(f"aud {audiences} is not this endpoint ({audience})")
+        audiences = [audiences] if isinstance(audiences, str) else audiences
+        if not isinstance(audiences, list) or audience not in audiences:
+            raise JwtRejectedError(f"aud {audiences!r} is not this endpoint ({audience})")
         exp, iat = verified.get("exp"), verified.get("iat")
-        if not isinstance(exp, int | float) or exp < now - skew:
+        if not _is_timestamp(exp) or exp < now - skew:
             raise JwtRejectedError("expired or no exp")
-        if not isinstance(iat, int | float) or iat > now + skew:
+        if not _is_timestamp(iat) or iat > now + skew:
             raise JwtRejectedError("iat missing or in the future")
         if exp - iat > 3600 + skew:
             raise JwtRejectedError("lifetime longer than an hour")
         if client.tenant is not None and verified.get("tenant") != client.tenant:
             raise JwtRejectedError("tenant does not match the client's")
         jti = verified.get("jti")
-        if not isinstance(jti, str) or not jti:
-            raise JwtRejectedError("no jti")
+        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+            raise JwtRejectedError("no jti, or one longer than 500 characters")
         fresh = await run_in_threadpool(
             self.remember_jti, client.issuer, jti, datetime.fromtimestamp(exp + skew, UTC)
         )
@@ -156,6 +156,11 @@ class JwtVerifier:
         return AuthenticatedClient(
             issuer=client.issuer, tenant=verified.get("tenant"), jti=jti, config=client
         )
+
+
+def _is_timestamp(value: Any) -> bool:
+    """A finite number of seconds: JSON parsers accept NaN, which passes every comparison."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 async def authenticate_request(request: Request) -> AuthenticatedClient | None:

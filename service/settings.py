@@ -6,12 +6,13 @@ point the service at another file or environment before anything reads it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,10 +25,14 @@ __all__ = ["REPO_ROOT", "ClientConfig", "Settings", "get_settings"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class ClientConfig(BaseSettings):
-    """One CDS client (an EHR), identified by its JWT issuer."""
+class ClientConfig(BaseModel):
+    """One CDS client (an EHR), identified by its JWT issuer.
 
-    model_config = SettingsConfigDict(extra="forbid")
+    A plain model, not settings: a settings class would read bare ``TENANT`` or
+    ``ISSUER`` environment variables into every client it is built for.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     issuer: str
     jwks_url: AnyHttpUrl | None = None
@@ -35,6 +40,19 @@ class ClientConfig(BaseSettings):
     tenant: str | None = None
     fhir_servers: list[str] = Field(default_factory=list)
     algorithms: list[str] = Field(default_factory=lambda: ["ES384", "RS384"])
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_jwks(cls, url: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        """Keys fetched over plain http could be swapped in transit; loopback is the exception."""
+        if url is None or url.scheme == "https" or url.host == "localhost":
+            return url
+        try:
+            if ipaddress.ip_address((url.host or "").strip("[]")).is_loopback:
+                return url
+        except ValueError:
+            pass
+        raise ValueError(f"jwks_url must be https (or http on loopback), not {url}")
 
 
 class Settings(BaseSettings):
@@ -58,6 +76,7 @@ class Settings(BaseSettings):
 
     clients: list[ClientConfig] = Field(default_factory=list)
     jwt_clock_skew_seconds: int = 60
+    jwks_refresh_cooldown_seconds: float = 30.0
     cors_origins: list[str] = Field(default_factory=list)
 
     fhir_timeout_seconds: float = 8.0

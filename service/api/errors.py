@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api.outcomes import operation_outcome
 from service.audit.errors import AuditUnavailableError, UnknownCardError
 from service.errors import FhirServerError, PreconditionFailedError, RequestError
+from service.observability import AUDIT_WRITE_FAILURES
 
 __all__ = ["register_exception_handlers"]
 
@@ -72,6 +73,7 @@ async def _precondition(request: Request, exc: PreconditionFailedError | FhirSer
 
 
 async def _audit_unavailable(request: Request, exc: AuditUnavailableError) -> JSONResponse:
+    AUDIT_WRITE_FAILURES.inc()
     logger.error("audit store unavailable; call refused so no decision goes unrecorded: %s", exc)
     return _outcome(
         503,
@@ -94,7 +96,7 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _outcome(
         exc.status_code,
         detail,
-        "not-found" if exc.status_code == 404 else "invalid",
+        {404: "not-found", 413: "too-costly"}.get(exc.status_code, "invalid"),
         headers=getattr(exc, "headers", None),
     )
 

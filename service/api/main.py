@@ -11,16 +11,20 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
 from service.api.errors import register_exception_handlers
 from service.api.limits import BodySizeLimitMiddleware
-from service.api.routes import audit, discovery, feedback, health, hooks
+from service.api.routes import audit, console, discovery, feedback, health, hooks, metrics, review
 from service.audit.store import AuditStore
 from service.criteria import load_criteria
 from service.gather import FetchLimits, prefetch_templates
 from service.mappings import load_mappings
+from service.observability import RequestObservabilityMiddleware
 from service.pipeline import Runtime
 from service.redaction import install_redaction
+from service.reload import CriteriaReloader
+from service.review import review_url_builder
 from service.security import JwtVerifier
 from service.settings import Settings, get_settings
 
@@ -75,12 +79,15 @@ def create_app(
             transport=transport,
         ) as http:
             app.state.runtime = build_runtime(settings, http)
+            app.state.runtime.review_url = review_url_builder(settings)
             store = AuditStore.from_url(settings.audit_database_url)
             store.migrate()
             app.state.audit_store = store
             app.state.jwt_verifier = JwtVerifier(settings, http, store.remember_jti)
+            app.state.reloader = CriteriaReloader(app.state, settings)
             try:
-                yield
+                async with app.state.reloader.running():
+                    yield
             finally:
                 store.close()
 
@@ -101,8 +108,10 @@ def create_app(
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    for module in (discovery, hooks, feedback, audit, health):
+    app.add_middleware(RequestObservabilityMiddleware)
+    for module in (discovery, hooks, feedback, audit, health, metrics, review, console):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(packages=[("service.api", "static")]), name="static")
     _add_operation_outcome_schema(app)
     return app
 

@@ -20,13 +20,16 @@ class EvaluationContext:
     _class_cache: dict[str, list[DrugExposure]] = field(default_factory=dict)
 
     def diagnoses_in(self, value_set: str) -> list[Diagnosis]:
-        """Diagnoses (any clinical status) coded in the value set, memoised per call."""
-        if value_set not in self._value_set_cache:
-            self._value_set_cache[value_set] = [
-                d
-                for d in self.facts.diagnoses
-                if self.mappings.condition_in_value_set(value_set, list(d.codings), d.text)
-            ]
+        """Diagnoses (any clinical status) coded in the value set, memoised per call.
+
+        The first call sorts every diagnosis into all its value sets at once (a few code
+        lookups per diagnosis), rather than testing each diagnosis against each value set.
+        """
+        if not self._value_set_cache:
+            self._value_set_cache.update((name, []) for name in self.mappings.value_sets)
+            for diagnosis in self.facts.diagnoses:
+                for name in self.mappings.value_sets_containing(list(diagnosis.codings), diagnosis.text):
+                    self._value_set_cache[name].append(diagnosis)
         return self._value_set_cache[value_set]
 
     def has_active_condition(self, value_set: str) -> bool:

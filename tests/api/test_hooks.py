@@ -311,3 +311,25 @@ async def test_discovery_lists_both_hooks_under_one_id(client: httpx.AsyncClient
         assert "89247-1" in prefetch["observations-body-and-performance"]  # ECOG, filed under survey
         assert "10230-1" in prefetch["observations-cardiopulmonary"]  # LVEF, filed under imaging
         assert service["usageRequirements"]
+
+
+async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    ours = request_for("til-lung-eligible")["prefetch"]
+    observations = [e for k, v in ours.items() if k.startswith("observations-") and v for e in v["entry"]]
+    body = request_for("til-lung-eligible", prefetch="none")
+    body["prefetch"] = {
+        "Patient": ours["patient"],
+        "problems": ours["conditions"],
+        "meds": ours["medications"],
+        "all-observations": {"resourceType": "Bundle", "type": "searchset", "entry": observations},
+    }
+    response = await client.post(SERVICE_URL, json=body)
+    assert response.status_code == 200, response.text
+    reference = await client.post(SERVICE_URL, json=request_for("til-lung-eligible"))
+    assert [c["summary"] for c in response.json()["cards"]] == [
+        c["summary"] for c in reference.json()["cards"]
+    ]
+    body["prefetch"]["all-observations"]["entry"][0]["resource"]["subject"]["reference"] = "Patient/other"
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "Patient/other")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.api.deps import AuditDep, RuntimeDep
@@ -11,6 +12,9 @@ from service.api.deps import AuditDep, RuntimeDep
 __all__ = ["router"]
 
 router = APIRouter(tags=["health"])
+
+# Below a probe's usual timeout, so a hanging database reads as "not ready", not as no answer.
+PING_TIMEOUT_SECONDS = 2.0
 
 
 @router.get("/healthz", operation_id="healthz")
@@ -21,8 +25,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", operation_id="readyz", responses={503: {"description": "Not ready"}})
 async def readyz(runtime: RuntimeDep, audit: AuditDep) -> JSONResponse:
-    """Ready: criteria are loaded and the audit store answers."""
-    reachable = await run_in_threadpool(audit.ping) if hasattr(audit, "ping") else True
+    """Ready: criteria are loaded and the audit store answers (503 while it does not)."""
+    try:
+        reachable = await asyncio.wait_for(asyncio.to_thread(audit.ping), PING_TIMEOUT_SECONDS)
+    except TimeoutError:
+        reachable = False
     body = {
         "status": "ready" if reachable else "not ready",
         "criteria_fingerprint": runtime.criteria.fingerprint,

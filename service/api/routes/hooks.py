@@ -11,7 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from service.api.deps import AuditDep, ClientDep, RuntimeDep, SettingsDep
 from service.api.responses import HOOK_ERRORS
 from service.cdshooks import CdsResponse, HookRequest
-from service.pipeline import SERVICE_ID, run_hook
+from service.observability import CARDS_SHOWN, note_hook
+from service.pipeline import SERVICE_HOOKS, SERVICE_ID, run_hook
 from service.security import may_fetch_from
 
 __all__ = ["router"]
@@ -35,6 +36,7 @@ async def call_service(
     client: ClientDep,
 ) -> Any:
     """Evaluate every trial for the patient; the decision is recorded before the answer."""
+    note_hook(body.hook if body.hook in SERVICE_HOOKS else "other")
     if service_id != SERVICE_ID:
         raise HTTPException(
             404, f"no CDS service '{service_id}'; discovery at /cds-services lists '{SERVICE_ID}'"
@@ -48,4 +50,7 @@ async def call_service(
         audit.save_criteria_version, runtime.criteria.fingerprint, runtime.criteria.snapshot
     )
     await run_in_threadpool(audit.append_decision, outcome.record)
+    for result in outcome.results:
+        if result.suggested:
+            CARDS_SHOWN.labels(trial=result.trial_id, hook=body.hook).inc()
     return outcome.response.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,114 @@
+"""``til-cds bench``: latency, throughput and memory of the service, each next to its floor.
+
+Parts (choose with ``parts``): ``prefetch`` (in process and over HTTP, per patient size,
+next to the time orjson takes to parse the same body), ``fetch`` (no prefetch, against
+a real HAPI FHIR server, next to the slowest single search the service issues),
+``throughput`` (1, 8 and 32 concurrent clients against one uvicorn worker per core) and
+``memory`` (a worker's RSS after start and after many calls).  Everything runs on
+loopback, in loops bounded by a call count and a time budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.bench._stats import machine
+from service.bench.report import format_report
+
+__all__ = ["PARTS", "BenchOptions", "format_report", "run_benchmarks"]
+
+PARTS = ("prefetch", "fetch", "throughput", "memory")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run and how much; ``quick()`` gives a run of a minute or so."""
+
+    parts: tuple[str, ...] = PARTS
+    sizes: tuple[int, ...] = (10, 100, 1000, 5000)
+    fetch_sizes: tuple[int, ...] = (10, 100, 1000, 5000)
+    calls: int = 200
+    fetch_calls: int = 20
+    seconds_per_size: float = 30.0
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    throughput_size: int = 100
+    throughput_calls: int = 2000
+    throughput_seconds: float = 20.0
+    workers: int | None = None
+    memory_calls: int = 10_000
+    memory_size: int = 100
+    memory_seconds: float = 600.0
+    audit_url: str | None = None
+    fhir_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchOptions:
+        values: dict[str, Any] = {
+            "sizes": (10, 100, 1000),
+            "fetch_sizes": (10, 100),
+            "calls": 20,
+            "fetch_calls": 3,
+            "seconds_per_size": 5.0,
+            "throughput_calls": 100,
+            "throughput_seconds": 5.0,
+            "memory_calls": 500,
+            "memory_seconds": 60.0,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown benchmark parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+
+
+async def _run(options: BenchOptions) -> dict[str, Any]:
+    from service.bench.fetch import bench_fetch
+    from service.bench.inprocess import bench_in_process
+    from service.bench.load import bench_http, bench_memory, bench_throughput
+    from service.mappings import load_mappings
+    from service.settings import Settings
+
+    mappings = load_mappings(Settings(dev=True).mappings_dir)
+    sizes, seconds = list(options.sizes), options.seconds_per_size
+    result: dict[str, Any] = {"machine": machine(), "options": asdict(options)}
+    if "prefetch" in options.parts:
+        result["prefetch"] = {
+            "in_process": await bench_in_process(sizes, options.calls, seconds, options.audit_url),
+            "http": await bench_http(sizes, options.calls, seconds, mappings, options.audit_url),
+        }
+    if "fetch" in options.parts:
+        result["fetch"] = await bench_fetch(
+            list(options.fetch_sizes), options.fetch_calls, seconds, options.fhir_url
+        )
+    if "throughput" in options.parts:
+        result["throughput"] = await bench_throughput(
+            list(options.concurrency),
+            options.throughput_size,
+            options.throughput_calls,
+            options.throughput_seconds,
+            mappings,
+            options.workers,
+            options.audit_url,
+        )
+    if "memory" in options.parts:
+        result["memory"] = await bench_memory(
+            options.memory_calls, options.memory_size, options.memory_seconds, mappings, options.audit_url
+        )
+    return result
+
+
+def run_benchmarks(options: BenchOptions, output: Path | None = None) -> dict[str, Any]:
+    """Run the chosen parts; write the result as JSON to ``output`` if given, and return it."""
+    import json
+
+    result = asyncio.run(_run(options))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,127 @@
+"""Fetch mode against a real HAPI FHIR server: the service's latency versus its slowest query.
+
+For each sized patient (loaded into HAPI with the sandbox loader), rounds alternate:
+the service answering a request with no prefetch (in process, fetching everything from
+HAPI with a real httpx client, as the app does), and the service's own searches — the
+prefetch templates rendered, ``next`` links followed — issued one by one with httpx.
+The slowest of those searches is the floor: a service that runs its searches in
+parallel cannot answer faster than its slowest one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import orjson
+
+from service.bench._stats import Loop, percentiles
+from service.bench.inprocess import build_bench_runtime, serve_body
+from service.bench.patients import sized_patient
+from service.sandbox.hapi import HapiServer, build_server, free_port, start_server
+from service.sandbox.loader import load_bundles
+from service.sandbox.synthetic import hook_request, transaction_bundle
+
+__all__ = ["bench_fetch", "hapi_sandbox"]
+
+_ACCEPT = {"Accept": "application/fhir+json"}
+
+
+@contextmanager
+def hapi_sandbox(base_url: str | None = None) -> Iterator[HapiServer]:
+    """``base_url``'s server if given (left running), else our HAPI sandbox on a free port."""
+    if base_url:
+        yield HapiServer(base_url=base_url.rstrip("/"))
+        return
+    server = start_server(free_port(), jar=build_server())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _search(client: httpx.AsyncClient, base: str, query: str) -> int:
+    """One search with all its pages, as the service issues it; returns the resources read."""
+    url: str | None = urljoin(base, query)
+    count = 0
+    while url is not None:
+        response = await client.get(url, headers=_ACCEPT)
+        response.raise_for_status()
+        bundle = orjson.loads(response.content)
+        count += len(bundle.get("entry") or [])
+        url = next((link["url"] for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
+    return count
+
+
+async def bench_fetch(
+    sizes: list[int], calls: int, max_seconds: float, base_url: str | None = None
+) -> dict[str, Any]:
+    """Per size: service latency without prefetch, slowest single search, and their ratio."""
+    rows = []
+    started = time.perf_counter()
+    with hapi_sandbox(base_url) as server:
+        server_start_s = round(time.perf_counter() - started, 1)
+        base = server.base_url.rstrip("/") + "/"
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        async with httpx.AsyncClient(limits=limits, follow_redirects=False, timeout=60) as http:
+            runtime = build_bench_runtime(http)
+            for size in sizes:
+                patient = sized_patient(date.today(), size, patient_id=f"bench-fetch-{size}")
+                loaded_at = time.perf_counter()
+                report = load_bundles(
+                    [(patient.id, transaction_bundle(patient))], server.base_url, show_progress=False
+                )
+                if report.failed:
+                    raise RuntimeError(f"loading {patient.id} into HAPI failed: {report.failed}")
+                load_s = time.perf_counter() - loaded_at
+                body = orjson.dumps(
+                    hook_request(patient, runtime.mappings, prefetch="none", fhir_server=server.base_url)
+                )
+                queries = {
+                    key: template.replace("{{context.patientId}}", patient.id)
+                    for key, template in runtime.templates.items()
+                }
+                service: list[float] = []
+                slowest: list[float] = []
+                slowest_key: dict[str, int] = {}
+                resources = 0
+                for _ in range(2):  # warm HAPI's caches and JIT for this patient
+                    await serve_body(body, runtime, may_fetch=True)
+                    for query in queries.values():
+                        await _search(http, base, query)
+                loop = Loop(calls, max_seconds)
+                while loop.more():
+                    began = time.perf_counter()
+                    _, outcome = await serve_body(body, runtime, may_fetch=True)
+                    service.append(time.perf_counter() - began)
+                    resources = len(outcome.record["inputs"])
+                    per_query: dict[str, float] = {}
+                    for key, query in queries.items():
+                        began = time.perf_counter()
+                        await _search(http, base, query)
+                        per_query[key] = time.perf_counter() - began
+                    key = max(per_query, key=lambda k: per_query[k])
+                    slowest.append(per_query[key])
+                    slowest_key[key] = slowest_key.get(key, 0) + 1
+                service_ms, slowest_ms = percentiles(service), percentiles(slowest)
+                rows.append(
+                    {
+                        "observations": size,
+                        "resources_read": resources,
+                        "load_seconds": round(load_s, 1),
+                        "service_ms": service_ms,
+                        "slowest_query_ms": slowest_ms,
+                        "slowest_query": max(slowest_key, key=lambda k: slowest_key[k]),
+                        "ratio_p50": round(service_ms["p50"] / slowest_ms["p50"], 2),
+                    }
+                )
+    return {
+        "fhir_server": "external" if base_url else "HAPI sandbox",
+        "server_start_seconds": server_start_s,
+        "sizes": rows,
+    }

@@ -1,0 +1,137 @@
+"""Prefetch mode in one process: ``run_hook`` with a Runtime, next to the orjson floor.
+
+Per call, in the same loop (so both see the same machine state): the floor is
+``orjson.loads`` of the request body; the service time is what the route does apart
+from HTTP and the audit write — parse the body, validate the ``HookRequest``, run the
+pipeline, serialise the response.  The audit write (criteria version and decision
+record into a temporary store) is timed separately, because it is I/O and the audit
+package's own work.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from service.audit.store import AuditStore
+from service.bench._stats import Loop, percentiles
+from service.bench.patients import sized_patient
+from service.cdshooks import HookRequest
+from service.pipeline import HookOutcome, Runtime, run_hook
+from service.sandbox.synthetic import hook_request
+from service.settings import Settings
+
+__all__ = [
+    "bench_in_process",
+    "build_bench_runtime",
+    "profile_in_process",
+    "serve_body",
+    "temporary_audit_store",
+]
+
+
+def build_bench_runtime(http: httpx.AsyncClient) -> Runtime:
+    """The Runtime the app builds (``service.api.main.build_runtime``) with the default settings."""
+    from service.api.main import build_runtime
+
+    return build_runtime(Settings(dev=True), http)
+
+
+@contextmanager
+def temporary_audit_store(url: str | None = None) -> Iterator[AuditStore]:
+    """A migrated audit store: ``url`` if given, else a SQLite file in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="til-cds-bench-") as folder:
+        store = AuditStore.from_url(url or f"sqlite:///{Path(folder) / 'audit.sqlite3'}")
+        store.migrate()
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+async def serve_body(body: bytes, runtime: Runtime, *, may_fetch: bool = False) -> tuple[bytes, HookOutcome]:
+    """What the hook route does with a body, short of HTTP and the audit write."""
+    request = HookRequest.model_validate(orjson.loads(body))
+    outcome = await run_hook(request, runtime, datetime.now(UTC), may_fetch=may_fetch)
+    return orjson.dumps(outcome.response.model_dump(mode="json", exclude_none=True)), outcome
+
+
+def write_audit(store: AuditStore, runtime: Runtime, record: dict[str, Any]) -> None:
+    """The route's two audit writes for one call."""
+    record["recorded_at"] = datetime.now(UTC).isoformat()
+    record["client"] = "dev (unauthenticated)"
+    store.save_criteria_version(runtime.criteria.fingerprint, runtime.criteria.snapshot)
+    store.append_decision(record)
+
+
+async def bench_in_process(
+    sizes: list[int], calls: int, max_seconds: float, audit_url: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per patient size: floor, service time, ratio, and the audit write."""
+    rows = []
+    async with httpx.AsyncClient() as http:
+        runtime = build_bench_runtime(http)
+        with temporary_audit_store(audit_url) as store:
+            for size in sizes:
+                body = orjson.dumps(hook_request(sized_patient(date.today(), size), runtime.mappings))
+                for _ in range(3):  # warm caches (UCUM parses, compiled patterns)
+                    _, outcome = await serve_body(body, runtime)
+                    write_audit(store, runtime, outcome.record)
+                floor: list[float] = []
+                service: list[float] = []
+                audit: list[float] = []
+                loop = Loop(calls, max_seconds)
+                while loop.more():
+                    started = time.perf_counter()
+                    orjson.loads(body)
+                    parsed = time.perf_counter()
+                    _, outcome = await serve_body(body, runtime)
+                    served = time.perf_counter()
+                    write_audit(store, runtime, outcome.record)
+                    audited = time.perf_counter()
+                    floor.append(parsed - started)
+                    service.append(served - parsed)
+                    audit.append(audited - served)
+                floor_ms, service_ms = percentiles(floor), percentiles(service)
+                rows.append(
+                    {
+                        "observations": size,
+                        "body_bytes": len(body),
+                        "floor_ms": floor_ms,
+                        "service_ms": service_ms,
+                        "ratio_p50": round(service_ms["p50"] / floor_ms["p50"], 2),
+                        "audit_write_ms": percentiles(audit),
+                    }
+                )
+    return rows
+
+
+async def profile_in_process(size: int, calls: int, *, with_audit: bool = True) -> str:
+    """A pyinstrument profile (text) of ``calls`` in-process calls for one patient size."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError as exc:  # a test extra, not a runtime dependency
+        raise RuntimeError("profiling needs pyinstrument: pip install -e '.[test]'") from exc
+    async with httpx.AsyncClient() as http:
+        runtime = build_bench_runtime(http)
+        body = orjson.dumps(hook_request(sized_patient(date.today(), size), runtime.mappings))
+        with temporary_audit_store() as store:
+            for _ in range(3):
+                await serve_body(body, runtime)
+            profiler = Profiler(interval=0.0005, async_mode="disabled")
+            profiler.start()
+            for _ in range(calls):
+                _, outcome = await serve_body(body, runtime)
+                if with_audit:
+                    write_audit(store, runtime, outcome.record)
+            profiler.stop()
+    text: str = profiler.output_text(unicode=True, color=False)
+    return text

@@ -1,0 +1,109 @@
+"""The benchmark result as Markdown tables (what README quotes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["format_report"]
+
+
+def _ms(stats: dict[str, Any]) -> str:
+    return f"{stats['p50']:.1f} / {stats['p95']:.1f} / {stats['p99']:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """Markdown: the machine, then one table per part that ran (times in ms, p50 / p95 / p99)."""
+    m = result["machine"]
+    lines = [
+        f"Run {m['date']} on {m['cores']} cores ({m['cpu_model']}), {m['memory_mib']} MiB, "
+        f"{m['implementation']} {m['python']}, {m['platform']}.",
+    ]
+    prefetch = result.get("prefetch")
+    if prefetch:
+        lines += ["", "**Prefetch mode** (ms, p50 / p95 / p99; floor = `orjson.loads` of the same body)", ""]
+        http = {row["observations"]: row for row in prefetch["http"]}
+        rows = []
+        for row in prefetch["in_process"]:
+            over_http = http.get(row["observations"])
+            rows.append(
+                [
+                    f"{row['observations']:,}",
+                    f"{row['body_bytes'] / 1e6:.2f} MB",
+                    _ms(row["floor_ms"]),
+                    _ms(row["service_ms"]),
+                    f"{row['ratio_p50']:.1f}",
+                    _ms(row["audit_write_ms"]),
+                    _ms(over_http["latency_ms"]) if over_http else "-",
+                    f"{over_http['ratio_p50']:.1f}" if over_http else "-",
+                ]
+            )
+        lines += _table(
+            [
+                "Observations",
+                "body",
+                "floor",
+                "in process",
+                "ratio",
+                "audit write",
+                "HTTP (incl. audit)",
+                "HTTP ratio",
+            ],
+            rows,
+        )
+    fetch = result.get("fetch")
+    if fetch:
+        lines += ["", f"**Fetch mode** against {fetch['fhir_server']} (ms, p50 / p95 / p99)", ""]
+        lines += _table(
+            ["Observations", "resources", "service (no prefetch)", "slowest single search", "ratio"],
+            [
+                [
+                    f"{row['observations']:,}",
+                    f"{row['resources_read']:,}",
+                    _ms(row["service_ms"]),
+                    f"{_ms(row['slowest_query_ms'])} ({row['slowest_query']})",
+                    f"{row['ratio_p50']:.2f}",
+                ]
+                for row in fetch["sizes"]
+            ],
+        )
+    throughput = result.get("throughput")
+    if throughput:
+        lines += [
+            "",
+            f"**Throughput**: {throughput['workers']} uvicorn workers, patient with "
+            f"{throughput['observations']:,} Observations, audit write included",
+            "",
+        ]
+        lines += _table(
+            ["clients", "requests", "requests/s", "latency p50 / p95 / p99 (ms)"],
+            [
+                [
+                    str(run["clients"]),
+                    str(run["requests"]),
+                    f"{run['requests_per_second']:.1f}",
+                    _ms(run["latency_ms"]),
+                ]
+                for run in throughput["runs"]
+            ],
+        )
+    memory = result.get("memory")
+    if memory:
+
+        def mib(kib: int | None) -> str:
+            return "-" if kib is None else f"{kib / 1024:.1f} MiB"
+
+        lines += [
+            "",
+            f"**Memory** of one worker (RSS): {mib(memory['rss_after_start_kib'])} after start, "
+            f"{mib(memory['rss_after_warm_up_kib'])} after {memory['warm_up_calls']} calls, "
+            f"{mib(memory['rss_after_calls_kib'])} after {memory['calls']:,} more calls "
+            f"({memory['observations']} Observations each); growth after warm-up "
+            f"{mib(memory['growth_after_warm_up_kib'])}.",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Everything a hook call decides, for every synthetic and sized patient, as one JSON document.
+
+Used to show that a speed-up changed nothing: write the document before, check it after.
+
+    python -m tests.benchmarks.verdicts write var/verdicts-before.json
+    python -m tests.benchmarks.verdicts check var/verdicts-before.json
+
+The evaluation time and "today" are fixed, and the per-call values (decision id, card
+uuids, timing) are left out, so two runs of the same code give the same document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.bench.inprocess import build_bench_runtime
+from service.bench.patients import sized_patient
+from service.cdshooks import HookRequest
+from service.pipeline import run_hook
+from service.sandbox.synthetic import generate_patients, hook_request
+
+TODAY = date(2026, 11, 20)
+EVALUATED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+_PER_CALL = ("decision_id", "timing_ms")
+
+
+def _stable(record: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in record.items() if k not in _PER_CALL}
+    kept["cards"] = [{k: v for k, v in card.items() if k != "uuid"} for card in record["cards"]]
+    return kept
+
+
+async def decisions() -> dict[str, Any]:
+    """Record (without per-call values) per patient, prefetch mode and hook."""
+    patients = [*generate_patients(TODAY), *(sized_patient(TODAY, n) for n in (10, 100, 1000))]
+    document: dict[str, Any] = {}
+    async with httpx.AsyncClient() as http:
+        runtime = build_bench_runtime(http)
+        for patient in patients:
+            for prefetch in ("full", "without-chemistry"):
+                for hook in ("patient-view", "order-select"):
+                    body = hook_request(patient, runtime.mappings, hook=hook)
+                    if prefetch == "without-chemistry":
+                        del body["prefetch"]["observations-chemistry"]
+                    if hook == "order-select":
+                        body["context"]["selections"] = ["MedicationRequest/draft-1"]
+                        body["context"]["draftOrders"] = {
+                            "resourceType": "Bundle",
+                            "entry": [
+                                {
+                                    "resource": {
+                                        "resourceType": "MedicationRequest",
+                                        "id": "draft-1",
+                                        "medicationCodeableConcept": {"text": "docetaxel 75 mg/m2"},
+                                    }
+                                }
+                            ],
+                        }
+                    outcome = await run_hook(
+                        HookRequest.model_validate(body), runtime, EVALUATED_AT, may_fetch=False
+                    )
+                    document[f"{patient.id} {prefetch} {hook}"] = _stable(outcome.record)
+    return document
+
+
+def main(argv: list[str]) -> int:
+    command, path = argv[1], Path(argv[2])
+    text = json.dumps(asyncio.run(decisions()), indent=1, sort_keys=True, default=str)
+    if command == "write":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+        return 0
+    before = json.loads(path.read_text(encoding="utf-8"))
+    after = json.loads(text)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    for key in changed:
+        print(f"changed: {key}")
+    print(f"{len(after) - len(changed)} of {len(after)} decisions identical")
+    return 1 if changed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
