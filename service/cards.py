@@ -8,6 +8,7 @@ what only a clinician can judge.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 from service.cdshooks import Card, Coding, Link, Source
@@ -34,21 +35,29 @@ OVERRIDE_REASONS = [
 CONFIRMATION = "_Only the trial team can confirm eligibility; this card lists what the record shows._"
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|!])")
+
+
+def _md(text: str) -> str:
+    """Escape Markdown so data reads as written: UCUM's ``10*9/L`` must not turn italic."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def _evidence_text(evidence: Evidence) -> str:
-    parts = [evidence.description]
+    parts = [_md(evidence.description)]
     if evidence.value is not None and evidence.unit is not None:
         parts.append(
-            f"{evidence.value:g} {evidence.unit}"
+            _md(f"{evidence.value:g} {evidence.unit}")
             if isinstance(evidence.value, float)
-            else f"{evidence.value} {evidence.unit}"
+            else _md(f"{evidence.value} {evidence.unit}")
         )
     if evidence.date:
         parts.append(evidence.date)
     if evidence.upper_limit_source:
         parts.append(
-            f"ULN {evidence.upper_limit_of_normal:g} from {evidence.upper_limit_source}"
+            _md(f"ULN {evidence.upper_limit_of_normal:g} from {evidence.upper_limit_source}")
             if evidence.upper_limit_of_normal is not None
-            else evidence.upper_limit_source
+            else _md(evidence.upper_limit_source)
         )
     if evidence.source:
         parts.append(f"`{evidence.source}`")
@@ -57,16 +66,16 @@ def _evidence_text(evidence: Evidence) -> str:
 
 def _line(result: CriterionResult, *, with_hint: bool = False, with_evidence: bool = True) -> str:
     label = f"**{result.id}**" + (f" ({result.arm})" if result.arm else "")
-    text = f"- {label}: {result.reason}"
+    text = f"- {label}: {_md(result.reason)}"
     if with_hint and result.resolve_hint:
-        text += f" → _{result.resolve_hint}_"
+        text += f" → _{_md(result.resolve_hint)}_"
     if result.flags:
-        text += " ⚠ " + "; ".join(result.flags)
+        text += " ⚠ " + _md("; ".join(result.flags))
     if with_evidence and result.evidence and result.state is not State.MET:
-        text += " [" + "; ".join(_evidence_text(e) for e in result.evidence[:3]) + "]"
-    elif with_evidence and result.evidence:
-        text += " [" + "; ".join(f"`{e.source}`" for e in result.evidence[:3] if e.source) + "]"
-    return text.replace(" []", "")
+        text += " — " + "; ".join(_evidence_text(e) for e in result.evidence[:3])
+    elif with_evidence and any(e.source for e in result.evidence):
+        text += " — " + "; ".join(f"`{e.source}`" for e in result.evidence[:3] if e.source)
+    return text
 
 
 def _summary(trial: Trial, result: TrialResult) -> str:
@@ -94,17 +103,20 @@ def _detail(trial: Trial, result: TrialResult) -> str:
         else f"`{trial.id}` ({trial.registry_note or 'no registry number'})"
     )
     lines = [
-        f"**{trial.title}** — {registry}",
-        f"{trial.phase}; sponsor: {trial.sponsor}; site: {sites}; status: {trial.recruitment_status} ({trial.status_as_of}).",
+        f"**{_md(trial.title)}** — {registry}",
+        _md(
+            f"{trial.phase}; sponsor: {trial.sponsor}; site: {sites}; status: {trial.recruitment_status} ({trial.status_as_of})."
+        ),
     ]
     if not trial.criteria_complete:
-        lines.append(f"⚠ **Criteria incomplete:** {trial.completeness_note}")
+        lines.append(f"⚠ **Criteria incomplete:** {_md(trial.completeness_note or '')}")
     if result.disease_evidence:
         lines.append("**Diagnosis:** " + "; ".join(_evidence_text(e) for e in result.disease_evidence))
     possible_arms = [arm for arm in result.arms if arm.possible]
     if possible_arms:
         lines.append(
-            "**Cohorts that may fit:** " + "; ".join(f"{a.title} ({a.description})" for a in possible_arms)
+            "**Cohorts that may fit:** "
+            + "; ".join(_md(f"{a.title} ({a.description})") for a in possible_arms)
         )
     sections: list[tuple[str, list[CriterionResult], bool]] = [
         ("Not yet (blocked until a date)", result.in_state(State.NOT_YET), False),
@@ -117,9 +129,11 @@ def _detail(trial: Trial, result: TrialResult) -> str:
             lines.extend(_line(item, with_hint=with_hint) for item in items)
     review = result.in_state(State.NEEDS_REVIEW)
     if review:
-        lines.append("\n**For the clinician to judge:** " + "; ".join(f"{c.id} ({c.reason})" for c in review))
+        lines.append(
+            "\n**For the clinician to judge:** " + "; ".join(f"{c.id} ({_md(c.reason)})" for c in review)
+        )
     if result.data_problems:
-        lines.append("\n**Data problems:** " + "; ".join(result.data_problems[:5]))
+        lines.append("\n**Data problems:** " + _md("; ".join(result.data_problems[:5])))
     lines.append(
         f"\nCriteria version `{result.criteria_fingerprint[:19]}`, evaluated {result.evaluated_at[:16]}Z."
     )

@@ -6,6 +6,9 @@ translated into these once, at the edge that met them.
     ├── RequestError                the CDS Hooks request itself is wrong (400)
     │   └── PrefetchError           a prefetched resource is malformed, mistyped or for another patient
     ├── PreconditionFailedError     data the service needs can be neither prefetched nor fetched (412)
+    ├── ReviewLinkError             a review-page token is missing, forged or for another decision (403)
+    │   └── ReviewLinkExpiredError  ... or expired (service/review.py)
+    ├── AuditError                  the audit store refused or lost a write (service/audit/errors.py)
     └── FhirServerError             the FHIR server failed us while fetching
         ├── FhirTimeoutError
         ├── FhirUnavailableError    connection refused, DNS, TLS

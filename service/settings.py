@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     def _refuse_unsafe_production(self) -> Settings:
         if self.audit_pseudonymise_exports and self.audit_pseudonym_key is None:
             raise ValueError("audit_pseudonymise_exports needs audit_pseudonym_key (the HMAC key)")
+        if not self.dev and self.review_signing_key.get_secret_value() == "dev-only-review-key-change-me":
+            raise ValueError(
+                "review_signing_key still has its development default: set TIL_CDS_REVIEW_SIGNING_KEY"
+            )
         if not self.dev and not self.clients:
             raise ValueError(
                 "client authentication is not configured: set TIL_CDS_CLIENTS (a list of "

@@ -333,3 +333,15 @@ async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
     ]
     body["prefetch"]["all-observations"]["entry"][0]["resource"]["subject"]["reference"] = "Patient/other"
     assert_outcome(await client.post(SERVICE_URL, json=body), 400, "Patient/other")
+
+
+async def test_card_markdown_renders_units_literally(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    from markdown_it import MarkdownIt
+
+    response = await client.post(SERVICE_URL, json=request_for("til-unusual-units"))
+    card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
+    html = MarkdownIt("commonmark", {"html": False}).render(card["detail"])
+    assert "10*9/L" in html and "<em>9/L" not in html
+    assert "<strong>Met</strong>" in html

@@ -128,6 +128,7 @@ def secure_settings(audit_url: str, es384: SigningKey, rs384: SigningKey) -> Set
         dev=False,
         public_base_url=BASE_URL,
         audit_database_url=audit_url,
+        review_signing_key="test-review-signing-key",
         clients=[client_config(jwks={"keys": [es384.public_jwk(), rs384.public_jwk()]})],
     )
 

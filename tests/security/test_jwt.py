@@ -380,6 +380,16 @@ def test_a_plain_http_jwks_url_is_refused_outside_loopback() -> None:
     from service.settings import Settings
 
     with pytest.raises(ValidationError, match="jwks_url"):
-        Settings(dev=False, clients=[client_config(jwks_url="http://ehr.hospital.example/jwks.json")])
-    Settings(dev=False, clients=[client_config(jwks_url="https://ehr.hospital.example/jwks.json")])
-    Settings(dev=False, clients=[client_config(jwks_url="http://127.0.0.1:9/jwks.json")])
+        Settings(
+            dev=False,
+            review_signing_key="k",
+            clients=[client_config(jwks_url="http://ehr.hospital.example/jwks.json")],
+        )
+    Settings(
+        dev=False,
+        review_signing_key="k",
+        clients=[client_config(jwks_url="https://ehr.hospital.example/jwks.json")],
+    )
+    Settings(
+        dev=False, review_signing_key="k", clients=[client_config(jwks_url="http://127.0.0.1:9/jwks.json")]
+    )
