@@ -306,10 +306,10 @@ class _FactBuilder:
         value: float | None = None
         unit: str | None = None
         problem: str | None = None
-        if isinstance(observation.get("valueQuantity"), dict):
-            quantity = observation["valueQuantity"]
+        quantity = observation.get("valueQuantity")
+        if isinstance(quantity, dict):
             raw_value = quantity.get("value")
-            if isinstance(raw_value, bool) or not isinstance(raw_value, int | float):
+            if isinstance(raw_value, bool) or not isinstance(raw_value, (int, float)):
                 self.facts.data_problems.append(f"{source} has no numeric value; ignored")
                 return
             comparator = quantity.get("comparator")

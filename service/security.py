@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import httpx
@@ -158,7 +158,7 @@ class JwtVerifier:
         )
 
 
-def _is_timestamp(value: Any) -> bool:
+def _is_timestamp(value: Any) -> TypeGuard[float]:
     """A finite number of seconds: JSON parsers accept NaN, which passes every comparison."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 

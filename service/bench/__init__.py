@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.bench._stats import machine
+from service.bench._stats import load_average, machine
 from service.bench.report import format_report
 
 __all__ = ["PARTS", "BenchOptions", "format_report", "run_benchmarks"]
@@ -100,6 +100,7 @@ async def _run(options: BenchOptions) -> dict[str, Any]:
         result["memory"] = await bench_memory(
             options.memory_calls, options.memory_size, options.memory_seconds, mappings, options.audit_url
         )
+    result["machine"]["load_average_at_end"] = load_average()
     return result
 
 

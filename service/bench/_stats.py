@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Loop", "machine", "percentiles", "rss_kib", "timed_loop"]
+__all__ = ["Loop", "load_average", "machine", "percentiles", "rss_kib", "timed_loop"]
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -88,7 +88,16 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "load_average_at_start": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine skews every number."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def rss_kib(pid: int) -> int | None:

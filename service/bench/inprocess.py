@@ -2,8 +2,8 @@
 
 Per call, in the same loop (so both see the same machine state): the floor is
 ``orjson.loads`` of the request body; the service time is what the route does apart
-from HTTP and the audit write — parse the body, validate the ``HookRequest``, run the
-pipeline, serialise the response.  The audit write (criteria version and decision
+from HTTP and the audit write — parse the body (the floor again), validate the
+``HookRequest``, run the pipeline, serialise the response — with each stage's p50.  The audit write (criteria version and decision
 record into a temporary store) is timed separately, because it is I/O and the audit
 package's own work.
 """
@@ -85,22 +85,34 @@ async def bench_in_process(
                 for _ in range(3):  # warm caches (UCUM parses, compiled patterns)
                     _, outcome = await serve_body(body, runtime)
                     write_audit(store, runtime, outcome.record)
-                floor: list[float] = []
+                stages: dict[str, list[float]] = {
+                    "floor": [],
+                    "validation": [],
+                    "pipeline": [],
+                    "response": [],
+                }
                 service: list[float] = []
                 audit: list[float] = []
                 loop = Loop(calls, max_seconds)
                 while loop.more():
                     started = time.perf_counter()
                     orjson.loads(body)
-                    parsed = time.perf_counter()
-                    _, outcome = await serve_body(body, runtime)
+                    floor_done = time.perf_counter()
+                    request = HookRequest.model_validate(orjson.loads(body))
+                    validated = time.perf_counter()
+                    outcome = await run_hook(request, runtime, datetime.now(UTC), may_fetch=False)
+                    evaluated = time.perf_counter()
+                    orjson.dumps(outcome.response.model_dump(mode="json", exclude_none=True))
                     served = time.perf_counter()
                     write_audit(store, runtime, outcome.record)
                     audited = time.perf_counter()
-                    floor.append(parsed - started)
-                    service.append(served - parsed)
+                    stages["floor"].append(floor_done - started)
+                    stages["validation"].append(validated - floor_done)
+                    stages["pipeline"].append(evaluated - validated)
+                    stages["response"].append(served - evaluated)
+                    service.append(served - floor_done)
                     audit.append(audited - served)
-                floor_ms, service_ms = percentiles(floor), percentiles(service)
+                floor_ms, service_ms = percentiles(stages["floor"]), percentiles(service)
                 rows.append(
                     {
                         "observations": size,
@@ -108,6 +120,9 @@ async def bench_in_process(
                         "floor_ms": floor_ms,
                         "service_ms": service_ms,
                         "ratio_p50": round(service_ms["p50"] / floor_ms["p50"], 2),
+                        "stages_p50_ms": {
+                            name: percentiles(values)["p50"] for name, values in stages.items()
+                        },
                         "audit_write_ms": percentiles(audit),
                     }
                 )

@@ -13,7 +13,6 @@ from datetime import date
 
 from service.sandbox.synthetic import (
     ICD10,
-    RXNORM,
     SyntheticPatient,
     _Builder,
     _eligible_nsclc,

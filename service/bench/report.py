@@ -22,11 +22,16 @@ def format_report(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         f"Run {m['date']} on {m['cores']} cores ({m['cpu_model']}), {m['memory_mib']} MiB, "
-        f"{m['implementation']} {m['python']}, {m['platform']}.",
+        f"{m['implementation']} {m['python']}, {m['platform']}; load average "
+        f"{m.get('load_average_at_start')} at start, {m.get('load_average_at_end')} at end.",
     ]
     prefetch = result.get("prefetch")
     if prefetch:
-        lines += ["", "**Prefetch mode** (ms, p50 / p95 / p99; floor = `orjson.loads` of the same body)", ""]
+        lines += [
+            "",
+            "**Prefetch mode** (ms, p50 / p95 / p99; floor = `orjson.loads` of the same body; in process = parse, validate, pipeline, response; ratio = in process / floor at p50)",
+            "",
+        ]
         http = {row["observations"]: row for row in prefetch["http"]}
         rows = []
         for row in prefetch["in_process"]:
@@ -37,6 +42,7 @@ def format_report(result: dict[str, Any]) -> str:
                     f"{row['body_bytes'] / 1e6:.2f} MB",
                     _ms(row["floor_ms"]),
                     _ms(row["service_ms"]),
+                    f"{row['stages_p50_ms']['validation']:.1f} / {row['stages_p50_ms']['pipeline']:.1f}",
                     f"{row['ratio_p50']:.1f}",
                     _ms(row["audit_write_ms"]),
                     _ms(over_http["latency_ms"]) if over_http else "-",
@@ -49,6 +55,7 @@ def format_report(result: dict[str, Any]) -> str:
                 "body",
                 "floor",
                 "in process",
+                "of which validation / pipeline (p50)",
                 "ratio",
                 "audit write",
                 "HTTP (incl. audit)",
@@ -60,7 +67,14 @@ def format_report(result: dict[str, Any]) -> str:
     if fetch:
         lines += ["", f"**Fetch mode** against {fetch['fhir_server']} (ms, p50 / p95 / p99)", ""]
         lines += _table(
-            ["Observations", "resources", "service (no prefetch)", "slowest single search", "ratio"],
+            [
+                "Observations",
+                "resources",
+                "service (no prefetch)",
+                "slowest single search",
+                "ratio",
+                "all searches one by one",
+            ],
             [
                 [
                     f"{row['observations']:,}",
@@ -68,6 +82,7 @@ def format_report(result: dict[str, Any]) -> str:
                     _ms(row["service_ms"]),
                     f"{_ms(row['slowest_query_ms'])} ({row['slowest_query']})",
                     f"{row['ratio_p50']:.2f}",
+                    f"{_ms(row['all_searches_in_sequence_ms'])} ({row['searches']} searches)",
                 ]
                 for row in fetch["sizes"]
             ],

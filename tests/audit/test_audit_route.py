@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from service.api.routes.audit import router
 from service.audit import AuditStore
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 from .conftest import closed_port_url, free_port
 
@@ -33,7 +33,7 @@ def _app(store: AuditStore, **settings: Any) -> FastAPI:
     app.include_router(router)
     app.state.audit_store = store
     configured = Settings(dev=True, **{"audit_export_token": SecretStr(TOKEN), **settings})
-    app.dependency_overrides[get_settings] = lambda: configured
+    app.state.settings = configured
     return app
 
 

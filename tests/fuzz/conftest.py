@@ -45,9 +45,6 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         fhir_timeout_seconds=2.0,
     )
     app = create_app(settings, transport=httpx.MockTransport(_fhir_server_that_finds_nothing))
-    from service.settings import get_settings
-
-    app.dependency_overrides[get_settings] = lambda: settings  # the audit routes read this dependency
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

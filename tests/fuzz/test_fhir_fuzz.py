@@ -8,6 +8,7 @@ bounded and the runs derandomized, so CI is repeatable and quick.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import httpx
@@ -39,8 +40,9 @@ LUNG_CANCER = {
     "onsetDateTime": "2025-01-10",
 }
 
+EXAMPLES = int(os.environ.get("TIL_CDS_FUZZ_EXAMPLES", "60"))  # raise it for a long local run
 FUZZ_SETTINGS = settings(
-    max_examples=60,
+    max_examples=EXAMPLES,
     derandomize=True,
     deadline=None,
     suppress_health_check=list(HealthCheck),
@@ -188,7 +190,7 @@ def test_fuzzed_hook_bodies_never_cause_a_server_error(
     _post(http, body)
 
 
-@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=fhir.junk | st.binary(max_size=200))
 def test_any_json_or_bytes_never_cause_a_server_error(http: httpx.Client, body: Any) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -7,6 +7,8 @@ connection is a failure.
 
 from __future__ import annotations
 
+import os
+
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -14,7 +16,7 @@ from schemathesis.checks import not_a_server_error
 from tests.conftest import REPO
 from tests.fuzz.conftest import EXPORT_TOKEN
 
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = int(os.environ.get("TIL_CDS_FUZZ_EXAMPLES", "40"))  # raise it for a long local run
 schema = schemathesis.openapi.from_path(REPO / "openapi.yaml")
 
 

@@ -34,6 +34,7 @@ DISCOVERY_PATH = "/cds-services"
 FEEDBACK_PATH = "/cds-services/til-trials/feedback"
 ISSUER = "https://ehr.hospital.example"
 ALLOWED_FHIR = "https://fhir.hospital.example/r4"
+REVIEW_KEY = "review-key-for-tests-0f3a"
 FHIR_TOKEN = "fhirTok3n-Zq9xW-unique-7Hk2pL"  # distinctive, so a search for it cannot match by chance
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -128,7 +129,7 @@ def secure_settings(audit_url: str, es384: SigningKey, rs384: SigningKey) -> Set
         dev=False,
         public_base_url=BASE_URL,
         audit_database_url=audit_url,
-        review_signing_key="test-review-signing-key",
+        review_signing_key=REVIEW_KEY,
         clients=[client_config(jwks={"keys": [es384.public_jwk(), rs384.public_jwk()]})],
     )
 
@@ -226,7 +227,9 @@ class CountingServer:
                 return True
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -8,7 +8,6 @@ is searched for the secrets.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -20,7 +19,6 @@ import pytest
 from fastapi import FastAPI
 
 from service.sandbox.synthetic import SyntheticPatient
-from service.settings import get_settings
 from tests.api.conftest import started
 from tests.security.conftest import (
     FHIR_TOKEN,
@@ -99,7 +97,6 @@ async def test_the_access_token_and_the_jwt_reach_no_output(
         clients=[client_config(jwks={"keys": [es384.public_jwk()]}, fhir_servers=[server])],
     )
     # The audit routes read the process-wide settings dependency; point it at this app's.
-    app.dependency_overrides[get_settings] = lambda: app.state.settings
     jwts: list[str] = []
     bodies: list[str] = []
 

@@ -17,9 +17,9 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from service.api.deps import SettingsDep
 from service.audit import AuditError, AuditStore, AuditUnavailableError, ExportFilters
 from service.audit.export import EXPORT_FORMATS, pseudonym_key_from_settings
-from service.settings import Settings, get_settings
 
 __all__ = ["OverrideReasonCount", "TrialMonthCounts", "router"]
 
@@ -54,7 +54,7 @@ class TrialMonthCounts(BaseModel):
 
 
 def require_export_token(
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Allow the request only with ``Authorization: Bearer <audit_export_token>``."""
@@ -101,7 +101,7 @@ _EXPORT_CONTENT = {media_type: {"schema": {"type": "string"}} for media_type, _ 
 )
 async def export_audit_records(
     request: Request,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     export_format: Annotated[
         str,
         Query(
