@@ -142,6 +142,9 @@ def bench(
         int | None,
         typer.Option(help="Instead: print a pyinstrument profile of in-process calls at this size."),
     ] = None,
+    uvicorn_arg: Annotated[
+        list[str] | None, typer.Option(help="Extra uvicorn argument for the throughput server (repeatable).")
+    ] = None,
 ) -> None:
     """Benchmark latency (next to its floors), throughput and memory; print tables, write JSON."""
     import asyncio
@@ -162,6 +165,7 @@ def bench(
         ("workers", workers),
         ("audit_url", audit_url),
         ("fhir_url", fhir_url),
+        ("uvicorn_args", tuple(uvicorn_arg) if uvicorn_arg else None),
     ):
         if value is not None:
             overrides[name] = value

@@ -43,6 +43,7 @@ class BenchOptions:
     memory_seconds: float = 600.0
     audit_url: str | None = None
     fhir_url: str | None = None
+    uvicorn_args: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -95,6 +96,7 @@ async def _run(options: BenchOptions) -> dict[str, Any]:
             mappings,
             options.workers,
             options.audit_url,
+            options.uvicorn_args,
         )
     if "memory" in options.parts:
         result["memory"] = await bench_memory(

@@ -84,12 +84,13 @@ async def bench_throughput(
     mappings: Mappings,
     workers: int | None = None,
     audit_url: str | None = None,
+    uvicorn_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Requests/s and latency with 1, 8, 32 concurrent clients against one worker per core."""
     workers = workers or os.cpu_count() or 1
     body = request_body(size, mappings)
     rows = []
-    with start_service(workers=workers, audit_url=audit_url) as service:
+    with start_service(workers=workers, audit_url=audit_url, uvicorn_args=uvicorn_args) as service:
         for clients in concurrency:
             limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
             async with httpx.AsyncClient(timeout=120, limits=limits) as client:
@@ -110,7 +111,13 @@ async def bench_throughput(
                     "latency_ms": percentiles(samples),
                 }
             )
-    return {"workers": workers, "observations": size, "body_bytes": len(body), "runs": rows}
+    return {
+        "workers": workers,
+        "uvicorn_args": list(uvicorn_args),
+        "observations": size,
+        "body_bytes": len(body),
+        "runs": rows,
+    }
 
 
 async def bench_memory(

@@ -60,7 +60,10 @@ class ServiceProcess:
 
 
 def start_service(
-    workers: int | None = None, audit_url: str | None = None, timeout: float = 60
+    workers: int | None = None,
+    audit_url: str | None = None,
+    timeout: float = 60,
+    uvicorn_args: tuple[str, ...] = (),
 ) -> ServiceProcess:
     """Start ``uvicorn service.api.main:create_app`` in dev mode; ``workers=None`` runs one in-process worker.
 
@@ -91,6 +94,7 @@ def start_service(
     ]
     if workers is not None:
         command += ["--workers", str(workers)]
+    command += uvicorn_args
     log_path = Path(folder.name) / "service.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
