@@ -67,6 +67,7 @@ def serve(
         log_config=log_config(),
         access_log=False,
         timeout_graceful_shutdown=20,
+        http="service.api.server:NoDelayH11Protocol",
     )
 
 

@@ -11,13 +11,13 @@ their loss is a 412.  A lost Observation group only makes its criteria unknown.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import orjson
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
@@ -126,11 +126,6 @@ def _check_resource(key: str, where: str, resource: Any, patient_id: str) -> dic
     return resource
 
 
-def _refuse_non_json_number(token: str) -> Any:
-    """Python's JSON reader accepts NaN and Infinity; a FHIR server sending them sent invalid JSON."""
-    raise ValueError(f"{token} is not a JSON number")
-
-
 def _next_link(bundle: dict[str, Any]) -> str | None:
     for link in bundle.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
@@ -231,8 +226,8 @@ class _Fetcher:
                 f"{shown} answered HTTP {response.status_code} with '{content_type or 'no content type'}', not FHIR JSON"
             )
         try:
-            body = json.loads(response.content, parse_constant=_refuse_non_json_number)
-        except ValueError as exc:
+            body = orjson.loads(response.content)  # strict JSON: NaN and Infinity are refused
+        except orjson.JSONDecodeError as exc:
             raise FhirResponseError(f"{shown} answered with invalid JSON") from exc
         if not isinstance(body, dict):
             raise FhirResponseError(f"{shown} answered with JSON that is not a FHIR resource")

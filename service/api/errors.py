@@ -53,7 +53,8 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         path = ".".join(location) or "body"
         if error.get("type") == "json_invalid":
             problems.append(
-                f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
+                "the body is not valid JSON (strict JSON: NaN and Infinity are not numbers; "
+                f"{error.get('ctx', {}).get('error', 'parse error')})"
             )
         else:
             problems.append(f"{path}: {error.get('msg')}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,6 +57,20 @@ def build_runtime(settings: Settings, http: httpx.AsyncClient) -> Runtime:
     )
 
 
+def _tune_garbage_collector() -> None:
+    """Fewer, cheaper collections while a large prefetch body is parsed and evaluated.
+
+    A 1,000-Observation request allocates some hundred thousand containers; with the
+    default generation-0 threshold (700) the collector runs dozens of times per call
+    and, at 5,000 Observations, tripled the JSON parse (158 ms against 51 ms, measured
+    with `til-cds bench`).  Freezing what start-up allocated (criteria, mappings, the
+    UCUM registry) keeps those long-lived objects out of every later collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def create_app(
     settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
@@ -85,6 +100,7 @@ def create_app(
             app.state.audit_store = store
             app.state.jwt_verifier = JwtVerifier(settings, http, store.remember_jti)
             app.state.reloader = CriteriaReloader(app.state, settings)
+            _tune_garbage_collector()
             try:
                 async with app.state.reloader.running():
                     yield

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._canonical import canonical_json, parse_timestamp, scrub_secrets, utc_iso
+from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -105,7 +105,12 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
     """Check a decision record, drop secrets and derive the indexed columns."""
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    clean: dict[str, Any] = scrub_secrets(record)
+    content = canonical_json(record)
+    if may_hold_secrets(content):
+        clean: dict[str, Any] = scrub_secrets(record)
+        content = canonical_json(clean)
+    else:
+        clean = dict(record)
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)
     try:
@@ -142,7 +147,7 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
         "trial_ids": trial_ids,
         "outcome": "suggested" if suggested_trial_ids(verdicts) else "not_suggested",
         "dedupe_key": None,
-        "content": canonical_json(clean),
+        "content": content,
     }
     return PreparedDecision(values=values, cards=list(card_rows.values()))
 

@@ -116,6 +116,7 @@ class AuditStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._jti_calls = itertools.count(1)
+        self._saved_fingerprints: set[str] = set()
 
     @classmethod
     def from_url(cls, url: str) -> AuditStore:
@@ -163,7 +164,13 @@ class AuditStore:
             command.upgrade(config, "head")
 
     def save_criteria_version(self, fingerprint: str, snapshot: Mapping[str, Any]) -> None:
-        """Keep the criteria snapshot a decision used; saving a fingerprint again is a no-op."""
+        """Keep the criteria snapshot a decision used; saving a fingerprint again is a no-op.
+
+        Fingerprints this store has saved are remembered, so the hook route's call on
+        every request costs a set lookup, not a write transaction.
+        """
+        if fingerprint in self._saved_fingerprints:
+            return
         content = canonical_json(dict(snapshot))
         try:
             with self._transaction(write=True) as connection:
@@ -179,6 +186,7 @@ class AuditStore:
         except AuditUnavailableError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
+        self._saved_fingerprints.add(fingerprint)
 
     def get_criteria_version(self, fingerprint: str) -> dict[str, Any] | None:
         """The saved criteria snapshot for ``fingerprint``, if any."""

@@ -7,13 +7,14 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from service.api.deps import AuditDep, ClientDep
+from service.api.json_route import OrjsonRoute
 from service.api.responses import FEEDBACK_ERRORS
 from service.cdshooks import FeedbackRequest
 from service.pipeline import SERVICE_ID
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/cds-services", tags=["feedback"])
+router = APIRouter(prefix="/cds-services", tags=["feedback"], route_class=OrjsonRoute)
 
 
 class FeedbackReceipt(BaseModel):

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import AuditDep, ClientDep, RuntimeDep, SettingsDep
+from service.api.json_route import OrjsonRoute
 from service.api.responses import HOOK_ERRORS
 from service.cdshooks import CdsResponse, HookRequest
 from service.observability import CARDS_SHOWN, note_hook
@@ -17,7 +18,7 @@ from service.security import may_fetch_from
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/cds-services", tags=["hooks"])
+router = APIRouter(prefix="/cds-services", tags=["hooks"], route_class=OrjsonRoute)
 
 
 @router.post(
