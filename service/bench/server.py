@@ -91,6 +91,9 @@ def start_service(
         "--log-level",
         "warning",
         "--no-access-log",
+        # what `til-cds serve` runs: TCP_NODELAY on every connection (service/api/server.py)
+        "--http",
+        "service.api.server:NoDelayH11Protocol",
     ]
     if workers is not None:
         command += ["--workers", str(workers)]
