@@ -87,8 +87,10 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser(chromium_path: str) -> Iterator[Browser]:
+    """Playwright's sync API marks its own event loop as running in this thread until it
+    stops, so it must stop before any later asyncio test runs: module scope, not session."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         yield browser
