@@ -29,7 +29,7 @@ from service.review import review_url_builder
 from service.security import JwtVerifier
 from service.settings import Settings, get_settings
 
-__all__ = ["create_app"]
+__all__ = ["build_runtime", "create_app", "tune_garbage_collector"]
 
 logger = logging.getLogger("til_cds")
 
@@ -57,7 +57,7 @@ def build_runtime(settings: Settings, http: httpx.AsyncClient) -> Runtime:
     )
 
 
-def _tune_garbage_collector() -> None:
+def tune_garbage_collector() -> None:
     """Fewer, cheaper collections while a large prefetch body is parsed and evaluated.
 
     A 1,000-Observation request allocates some hundred thousand containers; with the
@@ -100,7 +100,7 @@ def create_app(
             app.state.audit_store = store
             app.state.jwt_verifier = JwtVerifier(settings, http, store.remember_jti)
             app.state.reloader = CriteriaReloader(app.state, settings)
-            _tune_garbage_collector()
+            tune_garbage_collector()
             try:
                 async with app.state.reloader.running():
                     yield

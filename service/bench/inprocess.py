@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
+from service.api.main import build_runtime, tune_garbage_collector
 from service.audit.store import AuditStore
 from service.bench._stats import Loop, percentiles
 from service.bench.patients import sized_patient
@@ -40,8 +41,6 @@ __all__ = [
 
 def build_bench_runtime(http: httpx.AsyncClient) -> Runtime:
     """The Runtime the app builds (``service.api.main.build_runtime``) with the default settings."""
-    from service.api.main import build_runtime
-
     return build_runtime(Settings(dev=True), http)
 
 
@@ -85,6 +84,7 @@ async def bench_in_process(
                 for _ in range(3):  # warm caches (UCUM parses, compiled patterns)
                     _, outcome = await serve_body(body, runtime)
                     write_audit(store, runtime, outcome.record)
+                tune_garbage_collector()  # as the app does after start-up
                 stages: dict[str, list[float]] = {
                     "floor": [],
                     "validation": [],

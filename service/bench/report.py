@@ -73,6 +73,8 @@ def format_report(result: dict[str, Any]) -> str:
                 "service (no prefetch)",
                 "slowest single search",
                 "ratio",
+                "all searches at once, directly",
+                "service / all at once",
                 "all searches one by one",
             ],
             [
@@ -82,6 +84,8 @@ def format_report(result: dict[str, Any]) -> str:
                     _ms(row["service_ms"]),
                     f"{_ms(row['slowest_query_ms'])} ({row['slowest_query']})",
                     f"{row['ratio_p50']:.2f}",
+                    _ms(row["all_searches_in_parallel_ms"]),
+                    f"{row['ratio_to_parallel_p50']:.2f}",
                     f"{_ms(row['all_searches_in_sequence_ms'])} ({row['searches']} searches)",
                 ]
                 for row in fetch["sizes"]
