@@ -111,6 +111,12 @@ class NoConditionRule(_Frozen):
     presence_state: Literal["not_met", "unknown"] = "not_met"
     presence_note: str | None = None
     not_met_if_on_classes: list[str] = Field(default_factory=list)
+    absence_state: Literal["met", "needs_review"] = Field(
+        default="met",
+        description="State when nothing is recorded: 'needs_review' where the problem list cannot "
+        "settle it (an ECG or a report must be read), so absence is never shown as met.",
+    )
+    absence_note: str | None = None
 
 
 class HistologyRule(_Frozen):

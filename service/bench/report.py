@@ -42,7 +42,10 @@ def format_report(result: dict[str, Any]) -> str:
                     f"{row['body_bytes'] / 1e6:.2f} MB",
                     _ms(row["floor_ms"]),
                     _ms(row["service_ms"]),
-                    f"{row['stages_p50_ms']['validation']:.1f} / {row['stages_p50_ms']['pipeline']:.1f}",
+                    " / ".join(
+                        f"{row['stages_p50_ms'][stage]:.1f}"
+                        for stage in ("parse", "validation", "pipeline", "response")
+                    ),
                     f"{row['ratio_p50']:.1f}",
                     _ms(row["audit_write_ms"]),
                     _ms(over_http["latency_ms"]) if over_http else "-",
@@ -55,7 +58,7 @@ def format_report(result: dict[str, Any]) -> str:
                 "body",
                 "floor",
                 "in process",
-                "of which validation / pipeline (p50)",
+                "of which parse / validation / pipeline / response (p50)",
                 "ratio",
                 "audit write",
                 "HTTP (incl. audit)",

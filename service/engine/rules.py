@@ -143,7 +143,10 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
             f"{names} recorded without dates; confirm when",
             tuple(_diagnosis_evidence(d) for d in undated),
         )
-    return RuleOutcome(State.MET, f"no {names} recorded among {len(context.facts.diagnoses)} conditions")
+    absent = f"no {names} recorded among {len(context.facts.diagnoses)} conditions"
+    if rule.absence_state == "needs_review":
+        return RuleOutcome(State.NEEDS_REVIEW, f"{absent}; {rule.absence_note or 'confirm'}")
+    return RuleOutcome(State.MET, absent)
 
 
 def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOutcome:

@@ -11,6 +11,7 @@ from service.criteria import (
     AgeRule,
     AllRule,
     AnyRule,
+    CriteriaSet,
     HistologyRule,
     NegativeTestRule,
     NoConditionRule,
@@ -22,6 +23,7 @@ from service.criteria import (
     SteroidDoseRule,
     WashoutRule,
 )
+from service.engine import evaluate_trials
 from service.engine.context import EvaluationContext
 from service.engine.results import State
 from service.engine.rules import evaluate_rule
@@ -517,3 +519,53 @@ def test_a_contained_medication_is_read(mappings: Mappings) -> None:
     ]
     rule = WashoutRule(kind="washout", classes=["systemic_anticancer_therapy"], days=28)
     assert run(rule, [statement], mappings).state is State.NOT_YET
+
+
+def test_absence_can_be_a_review_item_rather_than_met(mappings: Mappings) -> None:
+    """Where the problem list cannot settle a criterion (an ECG must be read), nothing coded
+    is a review item, never 'met'."""
+    rule = NoConditionRule(
+        kind="no_condition",
+        value_sets=["ventricular_arrhythmia"],
+        presence_state="unknown",
+        absence_state="needs_review",
+        absence_note="read the ECG",
+    )
+    absent = run(rule, [], mappings)
+    assert absent.state is State.NEEDS_REVIEW and "read the ECG" in absent.reason
+    assert run(rule, [condition(SNOMED, "25569003", "Ventricular tachycardia")], mappings).state is (
+        State.UNKNOWN
+    )
+
+
+@pytest.mark.parametrize(
+    ("criterion_id", "coding", "gender", "state"),
+    [
+        ("arrhythmia", (ICD10, "I44.2", "Atrioventricular block, complete"), "male", State.NOT_MET),
+        ("arrhythmia", (SNOMED, "195042002", "Second degree AV block"), "male", State.NOT_MET),
+        ("arrhythmia", (ICD10, "I47.20", "Ventricular tachycardia, unspecified"), "male", State.UNKNOWN),
+        ("arrhythmia", (ICD10, "I44.0", "Atrioventricular block, first degree"), "male", State.NEEDS_REVIEW),
+        ("transplant-or-dialysis", (ICD10, "Z99.2", "Dependence on renal dialysis"), "male", State.NOT_MET),
+        ("hiv", (ICD10, "Z21", "Asymptomatic HIV infection status"), "male", State.NOT_MET),
+        ("syphilis", (ICD10, "A51.0", "Primary genital syphilis"), "male", State.NOT_MET),
+        ("hepatitis", (ICD10, "B17.10", "Acute hepatitis C without hepatic coma"), "male", State.NOT_MET),
+        ("pregnancy", (ICD10, "Z33.1", "Pregnant state, incidental"), "female", State.NOT_MET),
+        ("pregnancy", (ICD10, "O09.90", "Supervision of high risk pregnancy"), "female", State.NOT_MET),
+    ],
+)
+def test_coded_conditions_reach_nct06538012_exclusions(
+    criterion_id: str,
+    coding: tuple[str, str, str],
+    gender: str,
+    state: State,
+    criteria: CriteriaSet,
+    mappings: Mappings,
+) -> None:
+    """ICD-10-CM status codes (Z21, Z99.2, Z33.1) and rhythm codes are how many EHRs record these."""
+    facts = build_facts(
+        "p1", [patient(gender=gender), LUNG_CANCER, condition(*coding, id="cond-2")], mappings
+    )
+    result = next(
+        r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == "NCT06538012"
+    )
+    assert next(c.state for c in result.criteria if c.id == criterion_id) is state
