@@ -196,6 +196,11 @@ class StageRule(_Frozen):
     met_from: int
     review_from: int | None = None
     review_note: str | None = None
+    met_if_value_sets: list[str] = Field(
+        default_factory=list,
+        description="Active conditions that establish the stage on their own (a coded distant "
+        "metastasis is stage IV whatever stage group was recorded at diagnosis).",
+    )
 
 
 class AllRule(_Frozen):

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from service.criteria import LabRule, NoResultRule
 from service.engine.context import EvaluationContext
-from service.engine.results import Evidence, RuleOutcome, State
+from service.engine.results import Evidence, RuleOutcome, State, window_text
 from service.facts import LabResult, age_in_years
 from service.units import UnitConversionError, convert
 
@@ -165,7 +165,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
                 resolve_hint=hint,
             )
         return RuleOutcome(
-            State.UNKNOWN, f"no {definition.display} in the last {lookback} days", resolve_hint=hint
+            State.UNKNOWN, f"no {definition.display} {window_text(lookback)}", resolve_hint=hint
         )
     if latest.value is None or latest.unit is None:
         return RuleOutcome(

@@ -7,7 +7,12 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["ArmResult", "CriterionResult", "Evidence", "RuleOutcome", "State", "TrialResult"]
+__all__ = ["ArmResult", "CriterionResult", "Evidence", "RuleOutcome", "State", "TrialResult", "window_text"]
+
+
+def window_text(days: int) -> str:
+    """'in the last N days', or 'on record' for look-backs that mean 'ever' (10 years or more)."""
+    return "on record" if days >= 3650 else f"in the last {days} days"
 
 
 class State(StrEnum):

@@ -32,7 +32,7 @@ from service.criteria import (
 )
 from service.engine.context import EvaluationContext
 from service.engine.labs import evaluate_lab, evaluate_no_result
-from service.engine.results import Evidence, RuleOutcome, State
+from service.engine.results import Evidence, RuleOutcome, State, window_text
 from service.facts import Diagnosis, DrugExposure, TestResult, age_in_years
 
 __all__ = ["evaluate_rule"]
@@ -255,7 +255,7 @@ def _no_medication(rule: NoMedicationRule, context: EvaluationContext) -> RuleOu
     window = (
         ""
         if rule.within_days is None
-        else f" in the last {rule.within_days} days"
+        else f" {window_text(rule.within_days)}"
         if rule.within_days
         else " currently"
     )
@@ -268,10 +268,10 @@ def _on_medication(rule: OnMedicationRule, context: EvaluationContext) -> RuleOu
     if taking:
         return RuleOutcome(
             State.MET,
-            f"{names} within the last {rule.within_days} days",
+            f"{names} {window_text(rule.within_days)}",
             tuple(_drug_evidence(d) for d in taking),
         )
-    return RuleOutcome(State.NOT_MET, f"no {names} within the last {rule.within_days} days")
+    return RuleOutcome(State.NOT_MET, f"no {names} {window_text(rule.within_days)}")
 
 
 def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
@@ -497,6 +497,19 @@ def _stage(rule: StageRule, context: EvaluationContext) -> RuleOutcome:
             State.UNKNOWN,
             f"stage could not be retrieved: {context.facts.unavailable['staging']}",
             resolve_hint=staging.order_hint,
+        )
+    implying = [
+        diagnosis
+        for value_set in rule.met_if_value_sets
+        for diagnosis in context.diagnoses_in(value_set)
+        if diagnosis.is_active
+    ]
+    if implying:
+        names = ", ".join(context.mappings.value_sets[v].display for v in rule.met_if_value_sets)
+        return RuleOutcome(
+            State.MET,
+            f"{names} recorded ({implying[0].text or 'coded'})",
+            tuple(_diagnosis_evidence(d) for d in implying),
         )
     stages = sorted(
         context.facts.stages,

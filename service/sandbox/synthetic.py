@@ -654,6 +654,68 @@ def generate_patients(today: date) -> list[SyntheticPatient]:
         ),
         _patient(
             today,
+            "til-squamous-254634000",
+            "Squamous cell carcinoma of lung coded as SNOMED CT 254634000: IOV-LUN-202 enrols nonsquamous",
+            {LUNG},
+            build=lambda b: (b.nsclc("254634000", "Squamous cell carcinoma of lung"), b.good_labs()),
+        ),
+        _patient(
+            today,
+            "til-nyha-3-observation",
+            "NYHA class III recorded as an Observation (LOINC 88020-3), not as a Condition: excluded from both",
+            set(),
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.observation(
+                    "88020-3",
+                    days_ago=30,
+                    category="exam",
+                    value_concept={"coding": [{"system": SNOMED, "code": "420913000"}]},
+                ),
+            ),
+        ),
+        _patient(
+            today,
+            "til-car-t-history-z92",
+            "CAR T-cell therapy recorded only as history (ICD-10-CM Z92.850): prior cell therapy excludes IOV-LUN-202",
+            {LUNG},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.condition(ICD10, "Z92.850", "Personal history of CAR T-cell therapy", onset_days_ago=900),
+            ),
+        ),
+        _patient(
+            today,
+            "til-dialysis-z99",
+            "Haemodialysis recorded as ICD-10-CM Z99.2: renal replacement therapy excludes NCT06538012",
+            {IOV},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.condition(ICD10, "Z99.2", "Dependence on renal dialysis", onset_days_ago=400),
+            ),
+        ),
+        _patient(
+            today,
+            "til-corneal-graft",
+            "Corneal transplant (Z94.7): a tissue graft, not an organ transplant; both trials stay open",
+            {LUNG, IOV},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.condition(ICD10, "Z94.7", "Corneal transplant status", onset_days_ago=3000),
+            ),
+        ),
+        _patient(
+            today,
+            "til-complete-heart-block",
+            "Complete AV block (I44.2): a severe conduction abnormality excludes NCT06538012",
+            {IOV},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.condition(ICD10, "I44.2", "Atrioventricular block, complete", onset_days_ago=60),
+            ),
+        ),
+        _patient(
+            today,
             "til-deceased",
             "Recorded as deceased: no cards",
             set(),

@@ -80,9 +80,7 @@ def test_no_condition_ignores_refuted_resolved_and_entered_in_error(mappings: Ma
 
 
 def test_history_counts_when_the_rule_says_so(mappings: Mappings) -> None:
-    rule = NoConditionRule(
-        kind="no_condition", value_sets=["organ_or_stem_cell_transplant"], include_history=True
-    )
+    rule = NoConditionRule(kind="no_condition", value_sets=["organ_transplant"], include_history=True)
     old = condition(ICD10, "Z94.0", "Kidney transplant status", status="inactive")
     assert run(rule, [old], mappings).state is State.NOT_MET
 
@@ -538,34 +536,129 @@ def test_absence_can_be_a_review_item_rather_than_met(mappings: Mappings) -> Non
     )
 
 
+LUNG = "NCT06538012"
+IOV = "NCT04614103"
+
+
+def _criterion_state(
+    trial_id: str,
+    criterion_id: str,
+    resources: list[dict[str, Any]],
+    criteria: CriteriaSet,
+    mappings: Mappings,
+) -> State:
+    facts = build_facts("p1", resources, mappings)
+    result = next(
+        r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == trial_id
+    )
+    return next(c.state for c in result.criteria if c.id == criterion_id)
+
+
 @pytest.mark.parametrize(
-    ("criterion_id", "coding", "gender", "state"),
+    ("trial_id", "criterion_id", "coding", "state"),
     [
-        ("arrhythmia", (ICD10, "I44.2", "Atrioventricular block, complete"), "male", State.NOT_MET),
-        ("arrhythmia", (SNOMED, "195042002", "Second degree AV block"), "male", State.NOT_MET),
-        ("arrhythmia", (ICD10, "I47.20", "Ventricular tachycardia, unspecified"), "male", State.UNKNOWN),
-        ("arrhythmia", (ICD10, "I44.0", "Atrioventricular block, first degree"), "male", State.NEEDS_REVIEW),
-        ("transplant-or-dialysis", (ICD10, "Z99.2", "Dependence on renal dialysis"), "male", State.NOT_MET),
-        ("hiv", (ICD10, "Z21", "Asymptomatic HIV infection status"), "male", State.NOT_MET),
-        ("syphilis", (ICD10, "A51.0", "Primary genital syphilis"), "male", State.NOT_MET),
-        ("hepatitis", (ICD10, "B17.10", "Acute hepatitis C without hepatic coma"), "male", State.NOT_MET),
-        ("pregnancy", (ICD10, "Z33.1", "Pregnant state, incidental"), "female", State.NOT_MET),
-        ("pregnancy", (ICD10, "O09.90", "Supervision of high risk pregnancy"), "female", State.NOT_MET),
+        (LUNG, "arrhythmia", (ICD10, "I44.2", "Atrioventricular block, complete"), State.NOT_MET),
+        (LUNG, "arrhythmia", (SNOMED, "195042002", "Second degree AV block"), State.NOT_MET),
+        (LUNG, "arrhythmia", (ICD10, "I47.20", "Ventricular tachycardia, unspecified"), State.UNKNOWN),
+        (LUNG, "arrhythmia", (ICD10, "I44.0", "Atrioventricular block, first degree"), State.NEEDS_REVIEW),
+        (LUNG, "transplant-or-dialysis", (ICD10, "Z99.2", "Dependence on renal dialysis"), State.NOT_MET),
+        (LUNG, "transplant-or-dialysis", (ICD10, "Z94.0", "Kidney transplant status"), State.NOT_MET),
+        (
+            LUNG,
+            "transplant-or-dialysis",
+            (ICD10, "D89.811", "Chronic graft-versus-host disease"),
+            State.NOT_MET,
+        ),
+        (LUNG, "transplant-or-dialysis", (ICD10, "Z94.84", "Stem cells transplant status"), State.UNKNOWN),
+        (LUNG, "transplant-or-dialysis", (ICD10, "Z94.7", "Corneal transplant status"), State.MET),
+        (LUNG, "hiv", (ICD10, "Z21", "Asymptomatic HIV infection status"), State.NOT_MET),
+        (LUNG, "syphilis", (ICD10, "A51.0", "Primary genital syphilis"), State.NOT_MET),
+        (LUNG, "hepatitis", (ICD10, "B17.10", "Acute hepatitis C without hepatic coma"), State.NOT_MET),
+        (
+            IOV,
+            "nonsquamous-histology",
+            (SNOMED, "254634000", "Squamous cell carcinoma of lung"),
+            State.NOT_MET,
+        ),
+        (
+            IOV,
+            "transplant-or-cell-therapy",
+            (ICD10, "Z92.850", "Personal history of CAR T-cell therapy"),
+            State.NOT_MET,
+        ),
+        (
+            IOV,
+            "transplant-or-cell-therapy",
+            (ICD10, "Z92.858", "Personal history of other cellular therapy"),
+            State.UNKNOWN,
+        ),
+        (IOV, "transplant-or-cell-therapy", (ICD10, "Z94.84", "Stem cells transplant status"), State.NOT_MET),
+        (IOV, "transplant-or-cell-therapy", (ICD10, "Z94.7", "Corneal transplant status"), State.MET),
+        (IOV, "stage-iv", (ICD10, "C79.51", "Secondary malignant neoplasm of bone"), State.MET),
+        (
+            IOV,
+            "stage-iv",
+            (ICD10, "C77.1", "Secondary malignant neoplasm of intrathoracic lymph nodes"),
+            State.UNKNOWN,
+        ),
     ],
 )
-def test_coded_conditions_reach_nct06538012_exclusions(
+def test_coded_conditions_reach_the_criteria(
+    trial_id: str,
     criterion_id: str,
     coding: tuple[str, str, str],
-    gender: str,
     state: State,
     criteria: CriteriaSet,
     mappings: Mappings,
 ) -> None:
-    """ICD-10-CM status codes (Z21, Z99.2, Z33.1) and rhythm codes are how many EHRs record these."""
-    facts = build_facts(
-        "p1", [patient(gender=gender), LUNG_CANCER, condition(*coding, id="cond-2")], mappings
-    )
-    result = next(
-        r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == "NCT06538012"
-    )
-    assert next(c.state for c in result.criteria if c.id == criterion_id) is state
+    """Status codes (Z21, Z94.x, Z99.2), rhythm codes and histology codes as EHRs record them."""
+    resources = [patient(), LUNG_CANCER, condition(*coding, id="cond-2")]
+    assert _criterion_state(trial_id, criterion_id, resources, criteria, mappings) is state
+
+
+@pytest.mark.parametrize("code", ["Z33.1", "O09.90"])
+def test_a_coded_pregnancy_rules_out_nct06538012(
+    code: str, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    resources = [patient(gender="female"), LUNG_CANCER, condition(ICD10, code, "Pregnancy", id="cond-2")]
+    assert _criterion_state(LUNG, "pregnancy", resources, criteria, mappings) is State.NOT_MET
+
+
+def _nyha(answer: dict[str, Any], days_ago: int = 10) -> dict[str, Any]:
+    resource = observation("88020-3", None, None, days_ago=days_ago, id="obs-nyha")
+    resource.update(answer)
+    return resource
+
+
+@pytest.mark.parametrize(
+    ("answer", "lung_state", "iov_state"),
+    [
+        (
+            {"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "420300004"}]}},
+            State.MET,
+            State.MET,
+        ),
+        (
+            {"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "421704003"}]}},
+            State.MET,
+            State.NOT_MET,
+        ),
+        ({"valueInteger": 3}, State.NOT_MET, State.NOT_MET),
+        (
+            {"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "422293003"}]}},
+            State.NOT_MET,
+            State.NOT_MET,
+        ),
+    ],
+)
+def test_nyha_class_recorded_as_an_observation(
+    answer: dict[str, Any], lung_state: State, iov_state: State, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    resources = [patient(), LUNG_CANCER, _nyha(answer)]
+    assert _criterion_state(LUNG, "heart-failure", resources, criteria, mappings) is lung_state
+    assert _criterion_state(IOV, "nyha-class-1", resources, criteria, mappings) is iov_state
+
+
+def test_an_old_nyha_class_is_unknown_not_met(criteria: CriteriaSet, mappings: Mappings) -> None:
+    resources = [patient(), LUNG_CANCER, _nyha({"valueInteger": 1}, days_ago=400)]
+    assert _criterion_state(IOV, "nyha-class-1", resources, criteria, mappings) is State.UNKNOWN
