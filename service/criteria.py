@@ -74,6 +74,14 @@ class LabRule(_Frozen):
     protocol_window_days: int | None = None
     conditional_limits: list[ConditionalLimit] = Field(default_factory=list)
     derive_cockcroft_gault: bool = False
+    estimate_without_weight_margin: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="With derive_cockcroft_gault and no body weight on record: estimate GFR by "
+        "CKD-EPI 2021 (creatinine, age, sex) and decide only when the estimate lies further than "
+        "this fraction of the limit from it; nearer, the criterion stays unknown.",
+    )
 
     @model_validator(mode="after")
     def _one_limit(self) -> LabRule:

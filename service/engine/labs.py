@@ -106,6 +106,48 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
     )
 
 
+def _ckd_epi_2021(context: EvaluationContext, lookback_days: int) -> LabResult | None:
+    """eGFR by the race-free CKD-EPI 2021 creatinine equation, when there is no weight for Cockcroft-Gault.
+
+    It needs only creatinine, age and sex, so a very high creatinine can still rule a
+    patient out; it is normalised to 1.73 m² of body surface, which is why the caller
+    decides on it only far from the limit (``estimate_without_weight_margin``).
+    """
+    facts = context.facts
+    creatinine, _ = _latest_in_window(facts.labs.get("serum_creatinine", []), context.at, lookback_days)
+    if creatinine is None or facts.birth_date is None or facts.sex not in ("male", "female"):
+        return None
+    try:
+        creatinine_mg_dl = convert(
+            creatinine.value or 0.0,
+            creatinine.unit or "",
+            "mg/dL",
+            context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol,
+        )
+    except UnitConversionError:
+        return None
+    if creatinine_mg_dl <= 0:
+        return None
+    female = facts.sex == "female"
+    kappa, alpha = (0.7, -0.241) if female else (0.9, -0.302)
+    age = age_in_years(facts.birth_date, context.at)
+    ratio = creatinine_mg_dl / kappa
+    egfr = 142 * min(ratio, 1) ** alpha * max(ratio, 1) ** -1.200 * 0.9938**age * (1.012 if female else 1)
+    return LabResult(
+        analyte="creatinine_clearance",
+        value=round(egfr, 1),
+        unit="mL/min",
+        when=creatinine.when,
+        source=creatinine.source,
+        code="ckd-epi-2021",
+        display="Estimated GFR (in place of creatinine clearance)",
+        derivation=(
+            f"CKD-EPI 2021 eGFR in mL/min/1.73 m² from creatinine {_fmt(creatinine_mg_dl)} mg/dL, "
+            f"age {age}, {facts.sex}; no body weight for Cockcroft-Gault"
+        ),
+    )
+
+
 def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) -> tuple[float, str] | str:
     """The ULN in the result's own unit, and where it came from; or why there is none."""
     definition = context.mappings.analytes[analyte]
@@ -146,10 +188,16 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     lookback = rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
     latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
     hint = definition.order_hint
+    estimate_margin: float | None = None
     if latest is None and rule.derive_cockcroft_gault:
         derived = _cockcroft_gault(context, lookback)
+        estimate = (
+            _ckd_epi_2021(context, lookback) if rule.estimate_without_weight_margin is not None else None
+        )
         if isinstance(derived, LabResult):
             latest = derived
+        elif estimate is not None:
+            latest, estimate_margin = estimate, rule.estimate_without_weight_margin
         elif newest is None:
             return RuleOutcome(
                 State.UNKNOWN, f"no {definition.display} on record; {derived[0]}", resolve_hint=hint
@@ -234,6 +282,15 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
         flags.append("provisional: lab reference range missing, default ULN used")
     state = State.MET if _holds(value, rule.comparison, limit) else State.NOT_MET
     reason = f"{definition.display} {shown} on {when}; needs {_SYMBOL[rule.comparison]} {limit_text}{condition_note}"
+    if estimate_margin is not None:
+        if abs(value - limit) <= estimate_margin * abs(limit):
+            return RuleOutcome(
+                State.UNKNOWN,
+                f"{reason}: an estimate within {estimate_margin:.0%} of the limit cannot decide",
+                evidence,
+                resolve_hint=hint,
+            )
+        flags.append("estimated without a body weight; a weight or a measured clearance may change this")
     return RuleOutcome(
         state, reason, evidence, flags=tuple(flags), resolve_hint=hint if state is State.NOT_MET else None
     )

@@ -662,3 +662,22 @@ def test_nyha_class_recorded_as_an_observation(
 def test_an_old_nyha_class_is_unknown_not_met(criteria: CriteriaSet, mappings: Mappings) -> None:
     resources = [patient(), LUNG_CANCER, _nyha({"valueInteger": 1}, days_ago=400)]
     assert _criterion_state(IOV, "nyha-class-1", resources, criteria, mappings) is State.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("creatinine_mg_dl", "weight_kg", "state"),
+    [
+        (0.9, None, State.MET),  # the creatinine branch
+        (2.5, None, State.NOT_MET),  # CKD-EPI 2021 eGFR 29: far below 50 even without a weight
+        (1.6, None, State.UNKNOWN),  # eGFR 50: too close to decide without a weight
+        (1.6, 90.0, State.MET),  # Cockcroft-Gault with the weight: 64 mL/min
+        (1.6, 60.0, State.NOT_MET),  # Cockcroft-Gault: 43 mL/min
+    ],
+)
+def test_renal_function_without_a_weight_decides_only_far_from_the_limit(
+    creatinine_mg_dl: float, weight_kg: float | None, state: State, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    resources = [patient(), LUNG_CANCER, observation("2160-0", creatinine_mg_dl, "mg/dL", id="obs-cr")]
+    if weight_kg is not None:
+        resources.append(observation("29463-7", weight_kg, "kg", id="obs-wt"))
+    assert _criterion_state(LUNG, "renal-function", resources, criteria, mappings) is state
