@@ -159,6 +159,11 @@ class WashoutRule(_Frozen):
     kind: Literal["washout"]
     classes: list[str]
     days: int
+    procedure_value_sets: list[str] = Field(
+        default_factory=list,
+        description="Procedures that count as therapy too (radiotherapy): the washout runs from "
+        "the end of the last one; the value sets must have includes_procedures.",
+    )
 
 
 class SteroidDoseRule(_Frozen):
@@ -356,6 +361,8 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
                 ("excluded_value_sets", getattr(rule, "excluded_value_sets", []), value_sets),
                 ("positive_value_sets", getattr(rule, "positive_value_sets", []), value_sets),
                 ("negative_value_sets", getattr(rule, "negative_value_sets", []), value_sets),
+                ("met_if_value_sets", getattr(rule, "met_if_value_sets", []), value_sets),
+                ("procedure_value_sets", getattr(rule, "procedure_value_sets", []), value_sets),
                 ("classes", getattr(rule, "classes", []), classes),
                 ("unless_classes", getattr(rule, "unless_classes", []), classes),
                 ("not_met_if_on_classes", getattr(rule, "not_met_if_on_classes", []), classes),
@@ -374,6 +381,12 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
                 for name in names:
                     if name is not None and name not in known:
                         refuse(criterion.id, field, name, known)
+            for name in getattr(rule, "procedure_value_sets", []):
+                if not mappings.value_sets[name].includes_procedures:
+                    raise ConfigurationError(
+                        f"{path}: criterion '{criterion.id}': procedure_value_sets: value set '{name}' "
+                        "is not matched against Procedures (set includes_procedures: true in the mappings)"
+                    )
 
 
 def load_criteria(directory: Path, mappings: Mappings) -> CriteriaSet:

@@ -29,6 +29,8 @@ __all__ = [
     "TestResult",
     "age_in_years",
     "build_facts",
+    "concept_codings",
+    "concept_text",
     "parse_fhir_datetime",
 ]
 
@@ -37,6 +39,8 @@ _IGNORED_OBSERVATION_STATUSES = {"entered-in-error", "cancelled", "registered"}
 _IGNORED_STATEMENT_STATUSES = {"entered-in-error", "not-taken", "intended"}
 _ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
 _EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
+# Procedures that did not happen (or not yet) say nothing about the patient's history.
+_IGNORED_PROCEDURE_STATUSES = {"entered-in-error", "not-done", "preparation", "unknown"}
 _PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
 _TIMING_CODES_PER_DAY = {
     "QD": 1,
@@ -102,6 +106,7 @@ class Diagnosis:
     abatement: datetime | None
     recorded: datetime | None
     source: SourceRef
+    is_procedure: bool = False
 
     @property
     def is_active(self) -> bool:
@@ -141,6 +146,7 @@ class PatientFacts:
     labs: dict[str, list[LabResult]] = field(default_factory=dict)
     tests: dict[str, list[TestResult]] = field(default_factory=dict)
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    procedures: list[Diagnosis] = field(default_factory=list)
     drugs: list[DrugExposure] = field(default_factory=list)
     inputs: list[SourceRef] = field(default_factory=list)
     data_problems: list[str] = field(default_factory=list)
@@ -175,11 +181,13 @@ def _ref(resource: dict[str, Any]) -> SourceRef:
     return SourceRef(str(resource.get("resourceType")), str(resource.get("id")), version)
 
 
-def _codings(concept: Any) -> list[tuple[str, str]]:
+def concept_codings(concept: Any) -> list[tuple[str, str]]:
+    """(system, code) pairs of a CodeableConcept, tolerating anything that is not one."""
     if not isinstance(concept, dict):
         return []
     result = []
-    for coding in concept.get("coding") or []:
+    listed = concept.get("coding")
+    for coding in listed if isinstance(listed, list) else []:
         if isinstance(coding, dict):
             code = coding.get("code")
             if isinstance(code, str):
@@ -187,14 +195,16 @@ def _codings(concept: Any) -> list[tuple[str, str]]:
     return result
 
 
-def _concept_text(concept: Any) -> str:
+def concept_text(concept: Any) -> str:
+    """The concept's text and codings' displays, de-duplicated, joined with ' | '."""
     if not isinstance(concept, dict):
         return ""
     unique: dict[str, None] = {}
     text = concept.get("text")
     if isinstance(text, str) and text:
         unique[text] = None
-    for coding in concept.get("coding") or []:
+    listed = concept.get("coding")
+    for coding in listed if isinstance(listed, list) else []:
         if isinstance(coding, dict):
             display = coding.get("display")
             if isinstance(display, str) and display:
@@ -216,7 +226,7 @@ def _reference_high(observation: dict[str, Any], aliases: dict[str, str]) -> tup
     for reference_range in observation.get("referenceRange") or []:
         if not isinstance(reference_range, dict):
             continue
-        codes = {code for _, code in _codings(reference_range.get("type"))}
+        codes = {code for _, code in concept_codings(reference_range.get("type"))}
         if codes and "normal" not in codes:
             continue
         high = reference_range.get("high")
@@ -247,6 +257,8 @@ class _FactBuilder:
                 self._condition(resource)
             elif kind in ("MedicationStatement", "MedicationRequest"):
                 self._medication(resource)
+            elif kind == "Procedure":
+                self._procedure(resource)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             self.facts.data_problems.append(f"{_ref(resource)} could not be read ({exc}); ignored")
 
@@ -260,7 +272,7 @@ class _FactBuilder:
     def _observation(self, observation: dict[str, Any], source: SourceRef) -> None:
         if observation.get("status") in _IGNORED_OBSERVATION_STATUSES:
             return
-        codings = _codings(observation.get("code"))
+        codings = concept_codings(observation.get("code"))
         loinc_codes = [code for system, code in codings if system == LOINC or not system]
         when = _effective(observation)
         for code in loinc_codes:
@@ -275,8 +287,8 @@ class _FactBuilder:
             if code in self.mappings.staging.loinc:
                 concept = observation.get("valueCodeableConcept")
                 self._stage(
-                    _codings(concept),
-                    _concept_text(concept) or str(observation.get("valueString") or ""),
+                    concept_codings(concept),
+                    concept_text(concept) or str(observation.get("valueString") or ""),
                     when,
                     source,
                 )
@@ -287,8 +299,8 @@ class _FactBuilder:
                 return
         if "69548-6" in loinc_codes:
             for component in observation.get("component") or []:
-                if "48018-6" in {c for _, c in _codings(component.get("code"))}:
-                    for _, gene in _codings(component.get("valueCodeableConcept")):
+                if "48018-6" in {c for _, c in concept_codings(component.get("code"))}:
+                    for _, gene in concept_codings(component.get("valueCodeableConcept")):
                         test = self.mappings.qualitative_test_by_gene.get(gene)
                         if test is not None:
                             self._qualitative(observation, test, when, source)
@@ -322,7 +334,7 @@ class _FactBuilder:
         elif isinstance(observation.get("valueInteger"), int):
             value, unit = float(observation["valueInteger"]), definition.unit
         elif isinstance(observation.get("valueCodeableConcept"), dict) and definition.answer_scores:
-            for _, answer in _codings(observation["valueCodeableConcept"]):
+            for _, answer in concept_codings(observation["valueCodeableConcept"]):
                 if answer in definition.answer_scores:
                     value, unit = definition.answer_scores[answer], definition.unit
                     break
@@ -338,7 +350,7 @@ class _FactBuilder:
                 when=when,
                 source=source,
                 code=code,
-                display=_concept_text(observation.get("code")) or definition.display,
+                display=concept_text(observation.get("code")) or definition.display,
                 reference_high=_reference_high(observation, self.mappings.unit_aliases),
                 unit_problem=problem,
             )
@@ -366,7 +378,7 @@ class _FactBuilder:
                 when=when,
                 source=source,
                 code=code,
-                display=_concept_text(observation.get("code")) or code,
+                display=concept_text(observation.get("code")) or code,
             )
         )
 
@@ -425,8 +437,8 @@ class _FactBuilder:
         for key in ("valueCodeableConcept", "interpretation"):
             concepts = observation.get(key)
             for concept in concepts if isinstance(concepts, list) else [concepts]:
-                codes += [code for _, code in _codings(concept)]
-                texts.append(_concept_text(concept))
+                codes += [code for _, code in concept_codings(concept)]
+                texts.append(concept_text(concept))
         if isinstance(observation.get("valueString"), str):
             texts.append(observation["valueString"])
         if isinstance(observation.get("valueBoolean"), bool):
@@ -449,30 +461,56 @@ class _FactBuilder:
         )
 
     def _condition(self, condition: dict[str, Any]) -> None:
-        verification = {code for _, code in _codings(condition.get("verificationStatus"))}
+        verification = {code for _, code in concept_codings(condition.get("verificationStatus"))}
         if verification & _EXCLUDED_VERIFICATION:
             return
-        clinical = [code for _, code in _codings(condition.get("clinicalStatus"))]
+        clinical = [code for _, code in concept_codings(condition.get("clinicalStatus"))]
         onset = parse_fhir_datetime(condition.get("onsetDateTime"))
         if onset is None and isinstance(condition.get("onsetPeriod"), dict):
             onset = parse_fhir_datetime(condition["onsetPeriod"].get("start"))
         for stage in condition.get("stage") or []:
             if isinstance(stage, dict):
                 summary = stage.get("summary")
-                self._stage(_codings(summary), _concept_text(summary), onset, _ref(condition))
+                self._stage(concept_codings(summary), concept_text(summary), onset, _ref(condition))
         abatement = parse_fhir_datetime(condition.get("abatementDateTime"))
         if abatement is None and isinstance(condition.get("abatementPeriod"), dict):
             abatement = parse_fhir_datetime(condition["abatementPeriod"].get("end"))
         self.facts.diagnoses.append(
             Diagnosis(
-                codings=tuple(_codings(condition.get("code"))),
-                text=_concept_text(condition.get("code")).lower(),
-                display=_concept_text(condition.get("code")) or "condition",
+                codings=tuple(concept_codings(condition.get("code"))),
+                text=concept_text(condition.get("code")).lower(),
+                display=concept_text(condition.get("code")) or "condition",
                 clinical_status=clinical[0] if clinical else None,
                 onset=onset,
                 abatement=abatement,
                 recorded=parse_fhir_datetime(condition.get("recordedDate")),
                 source=_ref(condition),
+            )
+        )
+
+    def _procedure(self, procedure: dict[str, Any]) -> None:
+        """A Procedure as a dated entry: active while in progress, history once completed."""
+        status = str(procedure.get("status") or "unknown")
+        if status in _IGNORED_PROCEDURE_STATUSES:
+            return
+        start = end = None
+        period = procedure.get("performedPeriod")
+        if isinstance(period, dict):
+            start, end = parse_fhir_datetime(period.get("start")), parse_fhir_datetime(period.get("end"))
+        elif "performedDateTime" in procedure:
+            start = end = parse_fhir_datetime(procedure["performedDateTime"])
+        in_progress = status in ("in-progress", "on-hold")
+        self.facts.procedures.append(
+            Diagnosis(
+                codings=tuple(concept_codings(procedure.get("code"))),
+                text=concept_text(procedure.get("code")).lower(),
+                display=concept_text(procedure.get("code")) or "procedure",
+                clinical_status="active" if in_progress else f"procedure {status}",
+                onset=start,
+                abatement=None if in_progress else (end or start),
+                recorded=None,
+                source=_ref(procedure),
+                is_procedure=True,
             )
         )
 
@@ -493,7 +531,7 @@ class _FactBuilder:
                 ):
                     concept = {
                         **contained["code"],
-                        "text": _concept_text(contained["code"]) or concept["text"],
+                        "text": concept_text(contained["code"]) or concept["text"],
                     }
         start = end = None
         period = statement.get("effectivePeriod")
@@ -512,8 +550,8 @@ class _FactBuilder:
         dose, problem, route = self._daily_dose(statement.get("dosage") or statement.get("dosageInstruction"))
         self.facts.drugs.append(
             DrugExposure(
-                codings=tuple(_codings(concept)),
-                text=_concept_text(concept),
+                codings=tuple(concept_codings(concept)),
+                text=concept_text(concept),
                 status=status,
                 start=start,
                 end=end,
@@ -528,7 +566,7 @@ class _FactBuilder:
         if not isinstance(dosages, list) or not dosages or not isinstance(dosages[0], dict):
             return None, "no dosage recorded", ""
         dosage = dosages[0]
-        route = _concept_text(dosage.get("route")).lower()
+        route = concept_text(dosage.get("route")).lower()
         quantity = None
         for dose_and_rate in dosage.get("doseAndRate") or []:
             if isinstance(dose_and_rate, dict) and isinstance(dose_and_rate.get("doseQuantity"), dict):
@@ -555,7 +593,7 @@ class _FactBuilder:
             frequency = float(repeat.get("frequency") or 1)
             days = float(repeat["period"]) * _PERIOD_UNIT_DAYS.get(repeat.get("periodUnit") or "d", 1)
             return frequency / days if days > 0 else None
-        codes = [code.upper() for _, code in _codings(timing.get("code"))]
+        codes = [code.upper() for _, code in concept_codings(timing.get("code"))]
         for code in codes:
             if code in _TIMING_CODES_PER_DAY:
                 return float(_TIMING_CODES_PER_DAY[code])

@@ -41,18 +41,20 @@ _RESOURCE_TYPES = {
     # Some EHRs record medication history as MedicationRequests; both are read.
     "medications": ("MedicationStatement", "MedicationRequest"),
     "medication-requests": ("MedicationRequest",),
+    "procedures": ("Procedure",),
 }
 _FHIR_JSON = "application/fhir+json"
 
 
 def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, str]:
-    """Prefetch templates: the Patient, Conditions, MedicationStatements and one
+    """Prefetch templates: the Patient, Conditions, MedicationStatements, Procedures and one
     Observation search per group of LOINC codes (derived from ``mappings/``)."""
     templates = {
         "patient": "Patient/{{context.patientId}}",
         "conditions": f"Condition?patient={{{{context.patientId}}}}&_count={page_size}",
         "medications": f"MedicationStatement?patient={{{{context.patientId}}}}&_count={page_size}",
         "medication-requests": f"MedicationRequest?patient={{{{context.patientId}}}}&_count={page_size}",
+        "procedures": f"Procedure?patient={{{{context.patientId}}}}&_count={page_size}",
     }
     for group, codes in mappings.observation_codes_by_group.items():
         code_list = ",".join(f"http://loinc.org|{code}" for code in codes)
@@ -282,7 +284,14 @@ class _Fetcher:
         return await self.search_pages(key, query, patient_id, data)
 
 
-_HARVESTED_TYPES = ("Patient", "Condition", "MedicationStatement", "MedicationRequest", "Observation")
+_HARVESTED_TYPES = (
+    "Patient",
+    "Condition",
+    "MedicationStatement",
+    "MedicationRequest",
+    "Observation",
+    "Procedure",
+)
 
 
 def _harvest_other_keys(

@@ -84,7 +84,13 @@ class ValueSet(_Frozen):
     display: str
     icd10_prefixes: list[str] = Field(default_factory=list)
     snomed: list[str] = Field(default_factory=list)
+    cpt_prefixes: list[str] = Field(default_factory=list)
     text_patterns: list[str] = Field(default_factory=list)
+    includes_procedures: bool = Field(
+        default=False,
+        description="Also matched against the patient's Procedures (a transplant, dialysis or "
+        "radiotherapy is often recorded only as a procedure); other value sets see Conditions only.",
+    )
 
 
 class DrugMember(_Frozen):
@@ -272,73 +278,68 @@ class Mappings:
         return None
 
     @cached_property
-    def _value_set_index(
-        self,
-    ) -> dict[str, tuple[frozenset[str], tuple[str, ...], tuple[re.Pattern[str], ...]]]:
-        """Per value set: SNOMED codes, ICD-10 prefixes without dots, compiled text patterns."""
-        return {
-            name: (
-                frozenset(members.snomed),
-                tuple(p.replace(".", "") for p in members.icd10_prefixes),
-                tuple(re.compile(p) for p in members.text_patterns),
-            )
-            for name, members in self.value_sets.items()
-        }
-
-    def condition_in_value_set(self, value_set: str, codings: list[tuple[str, str]], text: str = "") -> bool:
-        """Whether any (system, code) coding is in the value set.
-
-        Text patterns are a fallback only for conditions with no SNOMED CT or ICD-10
-        coding at all (free-text problem-list entries); a coded condition is judged
-        by its codes alone.
-        """
-        snomed, icd10_prefixes, text_patterns = self._value_set_index[value_set]
-        coded = any("snomed" in s or "icd" in s for s, _ in codings)
-        if not coded and text and text_patterns:
-            return any(pattern.search(text) for pattern in text_patterns)
-        for system, code in codings:
-            if "snomed" in system and code in snomed:
-                return True
-            if ("icd-10" in system or "icd10" in system) and code.replace(".", "").upper().startswith(
-                icd10_prefixes
+    def _value_sets_by_code(self) -> dict[str, dict[str, set[str]]]:
+        """Per code system ('snomed' exact codes, 'icd10' and 'cpt' prefixes without dots):
+        code or prefix -> the value sets listing it."""
+        index: dict[str, dict[str, set[str]]] = {"snomed": {}, "icd10": {}, "cpt": {}}
+        for name, members in self.value_sets.items():
+            for system, codes in (
+                ("snomed", members.snomed),
+                ("icd10", [p.replace(".", "").upper() for p in members.icd10_prefixes]),
+                ("cpt", [p.upper() for p in members.cpt_prefixes]),
             ):
-                return True
-        return False
+                for code in codes:
+                    index[system].setdefault(code, set()).add(name)
+        return index
 
     @cached_property
-    def _value_sets_by_code(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-        """SNOMED CT code -> value sets listing it; ICD-10 prefix (no dots) -> value sets listing it."""
-        by_snomed: dict[str, set[str]] = {}
-        by_icd10_prefix: dict[str, set[str]] = {}
-        for name, (snomed, icd10_prefixes, _) in self._value_set_index.items():
-            for code in snomed:
-                by_snomed.setdefault(code, set()).add(name)
-            for prefix in icd10_prefixes:
-                by_icd10_prefix.setdefault(prefix, set()).add(name)
-        return by_snomed, by_icd10_prefix
+    def _text_patterns(self) -> dict[str, tuple[re.Pattern[str], ...]]:
+        return {
+            name: tuple(re.compile(p) for p in members.text_patterns)
+            for name, members in self.value_sets.items()
+            if members.text_patterns
+        }
 
     def value_sets_containing(self, codings: list[tuple[str, str]], text: str = "") -> set[str]:
-        """Every value set for which :meth:`condition_in_value_set` holds, found by code lookups.
+        """Every value set any (system, code) coding belongs to, found by code lookups.
 
-        One pass per diagnosis instead of one per diagnosis and value set.
+        Text patterns are a fallback only for entries with no SNOMED CT, ICD-10 or CPT
+        coding at all (free-text problem-list entries); a coded entry is judged by its
+        codes alone.  One pass per entry instead of one per entry and value set.
         """
         found: set[str] = set()
-        coded = any("snomed" in s or "icd" in s for s, _ in codings)
-        if not coded:
+        systems = [(_code_system(system), code) for system, code in codings]
+        if not any(system for system, _ in systems):
             if text:
-                for name, (_, _, text_patterns) in self._value_set_index.items():
-                    if any(pattern.search(text) for pattern in text_patterns):
-                        found.add(name)
+                found.update(
+                    name
+                    for name, patterns in self._text_patterns.items()
+                    if any(pattern.search(text) for pattern in patterns)
+                )
             return found
-        by_snomed, by_icd10_prefix = self._value_sets_by_code
-        for system, code in codings:
-            if "snomed" in system:
-                found |= by_snomed.get(code, set())
-            if "icd-10" in system or "icd10" in system:
+        index = self._value_sets_by_code
+        for system, code in systems:
+            if system == "snomed":
+                found |= index["snomed"].get(code, set())
+            elif system is not None:
                 normalised = code.replace(".", "").upper()
                 for length in range(len(normalised) + 1):
-                    found |= by_icd10_prefix.get(normalised[:length], set())
+                    found |= index[system].get(normalised[:length], set())
         return found
+
+
+def _code_system(system: str) -> str | None:
+    """'snomed', 'icd10' (ICD-10-CM and other ICD-10 editions), 'cpt' or None for a coding system URI."""
+    lowered = system.lower()
+    if "snomed" in lowered:
+        return "snomed"
+    if "icd-10-pcs" in lowered or "medicare/coding/icd10" in lowered:
+        return None  # ICD-10-PCS procedure codes share letters with ICD-10-CM chapters
+    if "icd-10" in lowered or "icd10" in lowered:
+        return "icd10"
+    if "cpt" in lowered or "ama-assn" in lowered:
+        return "cpt"
+    return None
 
 
 def _read(path: Path, model: type[BaseModel], texts: dict[str, str]) -> Any:

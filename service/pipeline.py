@@ -21,7 +21,7 @@ from service.cdshooks import Card, CdsResponse, HookRequest, OrderSelectContext,
 from service.criteria import CriteriaSet
 from service.engine import TrialResult, evaluate_trials
 from service.errors import PreconditionFailedError, RequestError
-from service.facts import build_facts
+from service.facts import build_facts, concept_codings, concept_text
 from service.gather import REQUIRED_KEYS, FetchLimits, GatheredData, gather
 from service.mappings import Mappings
 
@@ -61,9 +61,12 @@ def _context(request: HookRequest) -> PatientViewContext:
 
 
 def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]:
-    """Analytes and tests whose Observation group could not be obtained."""
+    """Analytes and tests whose Observation group could not be obtained, and the Procedures if lost."""
     lost: dict[str, str] = {}
     for key, reason in data.unavailable.items():
+        if key == "procedures":
+            lost["procedures"] = reason
+            continue
         group = key.removeprefix("observations-")
         for name, definition in mappings.observation_definitions.items():
             if definition.prefetch_group == group:
@@ -81,23 +84,16 @@ def _dedupe(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _new_anticancer_drugs(context: OrderSelectContext, runtime: Runtime, current: list[str]) -> list[str]:
     """Names of systemic anticancer drugs in the selected draft orders not already being taken."""
     names: list[str] = []
-    for entry in context.draftOrders.get("entry") or []:
+    entries = context.draftOrders.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
         reference = f"{resource.get('resourceType')}/{resource.get('id')}"
         if context.selections and reference not in context.selections:
             continue
-        concept = resource.get("medicationCodeableConcept") or {}
-        codings = [
-            (str(c.get("system") or ""), str(c.get("code")))
-            for c in concept.get("coding") or []
-            if isinstance(c, dict)
-        ]
-        text = " | ".join(
-            [concept.get("text") or ""]
-            + [c.get("display") or "" for c in concept.get("coding") or [] if isinstance(c, dict)]
-        )
+        concept = resource.get("medicationCodeableConcept")
+        codings, text = concept_codings(concept), concept_text(concept)
         match = runtime.mappings.match_drug("systemic_anticancer_therapy", codings, text)
         if match is not None and match.member not in current:
             names.append(match.member.replace("_", " "))
@@ -160,6 +156,7 @@ async def run_hook(
         ],
         "input_resources": resources,
         "data_sources": data.sources,
+        "unavailable_facts": dict(facts.unavailable),
         "verdicts": [r.to_dict() for r in results],
         "cards": [c.model_dump(mode="json", exclude_none=True) for c in cards],
         "timing_ms": round((time.perf_counter() - started) * 1000, 2),

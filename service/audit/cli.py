@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sys
 from collections.abc import Iterator
@@ -148,6 +149,13 @@ def _load_evaluator(spec: str) -> Evaluate:
         evaluator: Evaluate = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise typer.BadParameter(f"cannot load the evaluator {spec!r}: {exc}") from exc
+    try:
+        inspect.signature(evaluator).bind({}, [], "", {})
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(
+            f"the evaluator {spec!r} must take (criteria_snapshot, input_resources, evaluated_at, "
+            f"unavailable): {exc}"
+        ) from exc
     return evaluator
 
 

@@ -15,8 +15,9 @@ from .store import AuditStore
 
 __all__ = ["Evaluate", "ReplayDifference", "ReplayReport", "compare_verdicts", "replay_decision"]
 
-Evaluate = Callable[[dict[str, Any], list[dict[str, Any]], str], list[dict[str, Any]]]
-"""(criteria snapshot, input resources, evaluated_at ISO text) → verdict dicts."""
+Evaluate = Callable[[dict[str, Any], list[dict[str, Any]], str, dict[str, str]], list[dict[str, Any]]]
+"""(criteria snapshot, input resources, evaluated_at ISO text, facts that could not be
+obtained then with the reason) → verdict dicts."""
 
 _ABSENT = "absent"
 
@@ -102,7 +103,13 @@ def replay_decision(store: AuditStore, decision_id: str, evaluate: Evaluate) -> 
             f"decision {decision_id} used criteria {fingerprint!r}, which was never saved"
         )
     evaluated_at = str(content.get("evaluated_at") or decision["recorded_at"])
-    replayed = evaluate(snapshot, list(content.get("input_resources", [])), evaluated_at)
+    unavailable = content.get("unavailable_facts") or {}
+    replayed = evaluate(
+        snapshot,
+        list(content.get("input_resources", [])),
+        evaluated_at,
+        {str(k): str(v) for k, v in unavailable.items()} if isinstance(unavailable, dict) else {},
+    )
     return ReplayReport(
         decision_id=decision_id,
         criteria_fingerprint=fingerprint,

@@ -20,17 +20,30 @@ class EvaluationContext:
     _class_cache: dict[str, list[DrugExposure]] = field(default_factory=dict)
 
     def diagnoses_in(self, value_set: str) -> list[Diagnosis]:
-        """Diagnoses (any clinical status) coded in the value set, memoised per call.
+        """Diagnoses (any clinical status) coded in the value set, memoised per call; with
+        ``includes_procedures``, the patient's Procedures in it too.
 
         The first call sorts every diagnosis into all its value sets at once (a few code
         lookups per diagnosis), rather than testing each diagnosis against each value set.
         """
         if not self._value_set_cache:
-            self._value_set_cache.update((name, []) for name in self.mappings.value_sets)
+            value_sets = self.mappings.value_sets
+            self._value_set_cache.update((name, []) for name in value_sets)
             for diagnosis in self.facts.diagnoses:
                 for name in self.mappings.value_sets_containing(list(diagnosis.codings), diagnosis.text):
                     self._value_set_cache[name].append(diagnosis)
+            for procedure in self.facts.procedures:
+                for name in self.mappings.value_sets_containing(list(procedure.codings), procedure.text):
+                    if value_sets[name].includes_procedures:
+                        self._value_set_cache[name].append(procedure)
         return self._value_set_cache[value_set]
+
+    def procedures_unavailable(self, value_sets: list[str]) -> str | None:
+        """Why the Procedures these value sets would also be matched against could not be read, if so."""
+        reason = self.facts.unavailable.get("procedures")
+        if reason and any(self.mappings.value_sets[v].includes_procedures for v in value_sets):
+            return reason
+        return None
 
     def has_active_condition(self, value_set: str) -> bool:
         return any(d.is_active for d in self.diagnoses_in(value_set))

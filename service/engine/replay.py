@@ -14,14 +14,22 @@ __all__ = ["evaluate_recorded"]
 
 
 def evaluate_recorded(
-    criteria_snapshot: dict[str, Any], input_resources: list[dict[str, Any]], evaluated_at: str
+    criteria_snapshot: dict[str, Any],
+    input_resources: list[dict[str, Any]],
+    evaluated_at: str,
+    unavailable: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """Today's engine on yesterday's criteria and data, at yesterday's evaluation time."""
+    """Today's engine on yesterday's criteria and data, at yesterday's evaluation time.
+
+    ``unavailable`` is what could not be obtained then (an Observation group, the
+    Procedures): without it, a criterion that was rightly unknown would replay as met.
+    """
     mappings = mappings_from_texts(criteria_snapshot["__mappings__"])
     criteria = criteria_from_snapshot(criteria_snapshot, mappings)
     patient_id = next(
         (str(r.get("id")) for r in input_resources if r.get("resourceType") == "Patient"), "unknown"
     )
     facts = build_facts(patient_id, input_resources, mappings)
+    facts.unavailable = dict(unavailable)
     results = evaluate_trials(criteria, mappings, facts, datetime.fromisoformat(evaluated_at))
     return [result.to_dict() for result in results]

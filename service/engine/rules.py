@@ -143,6 +143,11 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
             f"{names} recorded without dates; confirm when",
             tuple(_diagnosis_evidence(d) for d in undated),
         )
+    lost = context.procedures_unavailable(rule.value_sets)
+    if lost:
+        return RuleOutcome(
+            State.UNKNOWN, f"no {names} among the conditions; procedures could not be read ({lost})"
+        )
     absent = f"no {names} recorded among {len(context.facts.diagnoses)} conditions"
     if rule.absence_state == "needs_review":
         return RuleOutcome(State.NEEDS_REVIEW, f"{absent}; {rule.absence_note or 'confirm'}")
@@ -291,21 +296,56 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
         lifts = last + timedelta(days=rule.days)
         if lifts > context.at:
             blocking.append((lifts, drug, ""))
-    if blocking:
-        lifts, drug, extra = max(blocking, key=lambda item: item[0])
-        evidence = tuple(_drug_evidence(d, e) for _, d, e in blocking)
+    procedures: list[tuple[datetime, Diagnosis, str]] = []
+    undated_procedures: list[Diagnosis] = []
+    for value_set in rule.procedure_value_sets:
+        for procedure in context.diagnoses_in(value_set):
+            if not procedure.is_procedure or any(p is procedure for _, p, _ in procedures):
+                continue
+            if procedure.is_active:
+                procedures.append(
+                    (
+                        context.at + timedelta(days=rule.days),
+                        procedure,
+                        " — in progress; the date assumes it ends today",
+                    )
+                )
+                continue
+            last_done = procedure.abatement or procedure.onset
+            if last_done is None:
+                undated_procedures.append(procedure)
+            elif last_done + timedelta(days=rule.days) > context.at:
+                procedures.append((last_done + timedelta(days=rule.days), procedure, ""))
+    if rule.procedure_value_sets:
+        names += " or " + ", ".join(context.mappings.value_sets[v].display for v in rule.procedure_value_sets)
+    if blocking or procedures:
+        dated = [(lifts, drug.text or names, extra) for lifts, drug, extra in blocking] + [
+            (lifts, procedure.display, extra) for lifts, procedure, extra in procedures
+        ]
+        lifts, what, extra = max(dated, key=lambda item: item[0])
+        evidence = tuple(_drug_evidence(d, e) for _, d, e in blocking) + tuple(
+            _diagnosis_evidence(p) for _, p, _ in procedures
+        )
         return RuleOutcome(
             State.NOT_YET,
-            f"{rule.days}-day washout after {drug.text or names} ends {lifts.date().isoformat()}{extra}",
+            f"{rule.days}-day washout after {what} ends {lifts.date().isoformat()}{extra}",
             evidence,
             until=lifts.date(),
         )
-    if undated:
+    if undated or undated_procedures:
         return RuleOutcome(
             State.UNKNOWN,
             f"{names} recorded without dates; confirm the last dose",
-            tuple(_drug_evidence(d) for d in undated),
+            tuple(_drug_evidence(d) for d in undated)
+            + tuple(_diagnosis_evidence(p) for p in undated_procedures),
             resolve_hint="confirm the date of the last anticancer dose",
+        )
+    lost = context.procedures_unavailable(rule.procedure_value_sets)
+    if lost:
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"no {names} in the last {rule.days} days among the medications; procedures could not be read ({lost})",
+            resolve_hint="confirm no radiotherapy in the washout period",
         )
     return RuleOutcome(State.MET, f"no {names} in the last {rule.days} days on record")
 

@@ -23,6 +23,7 @@ __all__ = ["SyntheticPatient", "generate_patients", "hook_request", "transaction
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
+CPT = "http://www.ama-assn.org/go/cpt"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UCUM = "http://unitsofmeasure.org"
 LUNG, IOV, GASTRO = "NCT06538012", "NCT04614103", "essen-til-gastroesophageal"
@@ -199,6 +200,30 @@ class _Builder:
         return self
 
     # Composite helpers -----------------------------------------------------------------
+    def procedure(
+        self,
+        system: str,
+        code: str,
+        display: str,
+        *,
+        days_ago: float,
+        until_days_ago: float | None = None,
+        status: str = "completed",
+    ) -> _Builder:
+        resource: dict[str, Any] = {
+            "resourceType": "Procedure",
+            "id": self._next_id("proc"),
+            "status": status,
+            "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
+            "subject": {"reference": f"Patient/{self.id}"},
+        }
+        if until_days_ago is None:
+            resource["performedDateTime"] = self.when(days_ago)
+        else:
+            resource["performedPeriod"] = {"start": self.when(days_ago), "end": self.when(until_days_ago)}
+        self.resources.append(resource)
+        return self
+
     def nsclc(self, snomed: str = "254626006", display: str = "Adenocarcinoma of lung") -> _Builder:
         return self.condition(
             ICD10, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
@@ -716,6 +741,36 @@ def generate_patients(today: date) -> list[SyntheticPatient]:
         ),
         _patient(
             today,
+            "til-recent-radiotherapy",
+            "Radiotherapy (a Procedure) ended 10 days ago: NCT06538012 not yet (washout), still suggested",
+            {LUNG, IOV},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.procedure(SNOMED, "108290001", "Radiotherapy", days_ago=24, until_days_ago=10),
+            ),
+        ),
+        _patient(
+            today,
+            "til-hemodialysis-procedure",
+            "Haemodialysis recorded only as Procedures (SNOMED CT 302497006): excluded from NCT06538012",
+            {IOV},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.procedure(SNOMED, "302497006", "Hemodialysis", days_ago=5),
+            ),
+        ),
+        _patient(
+            today,
+            "til-car-t-procedure",
+            "CAR-T cells given 3 years ago, recorded only as a Procedure (CPT 0540T): excluded from IOV-LUN-202",
+            {LUNG},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.procedure(CPT, "0540T", "CAR-T cell administration, autologous", days_ago=1100),
+            ),
+        ),
+        _patient(
+            today,
             "til-deceased",
             "Recorded as deceased: no cards",
             set(),
@@ -765,6 +820,7 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
         "conditions": _searchset(by_type.get("Condition", [])),
         "medications": _searchset(by_type.get("MedicationStatement", [])),
         "medication-requests": _searchset(by_type.get("MedicationRequest", [])),
+        "procedures": _searchset(by_type.get("Procedure", [])),
     }
     for group, codes in mappings.observation_codes_by_group.items():
         matching = [

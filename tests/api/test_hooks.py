@@ -324,6 +324,7 @@ async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
         "problems": ours["conditions"],
         "meds": ours["medications"],
         "all-observations": {"resourceType": "Bundle", "type": "searchset", "entry": observations},
+        "procedures": ours["procedures"],  # null under our own key: the EHR found none
     }
     response = await client.post(SERVICE_URL, json=body)
     assert response.status_code == 200, response.text
@@ -345,3 +346,29 @@ async def test_card_markdown_renders_units_literally(
     html = MarkdownIt("commonmark", {"html": False}).render(card["detail"])
     assert "10*9/L" in html and "<em>9/L" not in html
     assert "<strong>Met</strong>" in html
+
+
+async def test_order_select_tolerates_draft_orders_that_are_not_medications(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    """Found by fuzzing: a draft order whose medicationCodeableConcept is not an object was a 500."""
+    body = request_for("til-lung-eligible")
+    body["hook"] = "order-select"
+    body["context"]["selections"] = []
+    body["context"]["draftOrders"] = {
+        "resourceType": "Bundle",
+        "entry": [
+            {"resource": {"resourceType": "MedicationRequest", "id": "a", "medicationCodeableConcept": True}},
+            {
+                "resource": {
+                    "resourceType": "MedicationRequest",
+                    "id": "b",
+                    "medicationCodeableConcept": {"coding": 7},
+                }
+            },
+            True,
+        ],
+    }
+    response = await client.post(SERVICE_URL, json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["cards"], "the trial cards are still returned"

@@ -31,7 +31,7 @@ def _recorded(store: AuditStore, make_decision: DecisionFactory) -> dict[str, An
 
 
 def _evaluate_like_recorded(
-    criteria: dict[str, Any], resources: list[dict[str, Any]], evaluated_at: str
+    criteria: dict[str, Any], resources: list[dict[str, Any]], evaluated_at: str, unavailable: dict[str, str]
 ) -> list[dict[str, Any]]:
     """A stand-in engine: suggests when the recorded ANC meets the snapshot's minimum."""
     [observation] = [r for r in resources if r["resourceType"] == "Observation"]
@@ -61,9 +61,11 @@ def test_replay_uses_the_recorded_criteria_and_lists_differences(
 ) -> None:
     record = _recorded(store, make_decision)
 
-    def stricter(criteria: dict[str, Any], resources: list[dict[str, Any]], at: str) -> Any:
+    def stricter(
+        criteria: dict[str, Any], resources: list[dict[str, Any]], at: str, unavailable: dict[str, str]
+    ) -> Any:
         assert criteria == CRITERIA
-        return _evaluate_like_recorded({"trials": [{"min_anc": 2.0}]}, resources, at)
+        return _evaluate_like_recorded({"trials": [{"min_anc": 2.0}]}, resources, at, unavailable)
 
     report = replay_decision(store, record["decision_id"], stricter)
 
@@ -153,7 +155,7 @@ def test_cli_replay(
     record = _recorded(store, make_decision)
     module = f"replay_engine_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(
-        "def disagree(criteria, resources, evaluated_at):\n"
+        "def disagree(criteria, resources, evaluated_at, unavailable):\n"
         "    return [{'trial_id': 'NCT05727904', 'suggested': False, 'criteria': []}]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -172,3 +174,9 @@ def test_cli_replay(
                     "--database-url", database_url],
     )  # fmt: skip
     assert missing.exit_code == 2 and "no decision" in missing.output
+    (tmp_path / f"{module}_old.py").write_text("def old(criteria, resources, evaluated_at):\n    return []\n")
+    outdated = runner.invoke(
+        audit_app, ["replay", record["decision_id"], "--evaluator", f"{module}_old:old",
+                    "--database-url", database_url],
+    )  # fmt: skip
+    assert outdated.exit_code == 2 and "must take" in outdated.output, outdated.output

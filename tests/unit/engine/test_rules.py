@@ -681,3 +681,56 @@ def test_renal_function_without_a_weight_decides_only_far_from_the_limit(
     if weight_kg is not None:
         resources.append(observation("29463-7", weight_kg, "kg", id="obs-wt"))
     assert _criterion_state(LUNG, "renal-function", resources, criteria, mappings) is state
+
+
+def _procedure(
+    system: str, code: str, display: str, performed: str, status: str = "completed"
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Procedure",
+        "id": f"proc-{code}",
+        "status": status,
+        "code": {"coding": [{"system": system, "code": code, "display": display}]},
+        "subject": {"reference": "Patient/p1"},
+        "performedDateTime": performed,
+    }
+
+
+def test_procedures_count_only_where_a_value_set_includes_them(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """A dialysis Procedure rules NCT06538012 out; a Procedure never stands in for a diagnosis."""
+    dialysis = _procedure(SNOMED, "302497006", "Hemodialysis", "2026-11-20")
+    resources = [patient(), LUNG_CANCER, dialysis]
+    assert _criterion_state(LUNG, "transplant-or-dialysis", resources, criteria, mappings) is State.NOT_MET
+    not_done = {**dialysis, "status": "not-done"}
+    assert _criterion_state(
+        LUNG, "transplant-or-dialysis", [patient(), LUNG_CANCER, not_done], criteria, mappings
+    ) is (State.MET)
+    # The lung cancer SNOMED code on a Procedure is not a lung cancer diagnosis.
+    facts = build_facts(
+        "p1", [patient(), _procedure(SNOMED, "93880001", "lung cancer", "2026-10-01")], mappings
+    )
+    assert not EvaluationContext(facts, mappings, EVALUATED_AT).diagnoses_in("lung_cancer")
+
+
+def test_recent_radiotherapy_blocks_until_the_washout_ends(criteria: CriteriaSet, mappings: Mappings) -> None:
+    radiotherapy = _procedure(
+        "http://www.ama-assn.org/go/cpt", "77412", "Radiation treatment delivery", "2026-11-13T10:00:00Z"
+    )
+    facts = build_facts("p1", [patient(), LUNG_CANCER, radiotherapy], mappings)
+    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == LUNG)
+    washout = next(c for c in result.criteria if c.id == "prior-therapy-washout")
+    assert washout.state is State.NOT_YET and washout.until == date(2026, 12, 11)
+
+
+def test_unreadable_procedures_leave_procedure_criteria_unknown(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    facts = build_facts("p1", [patient(), LUNG_CANCER], mappings)
+    facts.unavailable = {"procedures": "the FHIR server answered 500"}
+    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == LUNG)
+    states = {c.id: c.state for c in result.criteria}
+    assert states["transplant-or-dialysis"] is State.UNKNOWN
+    assert states["prior-therapy-washout"] is State.UNKNOWN
+    assert states["autoimmune-disease"] is State.MET  # its value sets see Conditions only
