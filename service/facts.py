@@ -126,6 +126,7 @@ class DrugExposure:
     dose_mg_per_day: float | None = None
     dose_problem: str | None = None
     route: str = ""
+    is_immunization: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,8 @@ class _FactBuilder:
                 self._medication(resource)
             elif kind == "Procedure":
                 self._procedure(resource)
+            elif kind == "Immunization":
+                self._immunization(resource)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             self.facts.data_problems.append(f"{_ref(resource)} could not be read ({exc}); ignored")
 
@@ -511,6 +514,25 @@ class _FactBuilder:
                 recorded=None,
                 source=_ref(procedure),
                 is_procedure=True,
+            )
+        )
+
+    def _immunization(self, immunization: dict[str, Any]) -> None:
+        """A vaccination given on a day; only drug classes that include immunizations see it."""
+        status = str(immunization.get("status") or "unknown")
+        if status in ("entered-in-error", "not-done"):
+            return
+        given = parse_fhir_datetime(immunization.get("occurrenceDateTime"))
+        concept = immunization.get("vaccineCode")
+        self.facts.drugs.append(
+            DrugExposure(
+                codings=tuple(concept_codings(concept)),
+                text=concept_text(concept),
+                status=status,
+                start=given,
+                end=given,
+                source=_ref(immunization),
+                is_immunization=True,
             )
         )
 

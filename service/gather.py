@@ -42,12 +42,13 @@ _RESOURCE_TYPES = {
     "medications": ("MedicationStatement", "MedicationRequest"),
     "medication-requests": ("MedicationRequest",),
     "procedures": ("Procedure",),
+    "immunizations": ("Immunization",),
 }
 _FHIR_JSON = "application/fhir+json"
 
 
 def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, str]:
-    """Prefetch templates: the Patient, Conditions, MedicationStatements, Procedures and one
+    """Prefetch templates: the Patient, Conditions, MedicationStatements, Procedures, Immunizations and one
     Observation search per group of LOINC codes (derived from ``mappings/``)."""
     templates = {
         "patient": "Patient/{{context.patientId}}",
@@ -55,6 +56,7 @@ def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, st
         "medications": f"MedicationStatement?patient={{{{context.patientId}}}}&_count={page_size}",
         "medication-requests": f"MedicationRequest?patient={{{{context.patientId}}}}&_count={page_size}",
         "procedures": f"Procedure?patient={{{{context.patientId}}}}&_count={page_size}",
+        "immunizations": f"Immunization?patient={{{{context.patientId}}}}&_count={page_size}",
     }
     for group, codes in mappings.observation_codes_by_group.items():
         code_list = ",".join(f"http://loinc.org|{code}" for code in codes)
@@ -291,6 +293,7 @@ _HARVESTED_TYPES = (
     "MedicationRequest",
     "Observation",
     "Procedure",
+    "Immunization",
 )
 
 

@@ -96,6 +96,7 @@ class ValueSet(_Frozen):
 class DrugMember(_Frozen):
     rxnorm: list[str] = Field(default_factory=list)
     atc: list[str] = Field(default_factory=list)
+    cvx: list[str] = Field(default_factory=list)
     names: list[str] = Field(default_factory=list)
     prednisone_equivalent_factor: float | None = None
 
@@ -106,6 +107,11 @@ class DrugClass(_Frozen):
     atc_prefixes: list[str] = Field(default_factory=list)
     includes: list[str] = Field(default_factory=list)
     non_systemic_routes: list[str] = Field(default_factory=list)
+    includes_immunizations: bool = Field(
+        default=False,
+        description="Also matched against the patient's Immunizations (by CVX code or name); "
+        "other classes see medications only.",
+    )
 
 
 class _AnalyteFile(_Frozen):
@@ -141,6 +147,7 @@ class DrugMatch:
 class _DrugIndex:
     rxnorm: dict[str, tuple[str, DrugMember]]
     atc: dict[str, tuple[str, DrugMember]]
+    cvx: dict[str, tuple[str, DrugMember]]
     atc_prefixes: tuple[str, ...]
     any_name: re.Pattern[str] | None
 
@@ -231,11 +238,14 @@ class Mappings:
         for class_name in self.drug_classes:
             rxnorm: dict[str, tuple[str, DrugMember]] = {}
             atc: dict[str, tuple[str, DrugMember]] = {}
+            cvx: dict[str, tuple[str, DrugMember]] = {}
             for key, member in self.class_members(class_name):
                 for code in member.rxnorm:
                     rxnorm.setdefault(code, (key, member))
                 for code in member.atc:
                     atc.setdefault(code, (key, member))
+                for code in member.cvx:
+                    cvx.setdefault(code.lstrip("0") or "0", (key, member))
             names = [
                 re.escape(name.lower())
                 for _, member in self.class_members(class_name)
@@ -244,6 +254,7 @@ class Mappings:
             indexes[class_name] = _DrugIndex(
                 rxnorm=rxnorm,
                 atc=atc,
+                cvx=cvx,
                 atc_prefixes=tuple(self.class_atc_prefixes(class_name)),
                 # the boundaries of _name_patterns, factored out of the alternation
                 any_name=re.compile(r"(?<![\w-])(?:" + "|".join(names) + r")(?![\w-])") if names else None,
@@ -263,6 +274,10 @@ class Mappings:
                 found = index.rxnorm.get(code)
                 if found is not None:
                     return DrugMatch(found[0], f"RxNorm {code}", found[1].prednisone_equivalent_factor)
+            elif "cvx" in system.lower():
+                found = index.cvx.get(code.lstrip("0") or "0")  # CVX "03" and "3" are the same code
+                if found is not None:
+                    return DrugMatch(found[0], f"CVX {code}")
             elif "atc" in system.lower():
                 found = index.atc.get(code)
                 if found is not None:

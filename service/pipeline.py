@@ -64,8 +64,8 @@ def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]
     """Analytes and tests whose Observation group could not be obtained, and the Procedures if lost."""
     lost: dict[str, str] = {}
     for key, reason in data.unavailable.items():
-        if key == "procedures":
-            lost["procedures"] = reason
+        if key in ("procedures", "immunizations"):
+            lost[key] = reason
             continue
         group = key.removeprefix("observations-")
         for name, definition in mappings.observation_definitions.items():
@@ -132,7 +132,7 @@ async def run_hook(
     cards: list[Card] = [trial_card(trial, result, review_url) for trial, result in suggested]
     if isinstance(context, OrderSelectContext) and suggested:
         current = []
-        for drug in facts.drugs:
+        for drug in (d for d in facts.drugs if not d.is_immunization):
             match = runtime.mappings.match_drug("systemic_anticancer_therapy", list(drug.codings), drug.text)
             if match is not None and drug.status == "active":
                 current.append(match.member)

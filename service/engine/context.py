@@ -38,6 +38,13 @@ class EvaluationContext:
                         self._value_set_cache[name].append(procedure)
         return self._value_set_cache[value_set]
 
+    def immunizations_unavailable(self, classes: list[str]) -> str | None:
+        """Why the Immunizations these drug classes would also be matched against could not be read, if so."""
+        reason = self.facts.unavailable.get("immunizations")
+        if reason and any(self.mappings.drug_classes[c].includes_immunizations for c in classes):
+            return reason
+        return None
+
     def procedures_unavailable(self, value_sets: list[str]) -> str | None:
         """Why the Procedures these value sets would also be matched against could not be read, if so."""
         reason = self.facts.unavailable.get("procedures")
@@ -51,10 +58,12 @@ class EvaluationContext:
     def drugs_in(self, class_name: str) -> list[DrugExposure]:
         """Medication statements matching a drug class, memoised per call."""
         if class_name not in self._class_cache:
+            immunizations = self.mappings.drug_classes[class_name].includes_immunizations
             self._class_cache[class_name] = [
                 d
                 for d in self.facts.drugs
-                if self.mappings.match_drug(class_name, list(d.codings), d.text) is not None
+                if (immunizations or not d.is_immunization)
+                and self.mappings.match_drug(class_name, list(d.codings), d.text) is not None
             ]
         return self._class_cache[class_name]
 

@@ -347,6 +347,13 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
             f"no {names} in the last {rule.days} days among the medications; procedures could not be read ({lost})",
             resolve_hint="confirm no radiotherapy in the washout period",
         )
+    lost = context.immunizations_unavailable(rule.classes)
+    if lost:
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"no {names} in the last {rule.days} days on record; immunizations could not be read ({lost})",
+            resolve_hint="confirm no live vaccine in the washout period",
+        )
     return RuleOutcome(State.MET, f"no {names} in the last {rule.days} days on record")
 
 

@@ -24,6 +24,7 @@ LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 CPT = "http://www.ama-assn.org/go/cpt"
+CVX = "http://hl7.org/fhir/sid/cvx"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UCUM = "http://unitsofmeasure.org"
 LUNG, IOV, GASTRO = "NCT06538012", "NCT04614103", "essen-til-gastroesophageal"
@@ -222,6 +223,19 @@ class _Builder:
         else:
             resource["performedPeriod"] = {"start": self.when(days_ago), "end": self.when(until_days_ago)}
         self.resources.append(resource)
+        return self
+
+    def immunization(self, cvx: str, display: str, *, days_ago: float) -> _Builder:
+        self.resources.append(
+            {
+                "resourceType": "Immunization",
+                "id": self._next_id("imm"),
+                "status": "completed",
+                "vaccineCode": {"coding": [{"system": CVX, "code": cvx, "display": display}]},
+                "patient": {"reference": f"Patient/{self.id}"},
+                "occurrenceDateTime": self.when(days_ago),
+            }
+        )
         return self
 
     def nsclc(self, snomed: str = "254626006", display: str = "Adenocarcinoma of lung") -> _Builder:
@@ -771,6 +785,18 @@ def generate_patients(today: date) -> list[SyntheticPatient]:
         ),
         _patient(
             today,
+            "til-live-vaccine",
+            "Yellow fever vaccine (live) 10 days ago: IOV-LUN-202 not yet (28 days), still suggested; "
+            "an inactivated flu shot yesterday does not count",
+            {LUNG, IOV},
+            build=lambda b: (
+                _eligible_nsclc(b),
+                b.immunization("37", "yellow fever vaccine", days_ago=10),
+                b.immunization("150", "influenza, injectable, quadrivalent, preservative free", days_ago=1),
+            ),
+        ),
+        _patient(
+            today,
             "til-deceased",
             "Recorded as deceased: no cards",
             set(),
@@ -821,6 +847,7 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
         "medications": _searchset(by_type.get("MedicationStatement", [])),
         "medication-requests": _searchset(by_type.get("MedicationRequest", [])),
         "procedures": _searchset(by_type.get("Procedure", [])),
+        "immunizations": _searchset(by_type.get("Immunization", [])),
     }
     for group, codes in mappings.observation_codes_by_group.items():
         matching = [

@@ -324,7 +324,8 @@ async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
         "problems": ours["conditions"],
         "meds": ours["medications"],
         "all-observations": {"resourceType": "Bundle", "type": "searchset", "entry": observations},
-        "procedures": ours["procedures"],  # null under our own key: the EHR found none
+        "procedures": ours["procedures"],  # null under our own keys: the EHR found none
+        "immunizations": ours["immunizations"],
     }
     response = await client.post(SERVICE_URL, json=body)
     assert response.status_code == 200, response.text

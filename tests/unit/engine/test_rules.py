@@ -734,3 +734,45 @@ def test_unreadable_procedures_leave_procedure_criteria_unknown(
     assert states["transplant-or-dialysis"] is State.UNKNOWN
     assert states["prior-therapy-washout"] is State.UNKNOWN
     assert states["autoimmune-disease"] is State.MET  # its value sets see Conditions only
+
+
+def _immunization(cvx: str, display: str, given: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Immunization",
+        "id": f"imm-{cvx}",
+        "status": "completed",
+        "vaccineCode": {
+            "coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": cvx, "display": display}]
+        },
+        "patient": {"reference": "Patient/p1"},
+        "occurrenceDateTime": given,
+    }
+
+
+def test_a_recent_live_vaccine_blocks_iov_lun_202_until_28_days_after(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    live = _immunization("03", "MMR", "2026-11-13")
+    facts = build_facts("p1", [patient(), LUNG_CANCER, live], mappings)
+    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == IOV)
+    vaccine = next(c for c in result.criteria if c.id == "live-vaccine")
+    assert vaccine.state is State.NOT_YET and vaccine.until == date(2026, 12, 11)
+    inactivated = _immunization("150", "influenza, injectable, quadrivalent", "2026-11-22")
+    assert _criterion_state(
+        IOV, "live-vaccine", [patient(), LUNG_CANCER, inactivated], criteria, mappings
+    ) is (State.MET)
+
+
+def test_immunizations_are_seen_only_by_classes_that_include_them(mappings: Mappings) -> None:
+    odd = _immunization("999", "pembrolizumab", "2026-11-20")  # a vaccine record is never a drug exposure
+    context = EvaluationContext(build_facts("p1", [patient(), odd], mappings), mappings, EVALUATED_AT)
+    assert context.drugs_in("checkpoint_inhibitor") == []
+
+
+def test_unreadable_immunizations_leave_the_vaccine_criterion_unknown(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    facts = build_facts("p1", [patient(), LUNG_CANCER], mappings)
+    facts.unavailable = {"immunizations": "not prefetched, and no FHIR server may be queried"}
+    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == IOV)
+    assert next(c.state for c in result.criteria if c.id == "live-vaccine") is State.UNKNOWN
