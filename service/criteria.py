@@ -74,13 +74,12 @@ class LabRule(_Frozen):
     protocol_window_days: int | None = None
     conditional_limits: list[ConditionalLimit] = Field(default_factory=list)
     derive_cockcroft_gault: bool = False
-    estimate_without_weight_margin: float | None = Field(
+    max_plausible_weight_kg: float | None = Field(
         default=None,
-        ge=0,
-        le=1,
-        description="With derive_cockcroft_gault and no body weight on record: estimate GFR by "
-        "CKD-EPI 2021 (creatinine, age, sex) and decide only when the estimate lies further than "
-        "this fraction of the limit from it; nearer, the criterion stays unknown.",
+        gt=0,
+        description="With derive_cockcroft_gault, comparison ge and no body weight on record: the "
+        "weight Cockcroft-Gault would need to reach the limit is computed; above this weight the "
+        "criterion is not met, otherwise it stays unknown and says what weight would be needed.",
     )
 
     @model_validator(mode="after")
@@ -106,6 +105,15 @@ class NegativeTestRule(_Frozen):
     test: str
     value_sets: list[str] = Field(default_factory=list)
     only_for_sex: Literal["female", "male"] | None = None
+    diagnosis_within_days: int | None = Field(
+        default=None,
+        description="Count a recorded diagnosis only if its onset (or recording) is this recent: "
+        "problem lists leave pregnancy codes active long after delivery.",
+    )
+    newer_negative_test_wins: bool = Field(
+        default=False,
+        description="A negative test newer than the diagnosis outweighs it (pregnancy; never for HIV).",
+    )
 
 
 class NoConditionRule(_Frozen):

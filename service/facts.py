@@ -31,6 +31,7 @@ __all__ = [
     "build_facts",
     "concept_codings",
     "concept_text",
+    "medication_concept",
     "parse_fhir_datetime",
 ]
 
@@ -39,8 +40,11 @@ _IGNORED_OBSERVATION_STATUSES = {"entered-in-error", "cancelled", "registered"}
 _IGNORED_STATEMENT_STATUSES = {"entered-in-error", "not-taken", "intended"}
 _ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
 _EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
-# Procedures that did not happen (or not yet) say nothing about the patient's history.
-_IGNORED_PROCEDURE_STATUSES = {"entered-in-error", "not-done", "preparation", "unknown"}
+_BOUND_COMPARATORS = {"<", "<=", ">", ">="}
+_UNCONFIRMED_VERIFICATION = {"provisional", "differential"}
+# Procedures that did not happen (or not yet) say nothing about the patient's history;
+# one of unknown status is kept (a dialysis record without a status is still dialysis).
+_IGNORED_PROCEDURE_STATUSES = {"entered-in-error", "not-done", "preparation"}
 _PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
 _TIMING_CODES_PER_DAY = {
     "QD": 1,
@@ -84,6 +88,7 @@ class LabResult:
     display: str
     reference_high: tuple[float, str | None] | None = None
     unit_problem: str | None = None
+    comparator: str | None = None  # '<', '<=', '>', '>=': the value is a bound, not a measurement
     derivation: str | None = None
 
 
@@ -107,6 +112,7 @@ class Diagnosis:
     recorded: datetime | None
     source: SourceRef
     is_procedure: bool = False
+    unconfirmed: bool = False  # verificationStatus provisional or differential
 
     @property
     def is_active(self) -> bool:
@@ -158,6 +164,10 @@ class PatientFacts:
 
 _STAGE_TEXT = re.compile(r"(?i)(?:\bstage\s*|^\s*)(IV|III|II|I|4|3|2|1)(?:[ABC]\d?)?\b")
 _STAGE_NUMERALS = {"I": 1, "II": 2, "III": 3, "IV": 4, "1": 1, "2": 2, "3": 3, "4": 4}
+# A reference range given only as text: "0-40 U/L", "7 - 56", "< 1.2 mg/dL", "<=40".
+_REFERENCE_TEXT = re.compile(
+    r"^\s*(?:\d+(?:\.\d+)?\s*(?:-|–|to)\s*|(?:<=?|≤)\s*)(?P<high>\d+(?:\.\d+)?)\s*(?P<unit>[^\s\d][^\s]*)?\s*$"
+)
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 
@@ -234,7 +244,50 @@ def _reference_high(observation: dict[str, Any], aliases: dict[str, str]) -> tup
         if isinstance(high, dict) and isinstance(high.get("value"), int | float):
             unit = normalise_unit(high.get("code") or high.get("unit"), aliases)
             return float(high["value"]), unit
+        text = reference_range.get("text")
+        match = _REFERENCE_TEXT.match(text) if isinstance(text, str) else None
+        if match:
+            return float(match.group("high")), normalise_unit(match.group("unit"), aliases)
     return None
+
+
+def _dict_at(resource: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The object at a path of keys, or an empty one where any step is missing or not an object."""
+    value: Any = resource
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _dosage_bounds(dosages: Any) -> tuple[datetime | None, datetime | None]:
+    """Earliest start and latest end of the dosages' ``timing.repeat.boundsPeriod``."""
+    starts, ends = [], []
+    for dosage in dosages if isinstance(dosages, list) else []:
+        bounds = _dict_at(dosage, "timing", "repeat", "boundsPeriod") if isinstance(dosage, dict) else {}
+        start, end = parse_fhir_datetime(bounds.get("start")), parse_fhir_datetime(bounds.get("end"))
+        if start is not None:
+            starts.append(start)
+        if end is not None:
+            ends.append(end)
+    return (min(starts) if starts else None, max(ends) if ends else None)
+
+
+def medication_concept(resource: dict[str, Any]) -> Any:
+    """A medication resource's CodeableConcept: its own, or its contained Medication's code."""
+    concept = resource.get("medicationCodeableConcept")
+    reference = resource.get("medicationReference")
+    if concept is None and isinstance(reference, dict):
+        concept = {"text": str(reference.get("display") or "")}
+        target = str(reference.get("reference") or "")
+        contained_resources = resource.get("contained")
+        for contained in contained_resources if isinstance(contained_resources, list) else []:
+            if (
+                isinstance(contained, dict)
+                and target == f"#{contained.get('id')}"
+                and isinstance(contained.get("code"), dict)
+            ):
+                concept = {**contained["code"], "text": concept_text(contained["code"]) or concept["text"]}
+    return concept
 
 
 class _FactBuilder:
@@ -321,6 +374,7 @@ class _FactBuilder:
         value: float | None = None
         unit: str | None = None
         problem: str | None = None
+        comparator: Any = None
         quantity = observation.get("valueQuantity")
         if isinstance(quantity, dict):
             raw_value = quantity.get("value")
@@ -328,8 +382,10 @@ class _FactBuilder:
                 self.facts.data_problems.append(f"{source} has no numeric value; ignored")
                 return
             comparator = quantity.get("comparator")
-            if comparator:
-                problem = f"value is censored ('{comparator}{raw_value}')"
+            if comparator is not None and not isinstance(comparator, str):
+                comparator = repr(comparator)
+            if comparator and comparator not in _BOUND_COMPARATORS:
+                problem = f"value is qualified ('{comparator}{raw_value}')"
             value = float(raw_value)
             unit = normalise_unit(quantity.get("code") or quantity.get("unit"), self.mappings.unit_aliases)
             if unit is None and definition.unit.startswith("{"):
@@ -341,7 +397,38 @@ class _FactBuilder:
                 if answer in definition.answer_scores:
                     value, unit = definition.answer_scores[answer], definition.unit
                     break
+        if value is None and definition.text_scores:
+            said = " ".join(
+                [
+                    str(observation.get("valueString") or ""),
+                    concept_text(observation.get("valueCodeableConcept")),
+                ]
+            ).lower()
+            value = next(
+                (
+                    score
+                    for phrase, score in definition.text_scores.items()
+                    if re.search(rf"\b{re.escape(phrase)}\b", said)
+                ),
+                None,
+            )
+            unit = definition.unit if value is not None else None
         if value is None:
+            if definition.answer_scores:
+                # A scored assessment is on record but unreadable: keep it, so that "no result
+                # on record" is never concluded from it, and say so.
+                self.facts.data_problems.append(f"{source}: {definition.display} value not recognised")
+                self.labs[analyte].append(
+                    LabResult(
+                        analyte=analyte,
+                        value=None,
+                        unit=None,
+                        when=when,
+                        source=source,
+                        code=code,
+                        display=concept_text(observation.get("code")) or definition.display,
+                    )
+                )
             return
         if unit is None:
             problem = problem or "the result has no unit"
@@ -356,6 +443,7 @@ class _FactBuilder:
                 display=concept_text(observation.get("code")) or definition.display,
                 reference_high=_reference_high(observation, self.mappings.unit_aliases),
                 unit_problem=problem,
+                comparator=comparator if comparator in _BOUND_COMPARATORS else None,
             )
         )
 
@@ -487,6 +575,7 @@ class _FactBuilder:
                 onset=onset,
                 abatement=abatement,
                 recorded=parse_fhir_datetime(condition.get("recordedDate")),
+                unconfirmed=bool(verification & _UNCONFIRMED_VERIFICATION),
                 source=_ref(condition),
             )
         )
@@ -500,6 +589,8 @@ class _FactBuilder:
         period = procedure.get("performedPeriod")
         if isinstance(period, dict):
             start, end = parse_fhir_datetime(period.get("start")), parse_fhir_datetime(period.get("end"))
+            if start is not None and end is not None and end < start:
+                start, end = end, start  # a reversed period: its later date is when it ended
         elif "performedDateTime" in procedure:
             start = end = parse_fhir_datetime(procedure["performedDateTime"])
         in_progress = status in ("in-progress", "on-hold")
@@ -510,7 +601,7 @@ class _FactBuilder:
                 display=concept_text(procedure.get("code")) or "procedure",
                 clinical_status="active" if in_progress else f"procedure {status}",
                 onset=start,
-                abatement=None if in_progress else (end or start),
+                abatement=None if in_progress else end,
                 recorded=None,
                 source=_ref(procedure),
                 is_procedure=True,
@@ -540,21 +631,7 @@ class _FactBuilder:
         status = str(statement.get("status") or "unknown")
         if status in _IGNORED_STATEMENT_STATUSES:
             return
-        concept = statement.get("medicationCodeableConcept")
-        reference = statement.get("medicationReference")
-        if concept is None and isinstance(reference, dict):
-            concept = {"text": reference.get("display") or ""}
-            target = str(reference.get("reference") or "")
-            for contained in statement.get("contained") or []:
-                if (
-                    isinstance(contained, dict)
-                    and target == f"#{contained.get('id')}"
-                    and isinstance(contained.get("code"), dict)
-                ):
-                    concept = {
-                        **contained["code"],
-                        "text": concept_text(contained["code"]) or concept["text"],
-                    }
+        concept = medication_concept(statement)
         start = end = None
         period = statement.get("effectivePeriod")
         if isinstance(period, dict):
@@ -564,11 +641,16 @@ class _FactBuilder:
             if status == "active":
                 end = None
         if statement.get("resourceType") == "MedicationRequest":
-            start = parse_fhir_datetime(statement.get("authoredOn"))
-            validity = (statement.get("dispenseRequest") or {}).get("validityPeriod") or {}
-            end = parse_fhir_datetime(validity.get("end")) if status != "active" else None
-            if status == "completed" and end is None:
-                end = start
+            # The course is the dosage's timing bounds where given, else the prescription's
+            # validity; an ended request without either ended when it was written.
+            bounds = _dosage_bounds(statement.get("dosageInstruction"))
+            validity = _dict_at(statement, "dispenseRequest", "validityPeriod")
+            start = bounds[0] or parse_fhir_datetime(statement.get("authoredOn"))
+            end = None
+            if status != "active":
+                end = bounds[1] or parse_fhir_datetime(validity.get("end"))
+                if status == "completed" and end is None:
+                    end = start
         dose, problem, route = self._daily_dose(statement.get("dosage") or statement.get("dosageInstruction"))
         self.facts.drugs.append(
             DrugExposure(

@@ -53,6 +53,11 @@ class Analyte(ObservationDefinition):
     molar_mass_g_per_mol: float | None = None
     default_uln: DefaultUpperLimit | None = None
     answer_scores: dict[str, float] = Field(default_factory=dict)
+    text_scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="Phrases (whole words, lower case) read from valueString or the answer's text "
+        "when no answer code is recognised, e.g. 'class iii' -> 3.",
+    )
     percent_of_white_cells_loinc: list[str] = Field(default_factory=list)
 
 

@@ -21,7 +21,7 @@ from service.cdshooks import Card, CdsResponse, HookRequest, OrderSelectContext,
 from service.criteria import CriteriaSet
 from service.engine import TrialResult, evaluate_trials
 from service.errors import PreconditionFailedError, RequestError
-from service.facts import build_facts, concept_codings, concept_text
+from service.facts import build_facts, concept_codings, concept_text, medication_concept
 from service.gather import REQUIRED_KEYS, FetchLimits, GatheredData, gather
 from service.mappings import Mappings
 
@@ -92,7 +92,7 @@ def _new_anticancer_drugs(context: OrderSelectContext, runtime: Runtime, current
         reference = f"{resource.get('resourceType')}/{resource.get('id')}"
         if context.selections and reference not in context.selections:
             continue
-        concept = resource.get("medicationCodeableConcept")
+        concept = medication_concept(resource)
         codings, text = concept_codings(concept), concept_text(concept)
         match = runtime.mappings.match_drug("systemic_anticancer_therapy", codings, text)
         if match is not None and match.member not in current:

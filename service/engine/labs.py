@@ -28,6 +28,26 @@ def _holds(value: float, comparison: str, limit: float) -> bool:
     return value < limit - slack
 
 
+def _bounded_state(bound: str, value: float, comparison: str, limit: float) -> State | None:
+    """MET or NOT_MET when every value a censored result allows is on one side of the limit, else None.
+
+    '<0.5' (x below 0.5) fails '>= 1.5' outright and passes '<= 1.2'; it says nothing about '>= 0.3'.
+    """
+    below = bound in ("<", "<=")
+    strict = bound in ("<", ">")
+    if below and comparison in ("ge", "gt"):
+        fails = value <= limit if (strict or comparison == "gt") else value < limit
+        return State.NOT_MET if fails else None
+    if not below and comparison in ("le", "lt"):
+        fails = value >= limit if (strict or comparison == "lt") else value > limit
+        return State.NOT_MET if fails else None
+    if below:
+        passes = value <= limit if (strict or comparison == "le") else value < limit
+        return State.MET if passes else None
+    passes = value >= limit if (strict or comparison == "ge") else value > limit
+    return State.MET if passes else None
+
+
 def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
@@ -69,6 +89,10 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
         missing.append("the birth date")
     if facts.sex not in ("male", "female"):
         missing.append("the sex")
+    if creatinine is not None and creatinine.comparator:
+        missing.append(
+            f"a measured creatinine (it is reported as {creatinine.comparator}{_fmt(creatinine.value or 0)})"
+        )
     if missing or creatinine is None or weight is None or facts.birth_date is None:
         return (
             f"clearance cannot be computed: needs {', '.join(missing)}",
@@ -106,16 +130,24 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
     )
 
 
-def _ckd_epi_2021(context: EvaluationContext, lookback_days: int) -> LabResult | None:
-    """eGFR by the race-free CKD-EPI 2021 creatinine equation, when there is no weight for Cockcroft-Gault.
+def _weight_needed(
+    context: EvaluationContext, lookback_days: int, limit: float
+) -> tuple[float, LabResult] | None:
+    """The body weight (kg) at which Cockcroft-Gault would reach ``limit`` mL/min, with the creatinine used.
 
-    It needs only creatinine, age and sex, so a very high creatinine can still rule a
-    patient out; it is normalised to 1.73 m² of body surface, which is why the caller
-    decides on it only far from the limit (``estimate_without_weight_margin``).
+    Without a weight the clearance is unknown, but not boundlessly so: clearance grows
+    with weight, so if even an implausibly heavy patient would stay below the limit the
+    criterion is decided.  (An eGFR estimate is no substitute: it is normalised to
+    1.73 m² and can be half the Cockcroft-Gault clearance of a heavy young patient.)
     """
     facts = context.facts
     creatinine, _ = _latest_in_window(facts.labs.get("serum_creatinine", []), context.at, lookback_days)
-    if creatinine is None or facts.birth_date is None or facts.sex not in ("male", "female"):
+    if (
+        creatinine is None
+        or creatinine.comparator
+        or facts.birth_date is None
+        or facts.sex not in ("male", "female")
+    ):
         return None
     try:
         creatinine_mg_dl = convert(
@@ -126,26 +158,11 @@ def _ckd_epi_2021(context: EvaluationContext, lookback_days: int) -> LabResult |
         )
     except UnitConversionError:
         return None
-    if creatinine_mg_dl <= 0:
-        return None
-    female = facts.sex == "female"
-    kappa, alpha = (0.7, -0.241) if female else (0.9, -0.302)
     age = age_in_years(facts.birth_date, context.at)
-    ratio = creatinine_mg_dl / kappa
-    egfr = 142 * min(ratio, 1) ** alpha * max(ratio, 1) ** -1.200 * 0.9938**age * (1.012 if female else 1)
-    return LabResult(
-        analyte="creatinine_clearance",
-        value=round(egfr, 1),
-        unit="mL/min",
-        when=creatinine.when,
-        source=creatinine.source,
-        code="ckd-epi-2021",
-        display="Estimated GFR (in place of creatinine clearance)",
-        derivation=(
-            f"CKD-EPI 2021 eGFR in mL/min/1.73 m² from creatinine {_fmt(creatinine_mg_dl)} mg/dL, "
-            f"age {age}, {facts.sex}; no body weight for Cockcroft-Gault"
-        ),
-    )
+    if creatinine_mg_dl <= 0 or age >= 140:
+        return None
+    per_kg = (140 - age) / (72 * creatinine_mg_dl) * (0.85 if facts.sex == "female" else 1.0)
+    return limit / per_kg, creatinine
 
 
 def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) -> tuple[float, str] | str:
@@ -188,20 +205,38 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     lookback = rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
     latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
     hint = definition.order_hint
-    estimate_margin: float | None = None
     if latest is None and rule.derive_cockcroft_gault:
         derived = _cockcroft_gault(context, lookback)
-        estimate = (
-            _ckd_epi_2021(context, lookback) if rule.estimate_without_weight_margin is not None else None
-        )
         if isinstance(derived, LabResult):
             latest = derived
-        elif estimate is not None:
-            latest, estimate_margin = estimate, rule.estimate_without_weight_margin
-        elif newest is None:
-            return RuleOutcome(
-                State.UNKNOWN, f"no {definition.display} on record; {derived[0]}", resolve_hint=hint
+        else:
+            bound = (
+                _weight_needed(context, lookback, rule.value)
+                if rule.max_plausible_weight_kg is not None
+                and rule.value is not None
+                and rule.comparison == "ge"
+                else None
             )
+            if bound is not None:
+                weight_needed, creatinine = bound
+                when = creatinine.when.date().isoformat() if creatinine.when else "undated"
+                text = (
+                    f"{definition.display}: no body weight on record for Cockcroft-Gault; with creatinine "
+                    f"{_fmt(creatinine.value or 0)} {creatinine.unit} on {when}, reaching {_fmt(rule.value or 0)} "
+                    f"mL/min would need a weight of at least {weight_needed:.0f} kg"
+                )
+                if rule.max_plausible_weight_kg is not None and weight_needed > rule.max_plausible_weight_kg:
+                    return RuleOutcome(
+                        State.NOT_MET,
+                        f"{text}, more than {rule.max_plausible_weight_kg:.0f} kg",
+                        (_evidence(creatinine),),
+                        resolve_hint=hint,
+                    )
+                return RuleOutcome(State.UNKNOWN, text, (_evidence(creatinine),), resolve_hint=hint)
+            if newest is None:
+                return RuleOutcome(
+                    State.UNKNOWN, f"no {definition.display} on record; {derived[0]}", resolve_hint=hint
+                )
     if latest is None:
         if newest is not None and newest.when is not None:
             age_days = (context.at - newest.when).days
@@ -218,7 +253,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     if latest.value is None or latest.unit is None:
         return RuleOutcome(
             State.UNKNOWN,
-            f"{definition.display} on record has no unit; cannot compare",
+            f"{definition.display} on record has no readable value or unit; cannot compare",
             (_evidence(latest),),
             resolve_hint=hint,
         )
@@ -280,17 +315,26 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             )
     if uln_source is not None and uln_source.startswith("default"):
         flags.append("provisional: lab reference range missing, default ULN used")
-    state = State.MET if _holds(value, rule.comparison, limit) else State.NOT_MET
+    if latest.comparator:
+        shown = f"{latest.comparator}{shown}"
     reason = f"{definition.display} {shown} on {when}; needs {_SYMBOL[rule.comparison]} {limit_text}{condition_note}"
-    if estimate_margin is not None:
-        if abs(value - limit) <= estimate_margin * abs(limit):
+    if latest.comparator:
+        bounded = _bounded_state(latest.comparator, value, rule.comparison, limit)
+        if bounded is None:
             return RuleOutcome(
                 State.UNKNOWN,
-                f"{reason}: an estimate within {estimate_margin:.0%} of the limit cannot decide",
+                f"{reason}: a bound, not a measurement, and the limit lies inside it",
                 evidence,
                 resolve_hint=hint,
             )
-        flags.append("estimated without a body weight; a weight or a measured clearance may change this")
+        return RuleOutcome(
+            bounded,
+            reason,
+            evidence,
+            flags=tuple(flags),
+            resolve_hint=hint if bounded is State.NOT_MET else None,
+        )
+    state = State.MET if _holds(value, rule.comparison, limit) else State.NOT_MET
     return RuleOutcome(
         state, reason, evidence, flags=tuple(flags), resolve_hint=hint if state is State.NOT_MET else None
     )

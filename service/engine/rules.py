@@ -45,8 +45,9 @@ def _day(moment: datetime | None) -> str | None:
 
 
 def _diagnosis_evidence(diagnosis: Diagnosis) -> Evidence:
+    status = diagnosis.clinical_status or "status not recorded"
     return Evidence(
-        description=f"{diagnosis.display} ({diagnosis.clinical_status or 'status not recorded'})",
+        description=f"{diagnosis.display} ({status}{', unconfirmed' if diagnosis.unconfirmed else ''})",
         source=str(diagnosis.source),
         date=_day(diagnosis.onset or diagnosis.recorded),
     )
@@ -94,6 +95,19 @@ def _age(rule: AgeRule, context: EvaluationContext) -> RuleOutcome:
     return RuleOutcome(State.MET, f"age {age} (needs {bounds})", evidence)
 
 
+_LONGEST_COURSE_DAYS = 90
+"""A completed procedure course (radiotherapy) with only a start date is taken to have ended
+within this many days of it; later, it no longer bears on a washout."""
+
+
+def _plus_days(moment: datetime, days: int) -> datetime | None:
+    """``moment`` plus ``days``, or None for a date so far in the future it cannot be added to."""
+    try:
+        return moment + timedelta(days=days)
+    except OverflowError:
+        return None
+
+
 def _last_present(diagnosis: Diagnosis, at: datetime) -> datetime | None:
     """When the condition was last known present: now if active, else its abatement."""
     if diagnosis.is_active:
@@ -120,6 +134,12 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
                     continue
             found.append(diagnosis)
     names = ", ".join(context.mappings.value_sets[v].display for v in rule.value_sets)
+    if found and all(d.unconfirmed for d in found):
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{names} recorded as provisional or differential only; confirm the diagnosis",
+            tuple(_diagnosis_evidence(d) for d in found),
+        )
     if found:
         evidence = tuple(_diagnosis_evidence(d) for d in found)
         if rule.not_met_if_on_classes:
@@ -163,6 +183,30 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
     ):
         return RuleOutcome(State.MET, f"not applicable ({context.facts.sex})")
     diagnoses = [d for vs in rule.value_sets for d in context.diagnoses_in(vs) if d.is_active]
+    if rule.diagnosis_within_days is not None:
+        window = timedelta(days=rule.diagnosis_within_days)
+        diagnoses = [
+            d
+            for d in diagnoses
+            if (d.onset or d.recorded) is None or context.at - (d.onset or d.recorded or context.at) <= window
+        ]
+    if diagnoses and rule.newer_negative_test_wins:
+        newest_test = next(iter(context.facts.tests.get(rule.test, [])), None)
+        diagnosed = [d.onset or d.recorded for d in diagnoses]
+        if (
+            newest_test is not None
+            and newest_test.polarity == "negative"
+            and newest_test.when is not None
+            and all(when is not None and newest_test.when > when for when in diagnosed)
+        ):
+            diagnoses = []
+    if diagnoses and all(d.unconfirmed for d in diagnoses):
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{diagnoses[0].display} recorded as provisional or differential only; confirm with a test",
+            tuple(_diagnosis_evidence(d) for d in diagnoses),
+            resolve_hint=test.order_hint,
+        )
     if diagnoses:
         return RuleOutcome(
             State.NOT_MET,
@@ -293,8 +337,10 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
         if last is None:
             undated.append(drug)
             continue
-        lifts = last + timedelta(days=rule.days)
-        if lifts > context.at:
+        lifts = _plus_days(last, rule.days)
+        if lifts is None:
+            undated.append(drug)
+        elif lifts > context.at:
             blocking.append((lifts, drug, ""))
     procedures: list[tuple[datetime, Diagnosis, str]] = []
     undated_procedures: list[Diagnosis] = []
@@ -311,11 +357,17 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
                     )
                 )
                 continue
-            last_done = procedure.abatement or procedure.onset
-            if last_done is None:
+            if procedure.abatement is not None:
+                lifts_at = _plus_days(procedure.abatement, rule.days)
+                if lifts_at is None:
+                    undated_procedures.append(procedure)
+                elif lifts_at > context.at:
+                    procedures.append((lifts_at, procedure, ""))
+            elif procedure.onset is None or procedure.onset > context.at - timedelta(
+                days=rule.days + _LONGEST_COURSE_DAYS
+            ):
+                # completed, but when it ended is not recorded and it began recently enough to matter
                 undated_procedures.append(procedure)
-            elif last_done + timedelta(days=rule.days) > context.at:
-                procedures.append((last_done + timedelta(days=rule.days), procedure, ""))
     if rule.procedure_value_sets:
         names += " or " + ", ".join(context.mappings.value_sets[v].display for v in rule.procedure_value_sets)
     if blocking or procedures:
@@ -335,7 +387,7 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
     if undated or undated_procedures:
         return RuleOutcome(
             State.UNKNOWN,
-            f"{names} recorded without dates; confirm the last dose",
+            f"{names} recorded without a usable end date; confirm when it was last given",
             tuple(_drug_evidence(d) for d in undated)
             + tuple(_diagnosis_evidence(p) for p in undated_procedures),
             resolve_hint="confirm the date of the last anticancer dose",

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from service.audit.replay import replay_decision
+from service.audit.replay import compare_verdicts, replay_decision
 from service.audit.store import AuditStore
 from service.engine.replay import evaluate_recorded
 from tests.api.conftest import SERVICE_URL, started
@@ -92,6 +92,32 @@ async def test_every_call_is_recorded_with_inputs_verdicts_and_cards_and_replays
     report = replay_decision(store, content["decision_id"], evaluate_recorded)
     assert report.agrees, [d.describe() for d in report.differences]
     assert store.verify().ok
+    store.close()
+
+
+async def test_a_decision_made_with_data_missing_replays_with_the_same_verdicts(
+    app_factory: Callable[..., Any], settings: Any, request_for: Callable[..., Any]
+) -> None:
+    """What could not be obtained is recorded: replayed without it, unknowns would turn into met."""
+    async for client in started(app_factory()):
+        body = request_for("til-lung-eligible")
+        del body["prefetch"]["procedures"], body["prefetch"]["observations-cardiopulmonary"]
+        cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
+    store = AuditStore.from_url(settings.audit_database_url)
+    record = store.find_decision_by_card(cards[0]["uuid"])
+    assert record is not None
+    content = record["content"] if isinstance(record["content"], dict) else json.loads(record["content"])
+    assert "procedures" in content["unavailable_facts"]
+    assert "left_ventricular_ejection_fraction" in content["unavailable_facts"]
+    report = replay_decision(store, content["decision_id"], evaluate_recorded)
+    assert report.agrees, [d.describe() for d in report.differences]
+    without = evaluate_recorded(
+        store.get_criteria_version(content["criteria_fingerprint"]) or {},
+        content["input_resources"],
+        content["evaluated_at"],
+        {},
+    )
+    assert compare_verdicts(content["verdicts"], without), "the recorded unavailability matters"
     store.close()
 
 

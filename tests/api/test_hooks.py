@@ -120,6 +120,21 @@ async def test_order_select_warns_about_a_new_anticancer_therapy(
     assert "28-day washout" in cards[0]["detail"]
     assert len(cards[0]["summary"]) < 140
 
+    contained = {
+        **order,
+        "contained": [
+            {"resourceType": "Medication", "id": "m1", "code": {"text": "pemetrexed 500 MG Injection"}}
+        ],
+    }
+    del contained["medicationCodeableConcept"]
+    contained["medicationReference"] = {"reference": "#m1"}
+    body["context"]["draftOrders"]["entry"] = [{"resource": contained}]
+    cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
+    assert cards[0]["indicator"] == "warning" and "pemetrexed" in cards[0]["summary"], (
+        "a contained Medication counts"
+    )
+    body["context"]["draftOrders"]["entry"] = [{"resource": order}]
+
     order["medicationCodeableConcept"] = {"text": "amlodipine 5 mg"}
     cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
     assert all(card["indicator"] == "info" for card in cards)

@@ -620,8 +620,27 @@ def test_coded_conditions_reach_the_criteria(
 def test_a_coded_pregnancy_rules_out_nct06538012(
     code: str, criteria: CriteriaSet, mappings: Mappings
 ) -> None:
-    resources = [patient(gender="female"), LUNG_CANCER, condition(ICD10, code, "Pregnancy", id="cond-2")]
+    pregnancy = condition(ICD10, code, "Pregnancy", id="cond-2", onset="2026-09-01")
+    resources = [patient(gender="female"), LUNG_CANCER, pregnancy]
     assert _criterion_state(LUNG, "pregnancy", resources, criteria, mappings) is State.NOT_MET
+
+
+def test_an_old_or_disproved_pregnancy_code_does_not_rule_out(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """Problem lists keep pregnancy codes active after delivery: a 2019 code is not a pregnancy now,
+    and a negative hCG newer than the code outweighs it."""
+    old = condition(ICD10, "O09.90", "Supervision of high risk pregnancy", id="cond-2", onset="2019-05-01")
+    assert _criterion_state(
+        LUNG, "pregnancy", [patient(gender="female"), LUNG_CANCER, old], criteria, mappings
+    ) is (
+        State.UNKNOWN  # no pregnancy test on record
+    )
+    recent = condition(ICD10, "Z33.1", "Pregnant state", id="cond-3", onset="2026-09-01")
+    negative = observation("2106-3", None, None, days_ago=3, id="obs-hcg")
+    negative["valueCodeableConcept"] = {"coding": [{"system": "http://loinc.org", "code": "LA6577-6"}]}
+    resources = [patient(gender="female"), LUNG_CANCER, recent, negative]
+    assert _criterion_state(LUNG, "pregnancy", resources, criteria, mappings) is State.MET
 
 
 def _nyha(answer: dict[str, Any], days_ago: int = 10) -> dict[str, Any]:
@@ -665,22 +684,39 @@ def test_an_old_nyha_class_is_unknown_not_met(criteria: CriteriaSet, mappings: M
 
 
 @pytest.mark.parametrize(
-    ("creatinine_mg_dl", "weight_kg", "state"),
+    ("creatinine_mg_dl", "weight_kg", "gender", "state", "said"),
     [
-        (0.9, None, State.MET),  # the creatinine branch
-        (2.5, None, State.NOT_MET),  # CKD-EPI 2021 eGFR 29: far below 50 even without a weight
-        (1.6, None, State.UNKNOWN),  # eGFR 50: too close to decide without a weight
-        (1.6, 90.0, State.MET),  # Cockcroft-Gault with the weight: 64 mL/min
-        (1.6, 60.0, State.NOT_MET),  # Cockcroft-Gault: 43 mL/min
+        (0.9, None, "male", State.MET, ""),  # the creatinine branch
+        (2.5, None, "male", State.UNKNOWN, "at least 110 kg"),  # age 58: (140-58) x W / (72 x 2.5) >= 50
+        (1.6, None, "female", State.UNKNOWN, "at least 83 kg"),
+        (6.0, None, "male", State.NOT_MET, "more than 200 kg"),  # would need 263 kg
+        (1.6, 90.0, "male", State.MET, ""),  # Cockcroft-Gault with the weight: 64 mL/min
+        (1.6, 60.0, "male", State.NOT_MET, ""),  # 43 mL/min
+        (2.5, 120.0, "male", State.MET, ""),  # a heavy patient: 55 mL/min
     ],
 )
-def test_renal_function_without_a_weight_decides_only_far_from_the_limit(
-    creatinine_mg_dl: float, weight_kg: float | None, state: State, criteria: CriteriaSet, mappings: Mappings
+def test_renal_function_without_a_weight_is_bounded_by_the_weight_it_would_need(
+    creatinine_mg_dl: float,
+    weight_kg: float | None,
+    gender: str,
+    state: State,
+    said: str,
+    criteria: CriteriaSet,
+    mappings: Mappings,
 ) -> None:
-    resources = [patient(), LUNG_CANCER, observation("2160-0", creatinine_mg_dl, "mg/dL", id="obs-cr")]
+    """Clearance grows with weight: without one, only an implausible weight (over 200 kg) decides."""
+    resources = [
+        patient(gender=gender),
+        LUNG_CANCER,
+        observation("2160-0", creatinine_mg_dl, "mg/dL", id="obs-cr"),
+    ]
     if weight_kg is not None:
         resources.append(observation("29463-7", weight_kg, "kg", id="obs-wt"))
-    assert _criterion_state(LUNG, "renal-function", resources, criteria, mappings) is state
+    facts = build_facts("p1", resources, mappings)
+    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == LUNG)
+    renal = next(c for c in result.criteria if c.id == "renal-function")
+    assert renal.state is state, renal.reason
+    assert said in renal.reason
 
 
 def _procedure(
@@ -776,3 +812,165 @@ def test_unreadable_immunizations_leave_the_vaccine_criterion_unknown(
     facts.unavailable = {"immunizations": "not prefetched, and no FHIR server may be queried"}
     result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == IOV)
     assert next(c.state for c in result.criteria if c.id == "live-vaccine") is State.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("performed", "status", "state"),
+    [
+        ({"performedDateTime": "2026-11-13"}, "completed", State.NOT_YET),
+        ({"performedDateTime": "2026-11-13"}, None, State.NOT_YET),  # no status is still a procedure
+        (
+            {"performedPeriod": {"start": "2026-11-20", "end": "2026-10-01"}},
+            "completed",
+            State.NOT_YET,
+        ),  # reversed
+        (
+            {"performedPeriod": {"start": "2026-10-20"}},
+            "completed",
+            State.UNKNOWN,
+        ),  # when it ended is unknown
+        (
+            {"performedPeriod": {"start": "2024-01-10"}},
+            "completed",
+            State.MET,
+        ),  # began too long ago to matter
+        ({"performedDateTime": "9999-12-31"}, "completed", State.UNKNOWN),  # not a 500
+    ],
+)
+def test_radiotherapy_dates_as_hospitals_record_them(
+    performed: dict[str, Any], status: str | None, state: State, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    radiotherapy = _procedure(SNOMED, "108290001", "Radiotherapy", "2026-11-13")
+    del radiotherapy["performedDateTime"]
+    radiotherapy.update(performed)
+    if status is None:
+        del radiotherapy["status"]
+    else:
+        radiotherapy["status"] = status
+    resources = [patient(), LUNG_CANCER, radiotherapy]
+    assert _criterion_state(LUNG, "prior-therapy-washout", resources, criteria, mappings) is state
+
+
+@pytest.mark.parametrize(
+    ("answer", "state"),
+    [
+        ({"valueString": "NYHA class IV"}, State.NOT_MET),
+        ({"valueString": "Class I"}, State.MET),
+        (
+            {"valueString": "see cardiology letter"},
+            State.UNKNOWN,
+        ),  # on record, unreadable: never "none on record"
+    ],
+)
+def test_nyha_class_as_text(
+    answer: dict[str, Any], state: State, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    assert _criterion_state(
+        LUNG, "heart-failure", [patient(), LUNG_CANCER, _nyha(answer)], criteria, mappings
+    ) is (state)
+
+
+def test_generic_metastatic_disease_does_not_establish_stage_iv(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    generic = condition(SNOMED, "128462008", "Secondary malignant neoplastic disease", id="cond-2")
+    assert (
+        _criterion_state(IOV, "stage-iv", [patient(), LUNG_CANCER, generic], criteria, mappings)
+        is State.UNKNOWN
+    )
+
+
+@pytest.mark.parametrize("trial_id", [LUNG, IOV])
+def test_an_unspecified_transplant_is_a_question_not_an_exclusion(
+    trial_id: str, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    unspecified = condition(ICD10, "Z94.9", "Transplanted organ and tissue status, unspecified", id="cond-2")
+    criterion = "transplant-or-dialysis" if trial_id == LUNG else "transplant-or-cell-therapy"
+    assert _criterion_state(
+        trial_id, criterion, [patient(), LUNG_CANCER, unspecified], criteria, mappings
+    ) is (State.UNKNOWN)
+
+
+def test_free_text_value_sets_do_not_overreach(mappings: Mappings) -> None:
+    assert "immune_effector_cell_therapy_history" not in mappings.value_sets_containing(
+        [], "golf cart accident"
+    )
+    assert "lung_cancer" not in mappings.value_sets_containing([], "colon cancer metastatic to lung")
+    assert "squamous_non_small_cell_lung_cancer" not in mappings.value_sets_containing(
+        [], "non squamous cell carcinoma of the lung"
+    )
+    assert "lung_cancer" in mappings.value_sets_containing(
+        [], "stage iv adenocarcinoma of left lower lobe lung"
+    )
+
+
+@pytest.mark.parametrize(
+    ("criterion_id", "code", "comparator", "value", "unit", "state"),
+    [
+        ("absolute-neutrophil-count", "751-8", "<", 0.5, "10*3/uL", State.NOT_MET),  # below 0.5 fails >= 1.5
+        ("absolute-neutrophil-count", "751-8", ">", 2.0, "10*3/uL", State.MET),
+        ("absolute-neutrophil-count", "751-8", ">", 1.0, "10*3/uL", State.UNKNOWN),  # could be either side
+        ("total-bilirubin", "1975-2", "<", 0.2, "mg/dL", State.MET),  # below 0.2 passes <= 1.5x ULN
+        ("absolute-neutrophil-count", "751-8", "ad", 2.0, "10*3/uL", State.UNKNOWN),
+    ],
+)
+def test_a_censored_result_decides_only_when_every_value_it_allows_does(
+    criterion_id: str,
+    code: str,
+    comparator: str,
+    value: float,
+    unit: str,
+    state: State,
+    criteria: CriteriaSet,
+    mappings: Mappings,
+) -> None:
+    result = observation(code, value, unit, id="obs-censored")
+    result["valueQuantity"]["comparator"] = comparator
+    assert _criterion_state(LUNG, criterion_id, [patient(), LUNG_CANCER, result], criteria, mappings) is state
+
+
+def test_a_provisional_diagnosis_is_a_question_not_an_exclusion(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    breast = condition(
+        ICD10, "C50.911", "Malignant neoplasm of right female breast", id="cond-2", onset="2025-11-01"
+    )
+    breast["verificationStatus"] = {"coding": [{"code": "differential"}]}
+    resources = [patient(gender="female"), LUNG_CANCER, breast]
+    assert _criterion_state(IOV, "other-malignancy", resources, criteria, mappings) is State.UNKNOWN
+    breast["verificationStatus"] = {"coding": [{"code": "confirmed"}]}
+    assert _criterion_state(IOV, "other-malignancy", resources, criteria, mappings) is State.NOT_MET
+
+
+def test_a_medication_request_ends_when_its_dosage_bounds_end(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """The anticoagulant exemption needs the real end of the course, from dosageInstruction.timing."""
+    enoxaparin = {
+        "resourceType": "MedicationRequest",
+        "id": "mr-1",
+        "status": "completed",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "enoxaparin 40 MG/0.4ML Prefilled Syringe"},
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2026-11-13",
+        "dosageInstruction": [
+            {"timing": {"repeat": {"boundsPeriod": {"start": "2026-11-13", "end": "2026-11-22"}}}}
+        ],
+    }
+    high_inr = observation("6301-6", 1.8, "{INR}", ref_high=1.1, id="obs-inr")
+    resources = [patient(), LUNG_CANCER, enoxaparin, high_inr]
+    assert _criterion_state(LUNG, "inr", resources, criteria, mappings) is State.MET
+
+
+@pytest.mark.parametrize(
+    ("text", "state"), [("0-40 U/L", State.NOT_MET), ("7 - 56", State.MET), ("normal", State.MET)]
+)
+def test_a_reference_range_given_only_as_text_sets_the_uln(
+    text: str, state: State, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """ALT 130 U/L: over 3x a lab ULN of 40, under 3x 56; unreadable text falls back to the default ULN (55)."""
+    alt = observation("1742-6", 130, "U/L", id="obs-alt")
+    alt["referenceRange"] = [{"text": text}]
+    ast = observation("1920-8", 30, "U/L", id="obs-ast", ref_high=40)
+    assert _criterion_state(LUNG, "alt-ast", [patient(), LUNG_CANCER, alt, ast], criteria, mappings) is state
