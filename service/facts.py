@@ -41,6 +41,9 @@ _IGNORED_STATEMENT_STATUSES = {"entered-in-error", "not-taken", "intended"}
 _ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
 _EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
 _BOUND_COMPARATORS = {"<", "<=", ">", ">="}
+# A dose counted in tablets or capsules, and a single "N MG" strength in the product name.
+_DOSE_FORM_UNIT = re.compile(r"(?i)^\{?(tbl|tab|tablet|tablets|cap|capsule|capsules)\}?$")
+_STRENGTH = re.compile(r"(?i)(?<![\d.])(\d+(?:\.\d+)?)\s*mg\b(\s*/)?")
 _UNCONFIRMED_VERIFICATION = {"provisional", "differential"}
 # Procedures that did not happen (or not yet) say nothing about the patient's history;
 # one of unknown status is kept (a dialysis record without a status is still dialysis).
@@ -651,7 +654,9 @@ class _FactBuilder:
                 end = bounds[1] or parse_fhir_datetime(validity.get("end"))
                 if status == "completed" and end is None:
                     end = start
-        dose, problem, route = self._daily_dose(statement.get("dosage") or statement.get("dosageInstruction"))
+        dose, problem, route = self._daily_dose(
+            statement.get("dosage") or statement.get("dosageInstruction"), concept_text(concept)
+        )
         self.facts.drugs.append(
             DrugExposure(
                 codings=tuple(concept_codings(concept)),
@@ -666,7 +671,7 @@ class _FactBuilder:
             )
         )
 
-    def _daily_dose(self, dosages: Any) -> tuple[float | None, str | None, str]:
+    def _daily_dose(self, dosages: Any, product: str = "") -> tuple[float | None, str | None, str]:
         if not isinstance(dosages, list) or not dosages or not isinstance(dosages[0], dict):
             return None, "no dosage recorded", ""
         dosage = dosages[0]
@@ -682,7 +687,12 @@ class _FactBuilder:
         try:
             milligrams = convert(float(quantity["value"]), unit or "", "mg")
         except UnitConversionError:
-            return None, f"dose unit '{unit}' is not a mass", route
+            # "3 {tbl}" of "predniSONE 5 MG Oral Tablet": the strength is in the product's name
+            strengths = _STRENGTH.findall(product) if _DOSE_FORM_UNIT.match(str(unit or "")) else []
+            # one strength, and not a concentration ("15 MG/5ML") or a combination product
+            if len({mg for mg, _ in strengths}) != 1 or any(per for _, per in strengths):
+                return None, f"dose unit '{unit}' is not a mass", route
+            milligrams = float(quantity["value"]) * float(strengths[0][0])
         per_day = self._doses_per_day(dosage.get("timing"))
         if per_day is None:
             return None, f"no dosing frequency ({dosage.get('text') or 'no text'})", route

@@ -974,3 +974,26 @@ def test_a_reference_range_given_only_as_text_sets_the_uln(
     alt["referenceRange"] = [{"text": text}]
     ast = observation("1920-8", 30, "U/L", id="obs-ast", ref_high=40)
     assert _criterion_state(LUNG, "alt-ast", [patient(), LUNG_CANCER, alt, ast], criteria, mappings) is state
+
+
+@pytest.mark.parametrize(
+    ("product", "tablets", "state"),
+    [
+        ("predniSONE 5 MG Oral Tablet", 3, State.NOT_MET),  # 15 mg/day: IOV-LUN-202 needs < 10
+        ("predniSONE 5 MG Oral Tablet", 1, State.MET),
+        ("prednisoLONE 15 MG/5ML Oral Solution", 1, State.UNKNOWN),  # a concentration, not a tablet strength
+    ],
+)
+def test_a_dose_in_tablets_uses_the_strength_in_the_product_name(
+    product: str, tablets: int, state: State, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    steroid = medication(product, status="active", end=None, dose_mg=tablets)
+    steroid["dosage"][0]["doseAndRate"][0]["doseQuantity"] = {
+        "value": tablets,
+        "unit": "{tbl}",
+        "code": "{tbl}",
+    }
+    assert (
+        _criterion_state(IOV, "corticosteroids", [patient(), LUNG_CANCER, steroid], criteria, mappings)
+        is state
+    )
