@@ -417,23 +417,12 @@ class _FactBuilder:
             )
             unit = definition.unit if value is not None else None
         if value is None:
-            if definition.answer_scores:
-                # A scored assessment is on record but unreadable: keep it, so that "no result
-                # on record" is never concluded from it, and say so.
-                self.facts.data_problems.append(f"{source}: {definition.display} value not recognised")
-                self.labs[analyte].append(
-                    LabResult(
-                        analyte=analyte,
-                        value=None,
-                        unit=None,
-                        when=when,
-                        source=source,
-                        code=code,
-                        display=concept_text(observation.get("code")) or definition.display,
-                    )
-                )
-            return
-        if unit is None:
+            if not definition.answer_scores:
+                return
+            # A scored assessment is on record but unreadable: keep it, so that "no result
+            # on record" is never concluded from it, and say so.
+            self.facts.data_problems.append(f"{source}: {definition.display} value not recognised")
+        elif unit is None:
             problem = problem or "the result has no unit"
         self.labs[analyte].append(
             LabResult(

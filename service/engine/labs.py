@@ -75,6 +75,16 @@ def _latest_in_window(
     return None, newest
 
 
+def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext) -> float:
+    """The creatinine in mg/dL (its molar mass converts µmol/L); raises UnitConversionError."""
+    return convert(
+        creatinine.value or 0.0,
+        creatinine.unit or "",
+        "mg/dL",
+        context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol,
+    )
+
+
 def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResult | tuple[str, str]:
     """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
     facts = context.facts
@@ -99,12 +109,7 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
             "record the body weight; repeat the serum creatinine",
         )
     try:
-        creatinine_mg_dl = convert(
-            creatinine.value or 0.0,
-            creatinine.unit or "",
-            "mg/dL",
-            context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol,
-        )
+        creatinine_mg_dl = _creatinine_mg_dl(creatinine, context)
         weight_kg = convert(weight.value or 0.0, weight.unit or "", "kg")
     except UnitConversionError as exc:
         return f"clearance cannot be computed: {exc}", "repeat the serum creatinine"
@@ -150,12 +155,7 @@ def _weight_needed(
     ):
         return None
     try:
-        creatinine_mg_dl = convert(
-            creatinine.value or 0.0,
-            creatinine.unit or "",
-            "mg/dL",
-            context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol,
-        )
+        creatinine_mg_dl = _creatinine_mg_dl(creatinine, context)
     except UnitConversionError:
         return None
     age = age_in_years(facts.birth_date, context.at)

@@ -392,20 +392,16 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
             + tuple(_diagnosis_evidence(p) for p in undated_procedures),
             resolve_hint="confirm the date of the last anticancer dose",
         )
-    lost = context.procedures_unavailable(rule.procedure_value_sets)
-    if lost:
-        return RuleOutcome(
-            State.UNKNOWN,
-            f"no {names} in the last {rule.days} days among the medications; procedures could not be read ({lost})",
-            resolve_hint="confirm no radiotherapy in the washout period",
-        )
-    lost = context.immunizations_unavailable(rule.classes)
-    if lost:
-        return RuleOutcome(
-            State.UNKNOWN,
-            f"no {names} in the last {rule.days} days on record; immunizations could not be read ({lost})",
-            resolve_hint="confirm no live vaccine in the washout period",
-        )
+    for what, lost in (
+        ("procedures", context.procedures_unavailable(rule.procedure_value_sets)),
+        ("immunizations", context.immunizations_unavailable(rule.classes)),
+    ):
+        if lost:
+            return RuleOutcome(
+                State.UNKNOWN,
+                f"no {names} in the last {rule.days} days on record; {what} could not be read ({lost})",
+                resolve_hint=f"confirm from the {what} that nothing falls in the washout period",
+            )
     return RuleOutcome(State.MET, f"no {names} in the last {rule.days} days on record")
 
 
