@@ -555,6 +555,11 @@ class _FactBuilder:
             if isinstance(stage, dict):
                 summary = stage.get("summary")
                 self._stage(concept_codings(summary), concept_text(summary), onset, _ref(condition))
+        staged = [
+            c for c in concept_codings(condition.get("code")) if c[1] in self.mappings.staging.snomed_stage
+        ]
+        if staged:  # "Non-small cell carcinoma of lung, TNM stage 1": the diagnosis carries its stage
+            self._stage(staged, concept_text(condition.get("code")), onset, _ref(condition))
         abatement = parse_fhir_datetime(condition.get("abatementDateTime"))
         if abatement is None and isinstance(condition.get("abatementPeriod"), dict):
             abatement = parse_fhir_datetime(condition["abatementPeriod"].get("end"))

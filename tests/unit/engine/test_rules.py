@@ -997,3 +997,33 @@ def test_a_dose_in_tablets_uses_the_strength_in_the_product_name(
         _criterion_state(IOV, "corticosteroids", [patient(), LUNG_CANCER, steroid], criteria, mappings)
         is state
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "display", "lung", "iov"),
+    [
+        ("424132000", "Non-small cell carcinoma of lung, TNM stage 1", True, False),  # IOV needs stage IV
+        ("423121009", "Non-small cell carcinoma of lung, TNM stage 4", True, True),
+        (
+            "424970000",
+            "Large cell carcinoma of lung, TNM stage 3",
+            True,
+            True,
+        ),  # stage III: review, card kept
+        ("425376008", "Squamous cell carcinoma of lung, TNM stage 4", True, False),  # not nonsquamous
+        (
+            "67841000119103",
+            "Primary small cell malignant neoplasm of lung, TNM stage 4",
+            True,
+            False,
+        ),  # not NSCLC
+    ],
+)
+def test_lung_cancer_coded_with_its_tnm_stage(
+    code: str, display: str, lung: bool, iov: bool, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """Synthea and many EHRs code the diagnosis and its stage in one SNOMED CT concept, with no ICD-10."""
+    cancer = condition(SNOMED, code, display, id="cond-lung")
+    facts = build_facts("p1", [patient(), cancer], mappings)
+    suggested = {r.trial_id for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.suggested}
+    assert (LUNG in suggested, IOV in suggested) == (lung, iov)
