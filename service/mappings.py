@@ -323,21 +323,14 @@ class Mappings:
     def value_sets_containing(self, codings: list[tuple[str, str]], text: str = "") -> set[str]:
         """Every value set any (system, code) coding belongs to, found by code lookups.
 
-        Text patterns are a fallback only for entries with no SNOMED CT, ICD-10 or CPT
-        coding at all (free-text problem-list entries); a coded entry is judged by its
-        codes alone.  One pass per entry instead of one per entry and value set.
+        Text patterns are a fallback only for entries none of whose codes is in any value
+        set: free-text problem-list entries, and entries coded with concepts our lists
+        lack ("Adenocarcinoma of stomach" under a SNOMED CT code we do not carry).  An
+        entry with a known code is judged by its codes alone.  One pass per entry.
         """
         found: set[str] = set()
-        systems = [(_code_system(system), code) for system, code in codings]
-        if not any(system for system, _ in systems):
-            if text:
-                found.update(
-                    name
-                    for name, patterns in self._text_patterns.items()
-                    if any(pattern.search(text) for pattern in patterns)
-                )
-            return found
         index = self._value_sets_by_code
+        systems = [(_code_system(system), code) for system, code in codings]
         for system, code in systems:
             if system == "snomed":
                 found |= index["snomed"].get(code, set())
@@ -345,7 +338,26 @@ class Mappings:
                 normalised = code.replace(".", "").upper()
                 for length in range(len(normalised) + 1):
                     found |= index[system].get(normalised[:length], set())
+        # ICD-10-CM codes are covered by prefix, so an unmatched one (Z85.118 history of lung
+        # cancer, Z12.2 screening) is not a diagnosis of ours; neither is a qualified text.
+        if (
+            not found
+            and text
+            and all(system != "icd10" for system, _ in systems)
+            and not _QUALIFIED.search(text)
+        ):
+            found.update(
+                name
+                for name, patterns in self._text_patterns.items()
+                if any(pattern.search(text) for pattern in patterns)
+            )
         return found
+
+
+_QUALIFIED = re.compile(
+    r"(?i)\b(history of|h/o|family history|screening|suspected|suspicion|possible|rule out|r/o|risk of|at risk|"
+    r"fear of|concern for|no evidence of|negative for|ruled out)\b"
+)
 
 
 def _code_system(system: str) -> str | None:

@@ -1027,3 +1027,19 @@ def test_lung_cancer_coded_with_its_tnm_stage(
     facts = build_facts("p1", [patient(), cancer], mappings)
     suggested = {r.trial_id for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.suggested}
     assert (LUNG in suggested, IOV in suggested) == (lung, iov)
+
+
+@pytest.mark.parametrize(
+    ("codings", "text", "expected"),
+    [
+        ([(SNOMED, "1000000000")], "adenocarcinoma of stomach", True),  # a SNOMED concept our lists lack
+        ([], "carcinoma of the stomach", True),  # free text only
+        ([(ICD10, "Z85.028")], "personal history of other malignant neoplasm of stomach", False),
+        ([(SNOMED, "1000000000")], "family history of stomach cancer", False),
+        ([], "suspected gastric cancer", False),
+    ],
+)
+def test_text_decides_only_where_no_code_is_known_and_nothing_qualifies_it(
+    codings: list[tuple[str, str]], text: str, expected: bool, mappings: Mappings
+) -> None:
+    assert ("stomach_cancer" in mappings.value_sets_containing(codings, text)) is expected
