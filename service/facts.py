@@ -311,7 +311,7 @@ class _FactBuilder:
             elif kind == "Observation":
                 self._observation(resource, source)
             elif kind == "Condition":
-                self._condition(resource)
+                self._condition(resource, source)
             elif kind in ("MedicationStatement", "MedicationRequest"):
                 self._medication(resource)
             elif kind == "Procedure":
@@ -543,7 +543,7 @@ class _FactBuilder:
             )
         )
 
-    def _condition(self, condition: dict[str, Any]) -> None:
+    def _condition(self, condition: dict[str, Any], source: SourceRef) -> None:
         verification = {code for _, code in concept_codings(condition.get("verificationStatus"))}
         if verification & _EXCLUDED_VERIFICATION:
             return
@@ -554,12 +554,12 @@ class _FactBuilder:
         for stage in condition.get("stage") or []:
             if isinstance(stage, dict):
                 summary = stage.get("summary")
-                self._stage(concept_codings(summary), concept_text(summary), onset, _ref(condition))
+                self._stage(concept_codings(summary), concept_text(summary), onset, source)
         staged = [
             c for c in concept_codings(condition.get("code")) if c[1] in self.mappings.staging.snomed_stage
         ]
         if staged:  # "Non-small cell carcinoma of lung, TNM stage 1": the diagnosis carries its stage
-            self._stage(staged, concept_text(condition.get("code")), onset, _ref(condition))
+            self._stage(staged, concept_text(condition.get("code")), onset, source)
         abatement = parse_fhir_datetime(condition.get("abatementDateTime"))
         if abatement is None and isinstance(condition.get("abatementPeriod"), dict):
             abatement = parse_fhir_datetime(condition["abatementPeriod"].get("end"))
@@ -573,7 +573,7 @@ class _FactBuilder:
                 abatement=abatement,
                 recorded=parse_fhir_datetime(condition.get("recordedDate")),
                 unconfirmed=bool(verification & _UNCONFIRMED_VERIFICATION),
-                source=_ref(condition),
+                source=source,
             )
         )
 

@@ -145,10 +145,26 @@ def _bundle_entries(
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise PrefetchError(f"{where}.entry must be a list", expression=f"{where}.entry")
+    expected = _expected_types(key)
+    own_reference = f"Patient/{patient_id}"
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+        if not isinstance(resource, dict):
+            resources.append(_check_resource(key, f"{where}.entry[{index}].resource", resource, patient_id))
+            continue
+        kind = resource.get("resourceType")
+        if kind == "OperationOutcome":
             data.problems.append(f"{key}: the FHIR server reported: {_outcome_text(resource)}")
+            continue
+        subject = resource.get("subject") or resource.get("patient")
+        if (  # the common case, checked without building an error location
+            kind in expected
+            and kind != "Patient"
+            and isinstance(resource.get("id"), str)
+            and isinstance(subject, dict)
+            and subject.get("reference") == own_reference
+        ):
+            resources.append(resource)
             continue
         resources.append(_check_resource(key, f"{where}.entry[{index}].resource", resource, patient_id))
     return resources
