@@ -1043,3 +1043,40 @@ def test_text_decides_only_where_no_code_is_known_and_nothing_qualifies_it(
     codings: list[tuple[str, str]], text: str, expected: bool, mappings: Mappings
 ) -> None:
     assert ("stomach_cancer" in mappings.value_sets_containing(codings, text)) is expected
+
+
+def test_a_ventricular_arrhythmia_on_amiodarone_has_had_its_intervention(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    vt = condition(ICD10, "I47.20", "Ventricular tachycardia, unspecified", id="cond-2")
+    amiodarone = medication("amiodarone hydrochloride 200 MG Oral Tablet", status="active", end=None)
+    assert _criterion_state(
+        LUNG, "arrhythmia", [patient(), LUNG_CANCER, vt, amiodarone], criteria, mappings
+    ) is (State.NOT_MET)
+
+
+@pytest.mark.parametrize(("answer", "state"), [("LA15173-0", State.NOT_MET), ("LA26683-5", State.MET)])
+def test_the_pregnancy_status_observation_counts(
+    answer: str, state: State, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    status = observation("82810-3", None, None, days_ago=2, id="obs-preg")
+    status["valueCodeableConcept"] = {"coding": [{"system": "http://loinc.org", "code": answer}]}
+    resources = [patient(gender="female"), LUNG_CANCER, status]
+    assert _criterion_state(LUNG, "pregnancy", resources, criteria, mappings) is state
+
+
+@pytest.mark.parametrize(
+    ("criterion_id", "code", "display"),
+    [
+        ("primary-immunodeficiency", "23238000", "Common variable agammaglobulinemia"),
+        ("other-malignancy", "399068003", "Malignant tumor of prostate"),
+    ],
+)
+def test_snomed_concepts_we_lack_are_read_by_their_display(
+    criterion_id: str, code: str, display: str, criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    entry = condition(SNOMED, code, display, id="cond-2", onset="2025-06-01")
+    assert (
+        _criterion_state(IOV, criterion_id, [patient(), LUNG_CANCER, entry], criteria, mappings)
+        is State.NOT_MET
+    )
