@@ -6,8 +6,9 @@ HAPI with a real httpx client, as the app does), and the service's own searches 
 prefetch templates rendered, ``next`` links followed — issued one by one with httpx.
 The slowest of those searches is the floor: a service that runs its searches in
 parallel cannot answer faster than its slowest one.  A third timing issues the same
-searches all at once, directly: what parallel fetching costs on this machine before
-the service does anything, since the searches compete for the FHIR server's cores.
+searches all at once, directly, under the service's own concurrency limit: what
+parallel fetching costs on this machine before the service does anything, since the
+searches compete for the FHIR server's cores.
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ async def bench_fetch(
                 in_parallel: list[float] = []
                 slowest_key: dict[str, int] = {}
                 resources = 0
+                gate = asyncio.Semaphore(runtime.limits.max_concurrency)  # the service's own limit
+
+                async def limited(query: str, gate: asyncio.Semaphore = gate) -> int:
+                    async with gate:
+                        return await _search(http, base, query)
+
                 for _ in range(2):  # warm HAPI's caches and JIT for this patient
                     await serve_body(body, runtime, may_fetch=True)
                     for query in queries.values():
@@ -115,7 +122,7 @@ async def bench_fetch(
                     in_sequence.append(sum(per_query.values()))
                     slowest_key[key] = slowest_key.get(key, 0) + 1
                     began = time.perf_counter()
-                    await asyncio.gather(*(_search(http, base, query) for query in queries.values()))
+                    await asyncio.gather(*(limited(query) for query in queries.values()))
                     in_parallel.append(time.perf_counter() - began)
                 service_ms, slowest_ms = percentiles(service), percentiles(slowest)
                 parallel_ms = percentiles(in_parallel)

@@ -14,6 +14,7 @@ would flatter the ratio.  Both loops run with the app's garbage-collector tuning
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
 from collections.abc import Iterator
@@ -125,6 +126,7 @@ async def bench_in_process(
                     write_audit(store, runtime, outcome.record)
                     audit.append(time.perf_counter() - started)
                 floor_ms, service_ms = percentiles(stages["floor"]), percentiles(service)
+                gc.unfreeze()  # this size's objects are not the next size's start-up state
                 rows.append(
                     {
                         "observations": size,
