@@ -88,6 +88,12 @@ class LabRule(_Frozen):
             raise ValueError("give exactly one of 'value' (with 'unit') or 'times_uln'")
         if self.value is not None and self.unit is None:
             raise ValueError("'value' needs a 'unit' (UCUM)")
+        if self.max_plausible_weight_kg is not None and not (
+            self.derive_cockcroft_gault and self.comparison == "ge" and self.value is not None
+        ):
+            raise ValueError(
+                "'max_plausible_weight_kg' applies only with derive_cockcroft_gault, comparison ge and a value"
+            )
         return self
 
 
@@ -134,6 +140,12 @@ class NoConditionRule(_Frozen):
     )
     absence_note: str | None = None
 
+    @model_validator(mode="after")
+    def _absence_note_needs_review(self) -> NoConditionRule:
+        if self.absence_note is not None and self.absence_state != "needs_review":
+            raise ValueError("'absence_note' is shown only with absence_state: needs_review")
+        return self
+
 
 class HistologyRule(_Frozen):
     """The cancer's histology: met if coded as required, not met if coded as excluded."""
@@ -171,6 +183,12 @@ class WashoutRule(_Frozen):
         default_factory=list,
         description="Procedures that count as therapy too (radiotherapy): the washout runs from "
         "the end of the last one; the value sets must have includes_procedures.",
+    )
+    procedure_course_days: int = Field(
+        default=90,
+        gt=0,
+        description="A completed procedure course recorded with only its start is taken to have "
+        "ended within this many days of it (a course of radiotherapy rarely runs longer).",
     )
 
 

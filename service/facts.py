@@ -20,6 +20,8 @@ from service.mappings import Mappings
 from service.units import UnitConversionError, convert, normalise_unit
 
 __all__ = [
+    "IMMUNIZATIONS",
+    "PROCEDURES",
     "Diagnosis",
     "DrugExposure",
     "LabResult",
@@ -36,6 +38,10 @@ __all__ = [
 ]
 
 LOINC = "http://loinc.org"
+PROCEDURES = "procedures"
+IMMUNIZATIONS = "immunizations"
+"""Keys of ``PatientFacts.unavailable`` (and the prefetch keys) for the two sources only some
+criteria read; the rest of that dict is keyed by analyte or test."""
 _IGNORED_OBSERVATION_STATUSES = {"entered-in-error", "cancelled", "registered"}
 _IGNORED_STATEMENT_STATUSES = {"entered-in-error", "not-taken", "intended"}
 _ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
@@ -377,16 +383,16 @@ class _FactBuilder:
         value: float | None = None
         unit: str | None = None
         problem: str | None = None
-        comparator: Any = None
+        comparator: str | None = None
         quantity = observation.get("valueQuantity")
         if isinstance(quantity, dict):
             raw_value = quantity.get("value")
             if isinstance(raw_value, bool) or not isinstance(raw_value, (int, float)):
                 self.facts.data_problems.append(f"{source} has no numeric value; ignored")
                 return
-            comparator = quantity.get("comparator")
-            if comparator is not None and not isinstance(comparator, str):
-                comparator = repr(comparator)
+            raw_comparator = quantity.get("comparator")
+            if raw_comparator is not None:
+                comparator = raw_comparator if isinstance(raw_comparator, str) else repr(raw_comparator)
             if comparator and comparator not in _BOUND_COMPARATORS:
                 problem = f"value is qualified ('{comparator}{raw_value}')"
             value = float(raw_value)

@@ -29,6 +29,7 @@ from service.errors import (
     FhirUnavailableError,
     PrefetchError,
 )
+from service.facts import IMMUNIZATIONS, PROCEDURES
 from service.mappings import Mappings
 from service.observability import FHIR_FETCH_ERRORS, FHIR_FETCH_SECONDS
 
@@ -41,8 +42,8 @@ _RESOURCE_TYPES = {
     # Some EHRs record medication history as MedicationRequests; both are read.
     "medications": ("MedicationStatement", "MedicationRequest"),
     "medication-requests": ("MedicationRequest",),
-    "procedures": ("Procedure",),
-    "immunizations": ("Immunization",),
+    PROCEDURES: ("Procedure",),
+    IMMUNIZATIONS: ("Immunization",),
 }
 _FHIR_JSON = "application/fhir+json"
 
@@ -55,8 +56,8 @@ def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, st
         "conditions": f"Condition?patient={{{{context.patientId}}}}&_count={page_size}",
         "medications": f"MedicationStatement?patient={{{{context.patientId}}}}&_count={page_size}",
         "medication-requests": f"MedicationRequest?patient={{{{context.patientId}}}}&_count={page_size}",
-        "procedures": f"Procedure?patient={{{{context.patientId}}}}&_count={page_size}",
-        "immunizations": f"Immunization?patient={{{{context.patientId}}}}&_count={page_size}",
+        PROCEDURES: f"Procedure?patient={{{{context.patientId}}}}&_count={page_size}",
+        IMMUNIZATIONS: f"Immunization?patient={{{{context.patientId}}}}&_count={page_size}",
     }
     for group, codes in mappings.observation_codes_by_group.items():
         code_list = ",".join(f"http://loinc.org|{code}" for code in codes)
@@ -145,26 +146,10 @@ def _bundle_entries(
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise PrefetchError(f"{where}.entry must be a list", expression=f"{where}.entry")
-    expected = _expected_types(key)
-    own_reference = f"Patient/{patient_id}"
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            resources.append(_check_resource(key, f"{where}.entry[{index}].resource", resource, patient_id))
-            continue
-        kind = resource.get("resourceType")
-        if kind == "OperationOutcome":
+        if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
             data.problems.append(f"{key}: the FHIR server reported: {_outcome_text(resource)}")
-            continue
-        subject = resource.get("subject") or resource.get("patient")
-        if (  # the common case, checked without building an error location
-            kind in expected
-            and kind != "Patient"
-            and isinstance(resource.get("id"), str)
-            and isinstance(subject, dict)
-            and subject.get("reference") == own_reference
-        ):
-            resources.append(resource)
             continue
         resources.append(_check_resource(key, f"{where}.entry[{index}].resource", resource, patient_id))
     return resources

@@ -129,6 +129,7 @@ class _AnalyteFile(_Frozen):
 
 class _ConditionFile(_Frozen):
     value_sets: dict[str, ValueSet]
+    text_qualifiers: list[str] = Field(default_factory=list)
 
 
 class _MedicationFile(_Frozen):
@@ -170,6 +171,14 @@ class Mappings:
     drug_classes: dict[str, DrugClass]
     unit_aliases: dict[str, str]
     source_text: dict[str, str] = field(default_factory=dict)
+    text_qualifiers: list[str] = field(default_factory=list)
+
+    @cached_property
+    def _qualified(self) -> re.Pattern[str] | None:
+        """Phrases that keep a free-text entry out of every value set ("history of", "screening")."""
+        if not self.text_qualifiers:
+            return None
+        return re.compile(r"(?i)\b(" + "|".join(re.escape(q) for q in self.text_qualifiers) + r")\b")
 
     @cached_property
     def analyte_by_loinc(self) -> dict[str, str]:
@@ -344,7 +353,7 @@ class Mappings:
             not found
             and text
             and all(system != "icd10" for system, _ in systems)
-            and not _QUALIFIED.search(text)
+            and not (self._qualified and self._qualified.search(text))
         ):
             found.update(
                 name
@@ -352,12 +361,6 @@ class Mappings:
                 if any(pattern.search(text) for pattern in patterns)
             )
         return found
-
-
-_QUALIFIED = re.compile(
-    r"(?i)\b(history of|h/o|family history|screening|suspected|suspicion|possible|rule out|r/o|risk of|at risk|"
-    r"fear of|concern for|no evidence of|negative for|ruled out)\b"
-)
 
 
 def _code_system(system: str) -> str | None:
@@ -421,6 +424,7 @@ def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings"
         performance_status_equivalence=analytes.performance_status_equivalence,
         staging=analytes.staging,
         value_sets=conditions.value_sets,
+        text_qualifiers=conditions.text_qualifiers,
         drug_classes=medications.classes,
         unit_aliases=units.aliases,
         source_text=dict(texts),

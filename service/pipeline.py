@@ -21,7 +21,14 @@ from service.cdshooks import Card, CdsResponse, HookRequest, OrderSelectContext,
 from service.criteria import CriteriaSet
 from service.engine import TrialResult, evaluate_trials
 from service.errors import PreconditionFailedError, RequestError
-from service.facts import build_facts, concept_codings, concept_text, medication_concept
+from service.facts import (
+    IMMUNIZATIONS,
+    PROCEDURES,
+    build_facts,
+    concept_codings,
+    concept_text,
+    medication_concept,
+)
 from service.gather import REQUIRED_KEYS, FetchLimits, GatheredData, gather
 from service.mappings import Mappings
 
@@ -64,7 +71,7 @@ def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]
     """Analytes and tests whose Observation group could not be obtained, and the Procedures if lost."""
     lost: dict[str, str] = {}
     for key, reason in data.unavailable.items():
-        if key in ("procedures", "immunizations"):
+        if key in (PROCEDURES, IMMUNIZATIONS):
             lost[key] = reason
             continue
         group = key.removeprefix("observations-")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from service.facts import Diagnosis, DrugExposure, PatientFacts
+from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, PatientFacts
 from service.mappings import Mappings
 
 __all__ = ["EvaluationContext"]
@@ -38,17 +39,19 @@ class EvaluationContext:
                         self._value_set_cache[name].append(procedure)
         return self._value_set_cache[value_set]
 
-    def immunizations_unavailable(self, classes: list[str]) -> str | None:
-        """Why the Immunizations these drug classes would also be matched against could not be read, if so."""
-        reason = self.facts.unavailable.get("immunizations")
-        if reason and any(self.mappings.drug_classes[c].includes_immunizations for c in classes):
+    def unreadable(
+        self, source: str, *, value_sets: Sequence[str] = (), classes: Sequence[str] = ()
+    ) -> str | None:
+        """Why ``source`` (PROCEDURES or IMMUNIZATIONS) could not be read, if the value sets or
+        drug classes given would have been matched against it; else None."""
+        reason = self.facts.unavailable.get(source)
+        if not reason:
+            return None
+        if source == PROCEDURES and any(self.mappings.value_sets[v].includes_procedures for v in value_sets):
             return reason
-        return None
-
-    def procedures_unavailable(self, value_sets: list[str]) -> str | None:
-        """Why the Procedures these value sets would also be matched against could not be read, if so."""
-        reason = self.facts.unavailable.get("procedures")
-        if reason and any(self.mappings.value_sets[v].includes_procedures for v in value_sets):
+        if source == IMMUNIZATIONS and any(
+            self.mappings.drug_classes[c].includes_immunizations for c in classes
+        ):
             return reason
         return None
 

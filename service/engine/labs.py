@@ -85,6 +85,13 @@ def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext) -> floa
     )
 
 
+def _clearance_per_kg(age: int, sex: str | None, creatinine_mg_dl: float) -> float | None:
+    """Cockcroft-Gault clearance (mL/min) per kg of body weight, or None where it is undefined."""
+    if creatinine_mg_dl <= 0 or age >= 140:
+        return None
+    return (140 - age) / (72 * creatinine_mg_dl) * (0.85 if sex == "female" else 1.0)
+
+
 def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResult | tuple[str, str]:
     """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
     facts = context.facts
@@ -113,12 +120,11 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
         weight_kg = convert(weight.value or 0.0, weight.unit or "", "kg")
     except UnitConversionError as exc:
         return f"clearance cannot be computed: {exc}", "repeat the serum creatinine"
-    if creatinine_mg_dl <= 0:
-        return "clearance cannot be computed: creatinine is zero", "repeat the serum creatinine"
     age = age_in_years(facts.birth_date, context.at)
-    clearance = (140 - age) * weight_kg / (72 * creatinine_mg_dl)
-    if facts.sex == "female":
-        clearance *= 0.85
+    per_kg = _clearance_per_kg(age, facts.sex, creatinine_mg_dl)
+    if per_kg is None:
+        return "clearance cannot be computed: creatinine is zero", "repeat the serum creatinine"
+    clearance = per_kg * weight_kg
     when = min(creatinine.when, weight.when) if creatinine.when and weight.when else creatinine.when
     return LabResult(
         analyte="creatinine_clearance",
@@ -158,11 +164,34 @@ def _weight_needed(
         creatinine_mg_dl = _creatinine_mg_dl(creatinine, context)
     except UnitConversionError:
         return None
-    age = age_in_years(facts.birth_date, context.at)
-    if creatinine_mg_dl <= 0 or age >= 140:
+    per_kg = _clearance_per_kg(age_in_years(facts.birth_date, context.at), facts.sex, creatinine_mg_dl)
+    return None if per_kg is None else (limit / per_kg, creatinine)
+
+
+def _clearance_bounded_by_weight(
+    rule: LabRule, context: EvaluationContext, lookback: int, hint: str | None
+) -> RuleOutcome | None:
+    """Without a weight: unknown, saying what weight would reach the limit; not met if that is implausible."""
+    if rule.max_plausible_weight_kg is None or rule.value is None:
         return None
-    per_kg = (140 - age) / (72 * creatinine_mg_dl) * (0.85 if facts.sex == "female" else 1.0)
-    return limit / per_kg, creatinine
+    bound = _weight_needed(context, lookback, rule.value)
+    if bound is None:
+        return None
+    weight_needed, creatinine = bound
+    when = creatinine.when.date().isoformat() if creatinine.when else "undated"
+    text = (
+        f"{context.mappings.analytes[rule.analyte].display}: no body weight on record for Cockcroft-Gault; "
+        f"with creatinine {_fmt(creatinine.value or 0)} {creatinine.unit} on {when}, reaching "
+        f"{_fmt(rule.value)} mL/min would need a weight of at least {weight_needed:.0f} kg"
+    )
+    if weight_needed > rule.max_plausible_weight_kg:
+        return RuleOutcome(
+            State.NOT_MET,
+            f"{text}, more than {rule.max_plausible_weight_kg:.0f} kg",
+            (_evidence(creatinine),),
+            resolve_hint=hint,
+        )
+    return RuleOutcome(State.UNKNOWN, text, (_evidence(creatinine),), resolve_hint=hint)
 
 
 def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) -> tuple[float, str] | str:
@@ -210,29 +239,9 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
         if isinstance(derived, LabResult):
             latest = derived
         else:
-            bound = (
-                _weight_needed(context, lookback, rule.value)
-                if rule.max_plausible_weight_kg is not None
-                and rule.value is not None
-                and rule.comparison == "ge"
-                else None
-            )
-            if bound is not None:
-                weight_needed, creatinine = bound
-                when = creatinine.when.date().isoformat() if creatinine.when else "undated"
-                text = (
-                    f"{definition.display}: no body weight on record for Cockcroft-Gault; with creatinine "
-                    f"{_fmt(creatinine.value or 0)} {creatinine.unit} on {when}, reaching {_fmt(rule.value or 0)} "
-                    f"mL/min would need a weight of at least {weight_needed:.0f} kg"
-                )
-                if rule.max_plausible_weight_kg is not None and weight_needed > rule.max_plausible_weight_kg:
-                    return RuleOutcome(
-                        State.NOT_MET,
-                        f"{text}, more than {rule.max_plausible_weight_kg:.0f} kg",
-                        (_evidence(creatinine),),
-                        resolve_hint=hint,
-                    )
-                return RuleOutcome(State.UNKNOWN, text, (_evidence(creatinine),), resolve_hint=hint)
+            bounded = _clearance_bounded_by_weight(rule, context, lookback, hint)
+            if bounded is not None:
+                return bounded
             if newest is None:
                 return RuleOutcome(
                     State.UNKNOWN, f"no {definition.display} on record; {derived[0]}", resolve_hint=hint
@@ -319,8 +328,8 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
         shown = f"{latest.comparator}{shown}"
     reason = f"{definition.display} {shown} on {when}; needs {_SYMBOL[rule.comparison]} {limit_text}{condition_note}"
     if latest.comparator:
-        bounded = _bounded_state(latest.comparator, value, rule.comparison, limit)
-        if bounded is None:
+        decided = _bounded_state(latest.comparator, value, rule.comparison, limit)
+        if decided is None:
             return RuleOutcome(
                 State.UNKNOWN,
                 f"{reason}: a bound, not a measurement, and the limit lies inside it",
@@ -328,11 +337,11 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
                 resolve_hint=hint,
             )
         return RuleOutcome(
-            bounded,
+            decided,
             reason,
             evidence,
             flags=tuple(flags),
-            resolve_hint=hint if bounded is State.NOT_MET else None,
+            resolve_hint=hint if decided is State.NOT_MET else None,
         )
     state = State.MET if _holds(value, rule.comparison, limit) else State.NOT_MET
     return RuleOutcome(

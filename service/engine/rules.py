@@ -33,7 +33,7 @@ from service.criteria import (
 from service.engine.context import EvaluationContext
 from service.engine.labs import evaluate_lab, evaluate_no_result
 from service.engine.results import Evidence, RuleOutcome, State, window_text
-from service.facts import Diagnosis, DrugExposure, TestResult, age_in_years
+from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, TestResult, age_in_years
 
 __all__ = ["evaluate_rule"]
 
@@ -93,11 +93,6 @@ def _age(rule: AgeRule, context: EvaluationContext) -> RuleOutcome:
             )
         return RuleOutcome(State.NOT_MET, f"age {age}; needs {bounds}", evidence)
     return RuleOutcome(State.MET, f"age {age} (needs {bounds})", evidence)
-
-
-_LONGEST_COURSE_DAYS = 90
-"""A completed procedure course (radiotherapy) with only a start date is taken to have ended
-within this many days of it; later, it no longer bears on a washout."""
 
 
 def _plus_days(moment: datetime, days: int) -> datetime | None:
@@ -163,7 +158,7 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
             f"{names} recorded without dates; confirm when",
             tuple(_diagnosis_evidence(d) for d in undated),
         )
-    lost = context.procedures_unavailable(rule.value_sets)
+    lost = context.unreadable(PROCEDURES, value_sets=rule.value_sets)
     if lost:
         return RuleOutcome(
             State.UNKNOWN, f"no {names} among the conditions; procedures could not be read ({lost})"
@@ -323,6 +318,35 @@ def _on_medication(rule: OnMedicationRule, context: EvaluationContext) -> RuleOu
     return RuleOutcome(State.NOT_MET, f"no {names} {window_text(rule.within_days)}")
 
 
+def _procedure_washouts(
+    rule: WashoutRule, context: EvaluationContext
+) -> tuple[list[tuple[datetime, Diagnosis, str]], list[Diagnosis]]:
+    """Procedures (radiotherapy) still in the washout, with the date it lifts; and those too vaguely dated."""
+    blocking: list[tuple[datetime, Diagnosis, str]] = []
+    undated: list[Diagnosis] = []
+    seen: set[int] = set()
+    for value_set in rule.procedure_value_sets:
+        for procedure in context.diagnoses_in(value_set):
+            if not procedure.is_procedure or id(procedure) in seen:
+                continue
+            seen.add(id(procedure))
+            if procedure.is_active:
+                ends_today = " — in progress; the date assumes it ends today"
+                blocking.append((context.at + timedelta(days=rule.days), procedure, ends_today))
+            elif procedure.abatement is not None:
+                lifts = _plus_days(procedure.abatement, rule.days)
+                if lifts is None:
+                    undated.append(procedure)
+                elif lifts > context.at:
+                    blocking.append((lifts, procedure, ""))
+            elif procedure.onset is None or procedure.onset > context.at - timedelta(
+                days=rule.days + rule.procedure_course_days
+            ):
+                # completed, but when it ended is not recorded and it began recently enough to matter
+                undated.append(procedure)
+    return blocking, undated
+
+
 def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
     names = ", ".join(context.mappings.drug_classes[c].display for c in rule.classes)
     blocking: list[tuple[datetime, DrugExposure, str]] = []
@@ -342,32 +366,7 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
             undated.append(drug)
         elif lifts > context.at:
             blocking.append((lifts, drug, ""))
-    procedures: list[tuple[datetime, Diagnosis, str]] = []
-    undated_procedures: list[Diagnosis] = []
-    for value_set in rule.procedure_value_sets:
-        for procedure in context.diagnoses_in(value_set):
-            if not procedure.is_procedure or any(p is procedure for _, p, _ in procedures):
-                continue
-            if procedure.is_active:
-                procedures.append(
-                    (
-                        context.at + timedelta(days=rule.days),
-                        procedure,
-                        " — in progress; the date assumes it ends today",
-                    )
-                )
-                continue
-            if procedure.abatement is not None:
-                lifts_at = _plus_days(procedure.abatement, rule.days)
-                if lifts_at is None:
-                    undated_procedures.append(procedure)
-                elif lifts_at > context.at:
-                    procedures.append((lifts_at, procedure, ""))
-            elif procedure.onset is None or procedure.onset > context.at - timedelta(
-                days=rule.days + _LONGEST_COURSE_DAYS
-            ):
-                # completed, but when it ended is not recorded and it began recently enough to matter
-                undated_procedures.append(procedure)
+    procedures, undated_procedures = _procedure_washouts(rule, context)
     if rule.procedure_value_sets:
         names += " or " + ", ".join(context.mappings.value_sets[v].display for v in rule.procedure_value_sets)
     if blocking or procedures:
@@ -390,11 +389,11 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
             f"{names} recorded without a usable end date; confirm when it was last given",
             tuple(_drug_evidence(d) for d in undated)
             + tuple(_diagnosis_evidence(p) for p in undated_procedures),
-            resolve_hint="confirm the date of the last anticancer dose",
+            resolve_hint=f"confirm the date of the last {names.lower()}",
         )
     for what, lost in (
-        ("procedures", context.procedures_unavailable(rule.procedure_value_sets)),
-        ("immunizations", context.immunizations_unavailable(rule.classes)),
+        (PROCEDURES, context.unreadable(PROCEDURES, value_sets=rule.procedure_value_sets)),
+        (IMMUNIZATIONS, context.unreadable(IMMUNIZATIONS, classes=rule.classes)),
     ):
         if lost:
             return RuleOutcome(
