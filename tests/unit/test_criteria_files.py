@@ -115,3 +115,17 @@ def test_a_changed_threshold_changes_the_verdict_and_fingerprint(
 
     assert hemoglobin_state(criteria) == "met"
     assert hemoglobin_state(changed) == "not_met"
+
+
+def test_an_option_that_would_be_ignored_is_refused(tmp_path: Path, mappings: Mappings) -> None:
+    """max_plausible_weight_kg means nothing on a rule that derives no clearance: say so at start-up."""
+    criteria_dir, _ = _copy_tree(tmp_path)
+    path = criteria_dir / "NCT06538012.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "analyte: hemoglobin, comparison: ge, value: 90, unit: g/L,",
+            "analyte: hemoglobin, comparison: ge, value: 90, unit: g/L, max_plausible_weight_kg: 200,",
+        )
+    )
+    with pytest.raises(ConfigurationError, match="max_plausible_weight_kg"):
+        load_criteria(criteria_dir, mappings)
