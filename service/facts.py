@@ -10,6 +10,7 @@ show, rather than failing the call.
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -169,6 +170,7 @@ class PatientFacts:
     unavailable: dict[str, str] = field(default_factory=dict)
     stages: list[StageFact] = field(default_factory=list)
     deceased: bool = False
+    birth_date_latest: date | None = None  # the last day a partial birthDate ("1935-11") allows
 
 
 _STAGE_TEXT = re.compile(r"(?i)(?:\bstage\s*|^\s*)(IV|III|II|I|4|3|2|1)(?:[ABC]\d?)?\b")
@@ -260,6 +262,17 @@ def _reference_high(observation: dict[str, Any], aliases: dict[str, str]) -> tup
     return None
 
 
+def _last_day_meant(value: Any, first_day: date | None) -> date | None:
+    """The last day a partial FHIR date means: "1935" -> 1935-12-31, "1935-11" -> 1935-11-30."""
+    if first_day is None or not isinstance(value, str):
+        return first_day
+    if len(value) == 4:
+        return date(first_day.year, 12, 31)
+    if len(value) == 7:
+        return date(first_day.year, first_day.month, calendar.monthrange(first_day.year, first_day.month)[1])
+    return first_day
+
+
 def _dict_at(resource: dict[str, Any], *keys: str) -> dict[str, Any]:
     """The object at a path of keys, or an empty one where any step is missing or not an object."""
     value: Any = resource
@@ -330,6 +343,7 @@ class _FactBuilder:
     def _patient(self, patient: dict[str, Any]) -> None:
         birth = parse_fhir_datetime(patient.get("birthDate"))
         self.facts.birth_date = birth.date() if birth else None
+        self.facts.birth_date_latest = _last_day_meant(patient.get("birthDate"), self.facts.birth_date)
         gender = patient.get("gender")
         self.facts.sex = gender if isinstance(gender, str) else None
         self.facts.deceased = patient.get("deceasedBoolean") is True or "deceasedDateTime" in patient

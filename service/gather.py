@@ -89,6 +89,12 @@ def _expected_types(key: str) -> tuple[str, ...]:
     return _RESOURCE_TYPES.get(key, ("Observation",))
 
 
+def _reference_of(resource: dict[str, Any]) -> str:
+    """The patient reference a resource carries (``subject``, or ``patient`` for Immunization)."""
+    subject = resource.get("subject") or resource.get("patient")
+    return str(subject.get("reference")) if isinstance(subject, dict) else "?"
+
+
 def _belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
     subject = resource.get("subject") or resource.get("patient")
     if not isinstance(subject, dict) or not isinstance(subject.get("reference"), str):
@@ -123,7 +129,7 @@ def _check_resource(key: str, where: str, resource: Any, patient_id: str) -> dic
             ) from exc
     elif not _belongs_to(resource, patient_id):
         raise PrefetchError(
-            f"{where} belongs to {resource['subject']['reference']}, not Patient/{patient_id}",
+            f"{where} belongs to {_reference_of(resource)}, not Patient/{patient_id}",
             expression=where,
         )
     if not isinstance(resource.get("id"), str):
@@ -333,7 +339,7 @@ def _harvest_other_keys(
                 )
             if not _belongs_to(resource, patient_id):
                 raise PrefetchError(
-                    f"{place} belongs to {resource['subject']['reference']}, not Patient/{patient_id}",
+                    f"{place} belongs to {_reference_of(resource)}, not Patient/{patient_id}",
                     expression=place,
                 )
             if not isinstance(resource.get("id"), str):

@@ -76,23 +76,37 @@ def _age(rule: AgeRule, context: EvaluationContext) -> RuleOutcome:
     if birth is None:
         return RuleOutcome(State.UNKNOWN, "no birth date on record", resolve_hint="record the birth date")
     age = age_in_years(birth, context.at)
+    # A birthDate of "1935-11" or "1935" allows a range of ages; decide only if every one agrees.
+    youngest = age_in_years(context.facts.birth_date_latest or birth, context.at)
     evidence = (
         Evidence(
             "age from Patient.birthDate", f"Patient/{context.facts.patient_id}", age, "a", birth.isoformat()
         ),
     )
     bounds = f"{rule.min_years if rule.min_years is not None else 0}–{rule.max_years if rule.max_years is not None else '∞'} years"
-    if rule.min_years is not None and age < rule.min_years:
-        return RuleOutcome(State.NOT_MET, f"age {age}; needs {bounds}", evidence)
-    if rule.max_years is not None and age > rule.max_years:
-        if rule.above_max == "needs_review":
-            return RuleOutcome(
-                State.NEEDS_REVIEW,
-                f"age {age}: {rule.above_max_note or 'above the upper age limit'}",
-                evidence,
-            )
-        return RuleOutcome(State.NOT_MET, f"age {age}; needs {bounds}", evidence)
-    return RuleOutcome(State.MET, f"age {age} (needs {bounds})", evidence)
+
+    def decide(years: int) -> RuleOutcome:
+        if rule.min_years is not None and years < rule.min_years:
+            return RuleOutcome(State.NOT_MET, f"age {years}; needs {bounds}", evidence)
+        if rule.max_years is not None and years > rule.max_years:
+            if rule.above_max == "needs_review":
+                return RuleOutcome(
+                    State.NEEDS_REVIEW,
+                    f"age {years}: {rule.above_max_note or 'above the upper age limit'}",
+                    evidence,
+                )
+            return RuleOutcome(State.NOT_MET, f"age {years}; needs {bounds}", evidence)
+        return RuleOutcome(State.MET, f"age {years} (needs {bounds})", evidence)
+
+    oldest_outcome, youngest_outcome = decide(age), decide(youngest)
+    if oldest_outcome.state is youngest_outcome.state:
+        return oldest_outcome
+    return RuleOutcome(
+        State.UNKNOWN,
+        f"age {youngest}–{age}: the birth date is recorded without its day; needs {bounds}",
+        evidence,
+        resolve_hint="record the full birth date",
+    )
 
 
 def _plus_days(moment: datetime, days: int) -> datetime | None:
@@ -243,12 +257,19 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
 
 def _histology(rule: HistologyRule, context: EvaluationContext) -> RuleOutcome:
     required = [d for vs in rule.required_value_sets for d in context.diagnoses_in(vs) if d.is_active]
+    excluded = [d for vs in rule.excluded_value_sets for d in context.diagnoses_in(vs) if d.is_active]
+    excluded = [d for d in excluded if all(d is not r for r in required)]
+    names = " or ".join(context.mappings.value_sets[v].display for v in rule.required_value_sets)
+    if required and excluded:
+        return RuleOutcome(
+            State.NEEDS_REVIEW,
+            f"{required[0].display} and {excluded[0].display} both recorded; confirm the histology",
+            tuple(_diagnosis_evidence(d) for d in required + excluded),
+        )
     if required:
         return RuleOutcome(
             State.MET, f"{required[0].display} recorded", tuple(_diagnosis_evidence(d) for d in required)
         )
-    excluded = [d for vs in rule.excluded_value_sets for d in context.diagnoses_in(vs) if d.is_active]
-    names = " or ".join(context.mappings.value_sets[v].display for v in rule.required_value_sets)
     if excluded:
         return RuleOutcome(
             State.NOT_MET,

@@ -388,3 +388,27 @@ async def test_order_select_tolerates_draft_orders_that_are_not_medications(
     response = await client.post(SERVICE_URL, json=body)
     assert response.status_code == 200, response.text
     assert response.json()["cards"], "the trial cards are still returned"
+
+
+async def test_an_immunization_of_another_patient_is_a_400_naming_it(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    """Found by an independent test set: an Immunization has `patient`, not `subject`; this was a 500."""
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["immunizations"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Immunization",
+                    "id": "imm-x",
+                    "status": "completed",
+                    "vaccineCode": {"text": "MMR"},
+                    "patient": {"reference": "Patient/someone-else"},
+                    "occurrenceDateTime": "2026-11-01",
+                }
+            }
+        ],
+    }
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "Patient/someone-else")

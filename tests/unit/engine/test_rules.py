@@ -1080,3 +1080,57 @@ def test_snomed_concepts_we_lack_are_read_by_their_display(
         _criterion_state(IOV, criterion_id, [patient(), LUNG_CANCER, entry], criteria, mappings)
         is State.NOT_MET
     )
+
+
+@pytest.mark.parametrize(
+    ("birth", "state"),
+    [
+        ("1936", State.MET),  # 89 or 90 on 2026-11-23: within 16-90 either way
+        ("1935-11", State.UNKNOWN),  # 90 if born after the 23rd, else 91
+        ("1935-10", State.NOT_MET),  # 91 whatever the day
+        ("2010", State.UNKNOWN),  # 15 or 16
+    ],
+)
+def test_a_partial_birth_date_decides_only_when_every_age_it_allows_does(
+    birth: str, state: State, mappings: Mappings
+) -> None:
+    rule = AgeRule(kind="age", min_years=16, max_years=90)
+    assert run(rule, [], mappings, birth_date=birth).state is state
+
+
+def test_two_histologies_recorded_is_a_question(criteria: CriteriaSet, mappings: Mappings) -> None:
+    adeno = condition(SNOMED, "254626006", "Adenocarcinoma of lung", id="cond-2")
+    squamous = condition(SNOMED, "254634000", "Squamous cell carcinoma of lung", id="cond-3")
+    resources = [patient(), LUNG_CANCER, adeno, squamous]
+    assert _criterion_state(IOV, "nonsquamous-histology", resources, criteria, mappings) is State.NEEDS_REVIEW
+
+
+@pytest.mark.parametrize(
+    ("criterion_id", "trial_id", "code", "display", "gender"),
+    [
+        ("pregnancy", LUNG, "72892002", "Normal pregnancy", "female"),
+        ("hiv", LUNG, "62479008", "Acquired immune deficiency syndrome", "male"),
+        ("other-malignancy", IOV, "254837009", "", "female"),  # a bare code, no display
+    ],
+)
+def test_snomed_codes_synthea_uses(
+    criterion_id: str,
+    trial_id: str,
+    code: str,
+    display: str,
+    gender: str,
+    criteria: CriteriaSet,
+    mappings: Mappings,
+) -> None:
+    entry = condition(SNOMED, code, display, id="cond-2", onset="2026-09-01")
+    resources = [patient(gender=gender), LUNG_CANCER, entry]
+    assert _criterion_state(trial_id, criterion_id, resources, criteria, mappings) is State.NOT_MET
+
+
+def test_crohns_disease_on_azathioprine_rules_out_nct06538012(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    crohns = condition(SNOMED, "34000006", "Crohn's disease", id="cond-2")
+    azathioprine = medication("azathioprine 50 MG Oral Tablet", status="active", end=None)
+    resources = [patient(), LUNG_CANCER, crohns, azathioprine]
+    assert _criterion_state(LUNG, "autoimmune-disease", resources, criteria, mappings) is State.NOT_MET
