@@ -376,14 +376,25 @@ class _FactBuilder:
             if test is not None:
                 self._qualitative(observation, test, when, source)
                 return
+        components = observation.get("component")
+        components = [c for c in components if isinstance(c, dict)] if isinstance(components, list) else []
         if "69548-6" in loinc_codes:
-            for component in observation.get("component") or []:
+            for component in components:
                 if "48018-6" in {c for _, c in concept_codings(component.get("code"))}:
                     for _, gene in concept_codings(component.get("valueCodeableConcept")):
                         test = self.mappings.qualitative_test_by_gene.get(gene)
                         if test is not None:
                             self._qualitative(observation, test, when, source)
                             return
+            return
+        # A panel whose results are components (a CBC as one Observation): each component
+        # with an analyte's LOINC code is a result of its own, dated and sourced by the panel.
+        for component in components:
+            for system, code in concept_codings(component.get("code")):
+                analyte = self.mappings.analyte_by_loinc.get(code) if system in (LOINC, "") else None
+                if analyte is not None:
+                    self._numeric(component, analyte, code, when, source)
+                    break
 
     def _numeric(
         self,

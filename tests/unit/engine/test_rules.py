@@ -1134,3 +1134,23 @@ def test_crohns_disease_on_azathioprine_rules_out_nct06538012(
     azathioprine = medication("azathioprine 50 MG Oral Tablet", status="active", end=None)
     resources = [patient(), LUNG_CANCER, crohns, azathioprine]
     assert _criterion_state(LUNG, "autoimmune-disease", resources, criteria, mappings) is State.NOT_MET
+
+
+def test_a_panel_with_its_results_as_components_is_read(criteria: CriteriaSet, mappings: Mappings) -> None:
+    """Some labs send a CBC as one Observation whose components are the results."""
+    panel = observation("58410-2", None, None, id="obs-cbc")
+    panel["component"] = [
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "6690-2"}]},
+            "valueQuantity": {
+                "value": 2.1,
+                "unit": "10*3/uL",
+                "system": "http://unitsofmeasure.org",
+                "code": "10*3/uL",
+            },
+        },
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]}, "valueQuantity": True},
+    ]
+    resources = [patient(), LUNG_CANCER, panel]
+    assert _criterion_state(LUNG, "white-blood-cell-count", resources, criteria, mappings) is State.NOT_MET
+    assert _criterion_state(LUNG, "platelet-count", resources, criteria, mappings) is State.UNKNOWN
