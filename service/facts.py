@@ -55,6 +55,7 @@ _UNCONFIRMED_VERIFICATION = {"provisional", "differential"}
 # Procedures that did not happen (or not yet) say nothing about the patient's history;
 # one of unknown status is kept (a dialysis record without a status is still dialysis).
 _IGNORED_PROCEDURE_STATUSES = {"entered-in-error", "not-done", "preparation"}
+_IGNORED_IMMUNIZATION_STATUSES = {"entered-in-error", "not-done"}
 _PERIOD_UNIT_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1, "wk": 7, "mo": 30, "a": 365}
 _TIMING_CODES_PER_DAY = {
     "QD": 1,
@@ -142,7 +143,6 @@ class DrugExposure:
     dose_mg_per_day: float | None = None
     dose_problem: str | None = None
     route: str = ""
-    is_immunization: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,7 @@ class PatientFacts:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     procedures: list[Diagnosis] = field(default_factory=list)
     drugs: list[DrugExposure] = field(default_factory=list)
+    immunizations: list[DrugExposure] = field(default_factory=list)  # seen only by classes that include them
     inputs: list[SourceRef] = field(default_factory=list)
     data_problems: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -332,13 +333,13 @@ class _FactBuilder:
             elif kind == "Condition":
                 self._condition(resource, source)
             elif kind in ("MedicationStatement", "MedicationRequest"):
-                self._medication(resource)
+                self._medication(resource, source)
             elif kind == "Procedure":
-                self._procedure(resource)
+                self._procedure(resource, source)
             elif kind == "Immunization":
-                self._immunization(resource)
+                self._immunization(resource, source)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
-            self.facts.data_problems.append(f"{_ref(resource)} could not be read ({exc}); ignored")
+            self.facts.data_problems.append(f"{source} could not be read ({exc}); ignored")
 
     def _patient(self, patient: dict[str, Any]) -> None:
         birth = parse_fhir_datetime(patient.get("birthDate"))
@@ -594,11 +595,12 @@ class _FactBuilder:
         abatement = parse_fhir_datetime(condition.get("abatementDateTime"))
         if abatement is None and isinstance(condition.get("abatementPeriod"), dict):
             abatement = parse_fhir_datetime(condition["abatementPeriod"].get("end"))
+        named = concept_text(condition.get("code"))
         self.facts.diagnoses.append(
             Diagnosis(
                 codings=tuple(concept_codings(condition.get("code"))),
-                text=concept_text(condition.get("code")).lower(),
-                display=concept_text(condition.get("code")) or "condition",
+                text=named.lower(),
+                display=named or "condition",
                 clinical_status=clinical[0] if clinical else None,
                 onset=onset,
                 abatement=abatement,
@@ -608,7 +610,7 @@ class _FactBuilder:
             )
         )
 
-    def _procedure(self, procedure: dict[str, Any]) -> None:
+    def _procedure(self, procedure: dict[str, Any], source: SourceRef) -> None:
         """A Procedure as a dated entry: active while in progress, history once completed."""
         status = str(procedure.get("status") or "unknown")
         if status in _IGNORED_PROCEDURE_STATUSES:
@@ -622,40 +624,40 @@ class _FactBuilder:
         elif "performedDateTime" in procedure:
             start = end = parse_fhir_datetime(procedure["performedDateTime"])
         in_progress = status in ("in-progress", "on-hold")
+        named = concept_text(procedure.get("code"))
         self.facts.procedures.append(
             Diagnosis(
                 codings=tuple(concept_codings(procedure.get("code"))),
-                text=concept_text(procedure.get("code")).lower(),
-                display=concept_text(procedure.get("code")) or "procedure",
+                text=named.lower(),
+                display=named or "procedure",
                 clinical_status="active" if in_progress else f"procedure {status}",
                 onset=start,
                 abatement=None if in_progress else end,
                 recorded=None,
-                source=_ref(procedure),
+                source=source,
                 is_procedure=True,
             )
         )
 
-    def _immunization(self, immunization: dict[str, Any]) -> None:
+    def _immunization(self, immunization: dict[str, Any], source: SourceRef) -> None:
         """A vaccination given on a day; only drug classes that include immunizations see it."""
         status = str(immunization.get("status") or "unknown")
-        if status in ("entered-in-error", "not-done"):
+        if status in _IGNORED_IMMUNIZATION_STATUSES:
             return
         given = parse_fhir_datetime(immunization.get("occurrenceDateTime"))
         concept = immunization.get("vaccineCode")
-        self.facts.drugs.append(
+        self.facts.immunizations.append(
             DrugExposure(
                 codings=tuple(concept_codings(concept)),
                 text=concept_text(concept),
                 status=status,
                 start=given,
                 end=given,
-                source=_ref(immunization),
-                is_immunization=True,
+                source=source,
             )
         )
 
-    def _medication(self, statement: dict[str, Any]) -> None:
+    def _medication(self, statement: dict[str, Any], source: SourceRef) -> None:
         status = str(statement.get("status") or "unknown")
         if status in _IGNORED_STATEMENT_STATUSES:
             return
@@ -689,7 +691,7 @@ class _FactBuilder:
                 status=status,
                 start=start,
                 end=end,
-                source=_ref(statement),
+                source=source,
                 dose_mg_per_day=dose,
                 dose_problem=problem,
                 route=route,

@@ -259,7 +259,7 @@ class Mappings:
                 for code in member.atc:
                     atc.setdefault(code, (key, member))
                 for code in member.cvx:
-                    cvx.setdefault(code.lstrip("0") or "0", (key, member))
+                    cvx.setdefault(_cvx_key(code), (key, member))
             names = [
                 re.escape(name.lower())
                 for _, member in self.class_members(class_name)
@@ -289,7 +289,7 @@ class Mappings:
                 if found is not None:
                     return DrugMatch(found[0], f"RxNorm {code}", found[1].prednisone_equivalent_factor)
             elif "cvx" in system.lower():
-                found = index.cvx.get(code.lstrip("0") or "0")  # CVX "03" and "3" are the same code
+                found = index.cvx.get(_cvx_key(code))
                 if found is not None:
                     return DrugMatch(found[0], f"CVX {code}")
             elif "atc" in system.lower():
@@ -361,6 +361,11 @@ class Mappings:
                 if any(pattern.search(text) for pattern in patterns)
             )
         return found
+
+
+def _cvx_key(code: str) -> str:
+    """CVX "03" and "3" are the same code."""
+    return code.lstrip("0") or "0"
 
 
 def _code_system(system: str) -> str | None:

@@ -139,7 +139,7 @@ async def run_hook(
     cards: list[Card] = [trial_card(trial, result, review_url) for trial, result in suggested]
     if isinstance(context, OrderSelectContext) and suggested:
         current = []
-        for drug in (d for d in facts.drugs if not d.is_immunization):
+        for drug in facts.drugs:
             match = runtime.mappings.match_drug("systemic_anticancer_therapy", list(drug.codings), drug.text)
             if match is not None and drug.status == "active":
                 current.append(match.member)

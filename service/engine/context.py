@@ -61,12 +61,13 @@ class EvaluationContext:
     def drugs_in(self, class_name: str) -> list[DrugExposure]:
         """Medication statements matching a drug class, memoised per call."""
         if class_name not in self._class_cache:
-            immunizations = self.mappings.drug_classes[class_name].includes_immunizations
+            exposures = self.facts.drugs
+            if self.mappings.drug_classes[class_name].includes_immunizations:
+                exposures = exposures + self.facts.immunizations
             self._class_cache[class_name] = [
                 d
-                for d in self.facts.drugs
-                if (immunizations or not d.is_immunization)
-                and self.mappings.match_drug(class_name, list(d.codings), d.text) is not None
+                for d in exposures
+                if self.mappings.match_drug(class_name, list(d.codings), d.text) is not None
             ]
         return self._class_cache[class_name]
 

@@ -194,11 +194,7 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
     diagnoses = [d for vs in rule.value_sets for d in context.diagnoses_in(vs) if d.is_active]
     if rule.diagnosis_within_days is not None:
         window = timedelta(days=rule.diagnosis_within_days)
-        diagnoses = [
-            d
-            for d in diagnoses
-            if (d.onset or d.recorded) is None or context.at - (d.onset or d.recorded or context.at) <= window
-        ]
+        diagnoses = [d for d in diagnoses if context.at - (d.onset or d.recorded or context.at) <= window]
     if diagnoses and rule.newer_negative_test_wins:
         newest_test = next(iter(context.facts.tests.get(rule.test, [])), None)
         diagnosed = [d.onset or d.recorded for d in diagnoses]
