@@ -13,7 +13,7 @@ from datetime import date
 
 from service.cdshooks import Card, Coding, Link, Source
 from service.criteria import Trial
-from service.engine import CriterionResult, Evidence, State, TrialResult
+from service.engine import CriterionVerdict, Evidence, State, TrialVerdict
 
 __all__ = ["OVERRIDE_REASONS", "SUMMARY_LIMIT", "trial_card", "new_therapy_warning_card"]
 
@@ -64,7 +64,7 @@ def _evidence_text(evidence: Evidence) -> str:
     return ", ".join(parts)
 
 
-def _line(result: CriterionResult, *, with_hint: bool = False, with_evidence: bool = True) -> str:
+def _line(result: CriterionVerdict, *, with_hint: bool = False, with_evidence: bool = True) -> str:
     label = f"**{result.id}**" + (f" ({result.arm})" if result.arm else "")
     text = f"- {label}: {_md(result.reason)}"
     if with_hint and result.resolve_hint:
@@ -78,7 +78,7 @@ def _line(result: CriterionResult, *, with_hint: bool = False, with_evidence: bo
     return text
 
 
-def _summary(trial: Trial, result: TrialResult) -> str:
+def _summary(trial: Trial, result: TrialVerdict) -> str:
     unknown = len(result.in_state(State.UNKNOWN))
     review = len(result.in_state(State.NEEDS_REVIEW))
     blocked_until = [c.until for c in result.in_state(State.NOT_YET) if c.until is not None]
@@ -95,7 +95,7 @@ def _summary(trial: Trial, result: TrialResult) -> str:
     return summary[:SUMMARY_LIMIT]
 
 
-def _detail(trial: Trial, result: TrialResult) -> str:
+def _detail(trial: Trial, result: TrialVerdict) -> str:
     sites = "; ".join(", ".join(p for p in (s.name, s.city, s.country) if p) for s in trial.sites)
     registry = (
         f"[{trial.id}]({trial.registry_url})"
@@ -112,13 +112,13 @@ def _detail(trial: Trial, result: TrialResult) -> str:
         lines.append(f"⚠ **Criteria incomplete:** {_md(trial.completeness_note or '')}")
     if result.disease_evidence:
         lines.append("**Diagnosis:** " + "; ".join(_evidence_text(e) for e in result.disease_evidence))
-    possible_arms = [arm for arm in result.arms if arm.possible]
+    possible_arms = [arm for arm in result.cohorts if arm.possible]
     if possible_arms:
         lines.append(
             "**Cohorts that may fit:** "
             + "; ".join(_md(f"{a.title} ({a.description})") for a in possible_arms)
         )
-    sections: list[tuple[str, list[CriterionResult], bool]] = [
+    sections: list[tuple[str, list[CriterionVerdict], bool]] = [
         ("Not yet (blocked until a date)", result.in_state(State.NOT_YET), False),
         ("Unknown — what would resolve it", result.in_state(State.UNKNOWN), True),
         ("Met", result.in_state(State.MET), False),
@@ -132,16 +132,11 @@ def _detail(trial: Trial, result: TrialResult) -> str:
         lines.append(
             "\n**For the clinician to judge:** " + "; ".join(f"{c.id} ({_md(c.reason)})" for c in review)
         )
-    if result.data_problems:
-        lines.append("\n**Data problems:** " + _md("; ".join(result.data_problems[:5])))
-    lines.append(
-        f"\nCriteria version `{result.criteria_fingerprint[:19]}`, evaluated {result.evaluated_at[:16]}Z."
-    )
     lines.append(CONFIRMATION)
     return "\n".join(lines)
 
 
-def trial_card(trial: Trial, result: TrialResult, review_url: str | None = None) -> Card:
+def trial_card(trial: Trial, result: TrialVerdict, review_url: str | None = None) -> Card:
     """The info card for a trial the patient may be eligible for."""
     links = []
     if trial.registry_url:
@@ -163,7 +158,7 @@ def trial_card(trial: Trial, result: TrialResult, review_url: str | None = None)
 
 
 def new_therapy_warning_card(
-    drug_names: list[str], trials: list[tuple[Trial, TrialResult]], today: date
+    drug_names: list[str], trials: list[tuple[Trial, TrialVerdict]], today: date, review_url: str | None = None
 ) -> Card:
     """order-select: a new systemic anticancer therapy for a patient who may fit a TIL trial."""
     trial_ids = ", ".join(t.id for t, _ in trials)

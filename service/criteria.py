@@ -274,6 +274,7 @@ Rule = Annotated[
 
 class Criterion(_Frozen):
     id: str
+    label: str | None = None  # TEMP until labels land
     type: Literal["inclusion", "exclusion"]
     text: str
     source: str
@@ -291,6 +292,7 @@ class Criterion(_Frozen):
 
 class Arm(_Frozen):
     id: str
+    label: str | None = None  # TEMP until labels land
     title: str
     description: str
     criteria: list[Criterion] = Field(default_factory=list)

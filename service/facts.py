@@ -22,6 +22,7 @@ from service.units import UnitConversionError, convert, normalise_unit
 
 __all__ = [
     "IMMUNIZATIONS",
+    "MEDICATION_REQUESTS",
     "PROCEDURES",
     "Diagnosis",
     "DrugExposure",
@@ -34,6 +35,7 @@ __all__ = [
     "build_facts",
     "concept_codings",
     "concept_text",
+    "draft_order_exposures",
     "medication_concept",
     "parse_fhir_datetime",
 ]
@@ -41,6 +43,7 @@ __all__ = [
 LOINC = "http://loinc.org"
 PROCEDURES = "procedures"
 IMMUNIZATIONS = "immunizations"
+MEDICATION_REQUESTS = "medication-requests"  # a source whose loss makes drug criteria unknown
 """Keys of ``PatientFacts.unavailable`` (and the prefetch keys) for the two sources only some
 criteria read; the rest of that dict is keyed by analyte or test."""
 _IGNORED_OBSERVATION_STATUSES = {"entered-in-error", "cancelled", "registered"}
@@ -166,6 +169,7 @@ class PatientFacts:
     procedures: list[Diagnosis] = field(default_factory=list)
     drugs: list[DrugExposure] = field(default_factory=list)
     immunizations: list[DrugExposure] = field(default_factory=list)  # seen only by classes that include them
+    draft_orders: list[DrugExposure] = field(default_factory=list)  # order-select: the selected drafts
     inputs: list[SourceRef] = field(default_factory=list)
     data_problems: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -379,9 +383,10 @@ class _FactBuilder:
                 return
         components = observation.get("component")
         components = [c for c in components if isinstance(c, dict)] if isinstance(components, list) else []
-        if "69548-6" in loinc_codes:
+        genomics = self.mappings.roles.genomics
+        if set(genomics.variant_panel_loinc) & set(loinc_codes):
             for component in components:
-                if "48018-6" in {c for _, c in concept_codings(component.get("code"))}:
+                if set(genomics.gene_studied_loinc) & {c for _, c in concept_codings(component.get("code"))}:
                     for _, gene in concept_codings(component.get("valueCodeableConcept")):
                         test = self.mappings.qualitative_test_by_gene.get(gene)
                         if test is not None:
@@ -519,7 +524,7 @@ class _FactBuilder:
 
     def _derive_absolute_counts(self) -> None:
         """ANC/ALC from WBC x differential %, where no absolute count shares the specimen time."""
-        white_cells = {r.when: r for r in self.labs.get("white_blood_cell_count", []) if r.when is not None}
+        white_cells = {r.when: r for r in self.labs.get(self.mappings.roles.analytes.white_blood_cell_count, []) if r.when is not None}
         for analyte, percents in self.percents.items():
             measured = {r.when for r in self.labs.get(analyte, [])}
             for percent in percents:
@@ -763,3 +768,26 @@ def age_in_years(birth_date: date, at: datetime) -> int:
     """Completed years at ``at`` (a birthday on the evaluation day counts)."""
     on = at.date()
     return on.year - birth_date.year - ((on.month, on.day) < (birth_date.month, birth_date.day))
+
+
+def draft_order_exposures(draft_orders: Any, selections: list[str]) -> list[DrugExposure]:
+    """The selected draft medication orders of an order-select call, as drug exposures.
+
+    Draft orders come from the EHR's order composer and may be half-filled: entries that
+    are not resources, or have no medication, are skipped rather than refused (the
+    clinician is still typing).  With no ``selections`` every draft counts.
+    """
+    exposures: list[DrugExposure] = []
+    entries = draft_orders.get("entry") if isinstance(draft_orders, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        source = SourceRef(str(resource.get("resourceType")), str(resource.get("id")))
+        if selections and str(source) not in selections:
+            continue
+        concept = medication_concept(resource)
+        codings, text = concept_codings(concept), concept_text(concept)
+        if codings or text:
+            exposures.append(DrugExposure(tuple(codings), text, "draft", None, None, source))
+    return exposures

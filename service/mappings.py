@@ -140,6 +140,40 @@ class _UnitFile(_Frozen):
     aliases: dict[str, str]
 
 
+class DrugClassRoles(_Frozen):
+    """Drug classes the code relies on, by role (``roles.yaml``)."""
+
+    corticosteroid_dose: str = Field(description="the steroid_dose rule (prednisone-equivalent daily dose)")
+    current_anticancer_therapy: str = Field(
+        description="order-select: which drafted drugs restart a trial's washout"
+    )
+
+
+class AnalyteRoles(_Frozen):
+    """Analytes the code relies on, by role (``roles.yaml``)."""
+
+    ecog_performance_status: str = Field(description="the performance_status rule (ECOG)")
+    karnofsky_performance_status: str = Field(description="the performance_status rule (Karnofsky)")
+    serum_creatinine: str = Field(description="Cockcroft-Gault creatinine clearance (creatinine)")
+    body_weight: str = Field(description="Cockcroft-Gault creatinine clearance (body weight)")
+    white_blood_cell_count: str = Field(description="absolute counts from a white-cell differential")
+
+
+class GenomicsRoles(_Frozen):
+    """LOINC codes of a variant panel whose components name the gene studied."""
+
+    variant_panel_loinc: list[str] = Field(min_length=1)
+    gene_studied_loinc: list[str] = Field(min_length=1)
+
+
+class Roles(_Frozen):
+    """``roles.yaml``: every name in the mappings that the service's code looks up."""
+
+    drug_classes: DrugClassRoles
+    analytes: AnalyteRoles
+    genomics: GenomicsRoles
+
+
 @dataclass(frozen=True)
 class DrugMatch:
     """Which member of which class a medication matched, and how."""
@@ -170,6 +204,7 @@ class Mappings:
     value_sets: dict[str, ValueSet]
     drug_classes: dict[str, DrugClass]
     unit_aliases: dict[str, str]
+    roles: Roles
     source_text: dict[str, str] = field(default_factory=dict)
     text_qualifiers: list[str] = field(default_factory=list)
 
@@ -206,8 +241,8 @@ class Mappings:
             codes.extend(c for c in definition.loinc if c not in codes)
             if isinstance(definition, Analyte):
                 codes.extend(c for c in definition.percent_of_white_cells_loinc if c not in codes)
-            if isinstance(definition, QualitativeTest) and definition.hgnc_genes and "69548-6" not in codes:
-                codes.append("69548-6")
+            if isinstance(definition, QualitativeTest) and definition.hgnc_genes:
+                codes.extend(c for c in self.roles.genomics.variant_panel_loinc if c not in codes)
         return groups
 
     @cached_property
@@ -405,12 +440,39 @@ def load_mappings(directory: Path) -> Mappings:
     return mappings_from_texts(texts, directory)
 
 
-def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings")) -> Mappings:
-    """Mappings from file texts by name (what an audit record's criteria snapshot keeps)."""
+def _check_roles(roles: Roles, analytes: _AnalyteFile, medications: _MedicationFile, directory: Path) -> None:
+    """Every name the code relies on is defined: all missing ones in one message."""
+    problems = []
+    tables: list[tuple[str, BaseModel, set[str], str]] = [
+        ("drug_classes", roles.drug_classes, set(medications.classes), "medications.yaml classes"),
+        ("analytes", roles.analytes, set(analytes.analytes), "analytes.yaml analytes"),
+    ]
+    for block, assigned, defined, where in tables:
+        for role, field_info in type(assigned).model_fields.items():
+            name = getattr(assigned, role)
+            if name not in defined:
+                problems.append(
+                    f"{block}.{role}: '{name}' is not defined in {where}; needed by {field_info.description}"
+                )
+    if problems:
+        raise ConfigurationError(f"{directory / 'roles.yaml'}: " + "; ".join(problems))
+
+
+def mappings_from_texts(
+    texts: dict[str, str], directory: Path = Path("mappings"), *, roles_text: str | None = None
+) -> Mappings:
+    """Mappings from file texts by name (what an audit record's criteria snapshot keeps).
+
+    ``roles_text`` stands in for a ``roles.yaml`` the texts lack: snapshots recorded before
+    the roles were data used exactly the names of the shipped file.
+    """
+    if "roles.yaml" not in texts and roles_text is not None:
+        texts = {**texts, "roles.yaml": roles_text}
     analytes: _AnalyteFile = _read(directory / "analytes.yaml", _AnalyteFile, texts)
     conditions: _ConditionFile = _read(directory / "conditions.yaml", _ConditionFile, texts)
     medications: _MedicationFile = _read(directory / "medications.yaml", _MedicationFile, texts)
     units: _UnitFile = _read(directory / "units.yaml", _UnitFile, texts)
+    roles: Roles = _read(directory / "roles.yaml", Roles, texts)
     clash = (set(analytes.analytes) & set(analytes.qualitative_tests)) | (
         {"staging"} & (set(analytes.analytes) | set(analytes.qualitative_tests))
     )
@@ -422,7 +484,9 @@ def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings"
                 raise ConfigurationError(
                     f"{directory / 'medications.yaml'}: classes.{name}.includes: unknown class '{included}'"
                 )
+    _check_roles(roles, analytes, medications, directory)
     return Mappings(
+        roles=roles,
         analytes=analytes.analytes,
         qualitative_tests=analytes.qualitative_tests,
         qualitative_answers=analytes.qualitative_answers,

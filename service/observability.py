@@ -39,6 +39,7 @@ __all__ = [
     "HOOK_SECONDS",
     "HTTP_REQUESTS",
     "HTTP_SECONDS",
+    "INTERNAL_ERRORS",
     "METRICS_CONTENT_TYPE",
     "REQUEST_ID_HEADER",
     "JsonLogFormatter",
@@ -95,6 +96,9 @@ FHIR_FETCH_SECONDS = Histogram(
 FHIR_FETCH_ERRORS = Counter("til_cds_fhir_fetch_errors", "Failed FHIR GETs by exception class", ["error"])
 AUDIT_WRITE_FAILURES = Counter(
     "til_cds_audit_unavailable", "Calls refused (503) because the audit store was unavailable"
+)
+INTERNAL_ERRORS = Counter(
+    "til_cds_internal_errors", "Requests answered 500 because of an unexpected exception, by route", ["route"]
 )
 CRITERIA_RELOADS = Counter(
     "til_cds_criteria_reloads", "Criteria reload attempts by result (loaded, unchanged, refused)", ["result"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,23 +19,26 @@ from pydantic import ValidationError
 from service.cards import new_therapy_warning_card, trial_card
 from service.cdshooks import Card, CdsResponse, HookRequest, OrderSelectContext, PatientViewContext
 from service.criteria import CriteriaSet
-from service.engine import TrialResult, evaluate_trials
+from service.engine import Decision, decide
+from service.engine.decision import decision_json
 from service.errors import PreconditionFailedError, RequestError
 from service.facts import (
     IMMUNIZATIONS,
+    MEDICATION_REQUESTS,
     PROCEDURES,
     build_facts,
-    concept_codings,
-    concept_text,
-    medication_concept,
+    draft_order_exposures,
 )
 from service.gather import REQUIRED_KEYS, FetchLimits, GatheredData, gather
 from service.mappings import Mappings
 
-__all__ = ["HookOutcome", "Runtime", "run_hook", "SERVICE_ID", "SERVICE_HOOKS"]
+__all__ = ["HookOutcome", "Runtime", "run_hook", "SERVICES", "SERVICE_ID", "ORDER_SELECT_SERVICE_ID"]
 
 SERVICE_ID = "til-trials"
-SERVICE_HOOKS = ("patient-view", "order-select")
+ORDER_SELECT_SERVICE_ID = "til-trials-order-select"
+SERVICES = {SERVICE_ID: "patient-view", ORDER_SELECT_SERVICE_ID: "order-select"}
+"""Service id -> its hook.  order-select has its own id: CDS clients replace earlier cards
+of the same service id, and the order composer's card must not remove the chart's."""
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Runtime:
 class HookOutcome:
     response: CdsResponse
     record: dict[str, Any]
-    results: list[TrialResult] = field(default_factory=list)
+    decision: Decision
 
 
 def _context(request: HookRequest) -> PatientViewContext:
@@ -67,12 +70,16 @@ def _context(request: HookRequest) -> PatientViewContext:
         raise RequestError(f"context.{path}: {first['msg']}", expression=f"context.{path}") from exc
 
 
+_SOURCE_KEYS = {PROCEDURES: PROCEDURES, IMMUNIZATIONS: IMMUNIZATIONS, "medication-requests": MEDICATION_REQUESTS}
+
+
 def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]:
-    """Analytes and tests whose Observation group could not be obtained, and the Procedures if lost."""
+    """The sources whose search could not be obtained: analytes and tests by their
+    Observation group, and the Procedures, Immunizations and MedicationRequests."""
     lost: dict[str, str] = {}
     for key, reason in data.unavailable.items():
-        if key in (PROCEDURES, IMMUNIZATIONS):
-            lost[key] = reason
+        if key in _SOURCE_KEYS:
+            lost[_SOURCE_KEYS[key]] = reason
             continue
         group = key.removeprefix("observations-")
         for name, definition in mappings.observation_definitions.items():
@@ -88,33 +95,30 @@ def _dedupe(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _new_anticancer_drugs(context: OrderSelectContext, runtime: Runtime, current: list[str]) -> list[str]:
-    """Names of systemic anticancer drugs in the selected draft orders not already being taken."""
-    names: list[str] = []
-    entries = context.draftOrders.get("entry")
-    for entry in entries if isinstance(entries, list) else []:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            continue
-        reference = f"{resource.get('resourceType')}/{resource.get('id')}"
-        if context.selections and reference not in context.selections:
-            continue
-        concept = medication_concept(resource)
-        codings, text = concept_codings(concept), concept_text(concept)
-        match = runtime.mappings.match_drug("systemic_anticancer_therapy", codings, text)
-        if match is not None and match.member not in current:
-            names.append(match.member.replace("_", " "))
-    return names
+def _cards(request: HookRequest, decision: Decision, runtime: Runtime, review_url: str | None) -> list[Card]:
+    """patient-view: a card per suggested trial.  order-select: only about the selected
+    orders, a warning when one would restart a trial's washout, else nothing."""
+    trials = {t.id: t for t in runtime.criteria.trials}
+    if request.hook == "order-select":
+        warning = decision.order_warning
+        if warning is None:
+            return []
+        affected = [(trials[v.trial_id], v) for v in decision.suggested if v.trial_id in warning.trial_ids]
+        return [new_therapy_warning_card(list(warning.drugs), affected, decision.evaluated_at.date(), review_url)]
+    return [trial_card(trials[v.trial_id], v, review_url) for v in decision.suggested]
 
 
 async def run_hook(
-    request: HookRequest, runtime: Runtime, evaluated_at: datetime, *, may_fetch: bool
+    request: HookRequest, runtime: Runtime, evaluated_at: datetime, *, may_fetch: bool, service_id: str = SERVICE_ID
 ) -> HookOutcome:
     """Evaluate every trial for the request's patient and build the cards."""
     started = time.perf_counter()
-    if request.hook not in SERVICE_HOOKS:
+    if SERVICES.get(service_id) != request.hook:
+        served = SERVICES.get(service_id)
+        other = next((s for s, hook in SERVICES.items() if hook == request.hook), None)
         raise RequestError(
-            f"hook '{request.hook}' is not served by '{SERVICE_ID}'; it serves {', '.join(SERVICE_HOOKS)}",
+            f"hook '{request.hook}' is not served by '{service_id}', which serves {served}"
+            + (f"; call '{other}' for {request.hook}" if other else ""),
             expression="hook",
         )
     context = _context(request)
@@ -131,42 +135,24 @@ async def run_hook(
     facts.unavailable = _unavailable_facts(data, runtime.mappings)
     facts.data_problems.extend(data.problems)
     facts.data_problems.extend(f"{k}: {v}" for k, v in data.unavailable.items())
-    results = evaluate_trials(runtime.criteria, runtime.mappings, facts, evaluated_at)
+    if isinstance(context, OrderSelectContext):
+        facts.draft_orders = draft_order_exposures(context.draftOrders, list(context.selections or []))
+    decision = decide(facts, runtime.criteria, runtime.mappings, evaluated_at)
     decision_id = str(uuid.uuid4())
     review_url = runtime.review_url(decision_id) if runtime.review_url else None
-    trials = {t.id: t for t in runtime.criteria.trials}
-    suggested = [(trials[r.trial_id], r) for r in results if r.suggested]
-    cards: list[Card] = [trial_card(trial, result, review_url) for trial, result in suggested]
-    if isinstance(context, OrderSelectContext) and suggested:
-        current = []
-        for drug in facts.drugs:
-            match = runtime.mappings.match_drug("systemic_anticancer_therapy", list(drug.codings), drug.text)
-            if match is not None and drug.status == "active":
-                current.append(match.member)
-        new_drugs = _new_anticancer_drugs(context, runtime, current)
-        if new_drugs:
-            cards.insert(0, new_therapy_warning_card(new_drugs, suggested, evaluated_at.date()))
-    response = CdsResponse(cards=cards)
+    cards = _cards(request, decision, runtime, review_url)
     record = {
         "decision_id": decision_id,
         "hook": request.hook,
         "hook_instance": request.hookInstance,
-        "service_id": SERVICE_ID,
+        "service_id": service_id,
         "user_ref": context.userId,
         "patient_ref": f"Patient/{context.patientId}",
         "fhir_server": str(request.fhirServer) if request.fhirServer else None,
-        "criteria_fingerprint": runtime.criteria.fingerprint,
-        "input_fingerprint": results[0].input_fingerprint if results else None,
-        "evaluated_at": evaluated_at.isoformat(),
-        "inputs": [
-            {"resourceType": r.resource_type, "id": r.id, "versionId": r.version_id} for r in facts.inputs
-        ],
+        "decision": decision_json(decision),
         "input_resources": resources,
         "data_sources": data.sources,
-        "unavailable_facts": dict(facts.unavailable),
-        "verdicts": [r.to_dict() for r in results],
         "cards": [c.model_dump(mode="json", exclude_none=True) for c in cards],
         "timing_ms": round((time.perf_counter() - started) * 1000, 2),
-        "errors": list(facts.data_problems),
     }
-    return HookOutcome(response=response, record=record, results=results)
+    return HookOutcome(response=CdsResponse(cards=cards), record=record, decision=decision)

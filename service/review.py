@@ -16,17 +16,17 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import Any
 
-import yaml
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from service.audit import stored_decision
+from service.engine.decision import CriterionVerdict, Decision, Evidence, TrialVerdict
 from service.errors import TilCdsError
 from service.settings import Settings
 
 __all__ = [
-    "DEFAULT_LOOKBACK_DAYS",
     "ArmSection",
     "CriterionRow",
     "EvidenceRow",
@@ -42,7 +42,6 @@ __all__ = [
     "verify_review_token",
 ]
 
-DEFAULT_LOOKBACK_DAYS = 30
 _SALT = "til-cds review link"
 _STATUS_ORDER = {"may_be_eligible": 0, "ruled_out": 1, "not_applicable": 2}
 STATE_LABELS = {
@@ -120,6 +119,7 @@ class CriterionRow:
     """One criterion's row in a trial's table."""
 
     id: str
+    label: str
     type: str
     text: str
     state: str
@@ -140,6 +140,7 @@ class ArmSection:
     title: str
     description: str
     possible: bool
+    fit: str
     criteria: list[CriterionRow]
 
 
@@ -181,6 +182,7 @@ class ReviewPage:
     evaluated_at: str
     recorded_at: str
     age_years: int | None
+    age_note: str | None
     sex: str
     criteria_fingerprint: str
     trials: list[TrialSection] = field(default_factory=list)
@@ -188,101 +190,35 @@ class ReviewPage:
     data_problems: list[str] = field(default_factory=list)
 
 
-def _age(patient: dict[str, Any] | None, at: date) -> int | None:
-    birth = str((patient or {}).get("birthDate") or "")
-    try:
-        born = date.fromisoformat(birth[:10]) if len(birth) >= 10 else date(int(birth[:4]), 7, 1)
-    except ValueError:
-        return None
-    return at.year - born.year - ((at.month, at.day) < (born.month, born.day))
-
-
-def _number(value: Any) -> str:
+def _number(value: float | str | None) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return "" if value is None else str(value)
 
 
-class _Lookbacks:
-    """Look-back windows from the recorded criteria version, to date when a lab goes stale."""
-
-    def __init__(self, snapshot: dict[str, Any] | None, resources: list[dict[str, Any]]) -> None:
-        self.analyte_by_code: dict[str, tuple[str, int | None]] = {}
-        self.rules: dict[tuple[str, str], dict[str, int | None]] = {}
-        self.resources = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
-        snapshot = snapshot or {}
-        analytes_text = (snapshot.get("__mappings__") or {}).get("analytes.yaml")
-        analytes = (yaml.safe_load(analytes_text) or {}).get("analytes", {}) if analytes_text else {}
-        for name, definition in analytes.items():
-            for code in definition.get("loinc") or []:
-                self.analyte_by_code[str(code)] = (name, definition.get("lookback_days"))
-        for trial_id, trial in snapshot.items():
-            if trial_id == "__mappings__" or not isinstance(trial, dict):
-                continue
-            criteria = list(trial.get("inclusion") or []) + list(trial.get("exclusion") or [])
-            for arm in trial.get("arms") or []:
-                criteria += list(arm.get("criteria") or [])
-            for criterion in criteria:
-                found: dict[str, int | None] = {}
-                self._collect(criterion.get("rule"), found)
-                self.rules[(trial_id, str(criterion.get("id")))] = found
-
-    def _collect(self, rule: Any, found: dict[str, int | None]) -> None:
-        if not isinstance(rule, dict):
-            return
-        if rule.get("analyte"):
-            found[str(rule["analyte"])] = rule.get("lookback_days")
-        for child in rule.get("rules") or []:
-            self._collect(child, found)
-
-    def days(self, trial_id: str, criterion_id: str, source: str | None) -> tuple[int, str] | None:
-        """The look-back in days for a numeric result's evidence, and where it came from; else None."""
-        resource = self.resources.get(source or "")
-        if not resource or resource.get("resourceType") != "Observation":
-            return None
-        rules = self.rules.get((trial_id, criterion_id)) or {}
-        for coding in (resource.get("code") or {}).get("coding") or []:
-            analyte = self.analyte_by_code.get(str(coding.get("code")))
-            if analyte is None:
-                continue
-            name, analyte_days = analyte
-            if rules.get(name) is not None:
-                return int(rules[name] or 0), "set by the criterion"
-            if analyte_days is not None:
-                return int(analyte_days), f"for {name.replace('_', ' ')}"
-            return DEFAULT_LOOKBACK_DAYS, "service default"
-        return None
-
-
-def _evidence_row(
-    evidence: dict[str, Any], lookback: tuple[int, str] | None = None, *, stale_on: date | None = None
-) -> EvidenceRow:
-    value = _number(evidence.get("value"))
-    unit = evidence.get("unit")
+def _evidence_row(evidence: Evidence) -> EvidenceRow:
+    value = _number(evidence.value)
     reference = ""
-    if evidence.get("upper_limit_of_normal") is not None:
-        reference = f"ULN {_number(evidence['upper_limit_of_normal'])}"
-    if evidence.get("upper_limit_source"):
-        reference = (
-            f"{reference} — {evidence['upper_limit_source']}" if reference else evidence["upper_limit_source"]
-        )
+    if evidence.upper_limit_of_normal is not None:
+        reference = f"ULN {_number(evidence.upper_limit_of_normal)}"
+    if evidence.upper_limit_source:
+        reference = f"{reference} — {evidence.upper_limit_source}" if reference else evidence.upper_limit_source
     return EvidenceRow(
-        description=str(evidence.get("description") or ""),
-        value=f"{value} {unit}".strip() if value else "",
-        date=str(evidence.get("date") or ""),
+        description=evidence.description,
+        value=f"{value} {evidence.unit or ''}".strip() if value else "",
+        date=evidence.date or "",
         reference=reference,
-        source=str(evidence.get("source") or ""),
-        usable_until=stale_on.isoformat() if stale_on else None,
-        lookback_note=f"{lookback[0]}-day look-back, {lookback[1]}" if lookback else None,
+        source=evidence.source or "",
+        usable_until=evidence.stale_on.isoformat() if evidence.stale_on else None,
+        lookback_note=f"{evidence.lookback_days}-day look-back" if evidence.lookback_days else None,
     )
 
 
 class _Builder:
-    def __init__(self, content: dict[str, Any], snapshot: dict[str, Any] | None) -> None:
-        self.content = content
-        self.snapshot = snapshot or {}
-        self.at = datetime.fromisoformat(str(content.get("evaluated_at"))).date()
-        self.lookbacks = _Lookbacks(snapshot, list(content.get("input_resources") or []))
+    """Rows and timeline events from a decision: presentation only, every date the engine's."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.at = decision.evaluated_at.date()
         self.events: dict[tuple[str, str], TimelineEvent] = {}
 
     def _event(self, on: date, what: str, item: str, trial_id: str) -> None:
@@ -293,110 +229,86 @@ class _Builder:
         if trial_id not in event.trials:
             event.trials.append(trial_id)
 
-    def criterion(self, trial_id: str, data: dict[str, Any]) -> CriterionRow:
-        rows = []
-        for evidence in data.get("evidence") or []:
-            lookback = self.lookbacks.days(trial_id, str(data.get("id")), evidence.get("source"))
-            stale_on = None
-            if lookback is not None and evidence.get("date"):
-                try:
-                    stale_on = date.fromisoformat(str(evidence["date"])[:10]) + timedelta(days=lookback[0])
-                except ValueError:
-                    stale_on = None
-            if stale_on is not None and lookback is not None and data.get("state") in ("met", "not_met"):
+    def criterion(self, trial_id: str, verdict: CriterionVerdict) -> CriterionRow:
+        for evidence in verdict.evidence:
+            if evidence.stale_on is not None and evidence.date:
                 self._event(
-                    stale_on,
-                    f"results of {str(evidence['date'])[:10]} leave their {lookback[0]}-day look-back",
-                    str(evidence.get("description")),
+                    evidence.stale_on,
+                    f"results of {evidence.date[:10]} leave their {evidence.lookback_days}-day look-back",
+                    evidence.description,
                     trial_id,
                 )
-            rows.append(_evidence_row(evidence, lookback, stale_on=stale_on))
-        until = data.get("until")
-        if until:
-            self._event(
-                date.fromisoformat(until), "washout ends", f"{data.get('id')}: {data.get('reason')}", trial_id
-            )
-        state = str(data.get("state"))
+        if verdict.not_before is not None:
+            self._event(verdict.not_before, "washout ends", f"{verdict.label}: {verdict.reason}", trial_id)
+        state = verdict.state.value
         return CriterionRow(
-            id=str(data.get("id")),
-            type=str(data.get("type") or ""),
-            text=str(data.get("text") or ""),
+            id=verdict.id,
+            label=verdict.label,
+            type=verdict.type,
+            text=verdict.text,
             state=state,
             state_label=STATE_LABELS.get(state, state),
-            reason=str(data.get("reason") or ""),
-            evidence=rows,
-            until=until,
-            flags=list(data.get("flags") or []),
-            resolve_hint=data.get("resolve_hint"),
-            note=data.get("note"),
+            reason=verdict.reason,
+            evidence=[_evidence_row(e) for e in verdict.evidence],
+            until=verdict.until.isoformat() if verdict.until else None,
+            flags=list(verdict.flags),
+            resolve_hint=verdict.resolve_hint,
+            note=verdict.note,
         )
 
-    def trial(self, verdict: dict[str, Any]) -> TrialSection:
-        trial_id = str(verdict.get("trial_id"))
-        found = self.snapshot.get(trial_id)
-        recorded: dict[str, Any] = found if isinstance(found, dict) else {}
-        criteria = [self.criterion(trial_id, c) for c in verdict.get("criteria") or []]
+    def trial(self, verdict: TrialVerdict) -> TrialSection:
+        criteria = [self.criterion(verdict.trial_id, c) for c in verdict.criteria]
         arms = [
             ArmSection(
-                id=str(arm.get("id")),
-                title=str(arm.get("title") or arm.get("id")),
-                description=str(arm.get("description") or ""),
-                possible=bool(arm.get("possible")),
-                criteria=[self.criterion(trial_id, c) for c in arm.get("criteria") or []],
+                id=cohort.id,
+                title=cohort.title,
+                description=cohort.description,
+                possible=cohort.possible,
+                fit=cohort.fit,
+                criteria=[self.criterion(verdict.trial_id, c) for c in cohort.criteria],
             )
-            for arm in verdict.get("arms") or []
+            for cohort in verdict.cohorts
         ]
-        every = criteria + [c for arm in arms for c in arm.criteria]
-        counts: dict[str, int] = {}
-        for row in every:
-            counts[row.state] = counts.get(row.state, 0) + 1
-        blocking = [c for c in criteria if c.state == "not_met"]
-        if not blocking and arms and not any(a.possible for a in arms):
-            blocking = [c for a in arms for c in a.criteria if c.state == "not_met"]
+        rows = {row.id: row for row in [*criteria, *(c for arm in arms for c in arm.criteria)]}
+        counts = {state.value: n for state, n in verdict.trial_level_counts().items() if n}
         return TrialSection(
-            trial_id=trial_id,
-            title=str(recorded.get("title") or trial_id),
-            short_title=str(recorded.get("short_title") or trial_id),
-            registry_url=recorded.get("registry_url"),
-            status=str(verdict.get("status")),
-            reason=str(verdict.get("reason") or ""),
-            blocking=blocking,
+            trial_id=verdict.trial_id,
+            title=verdict.title,
+            short_title=verdict.short_title,
+            registry_url=verdict.registry_url,
+            status=verdict.status,
+            reason=verdict.reason,
+            blocking=[rows[c] for c in verdict.blocking if c in rows],
             criteria=criteria,
             arms=arms,
-            disease_evidence=[_evidence_row(e) for e in verdict.get("disease_evidence") or []],
-            data_problems=list(verdict.get("data_problems") or []),
+            disease_evidence=[_evidence_row(e) for e in verdict.disease_evidence],
+            data_problems=[],
             counts=counts,
         )
 
 
-def build_review_page(decision: dict[str, Any], criteria_snapshot: dict[str, Any] | None) -> ReviewPage:
+def build_review_page(record: dict[str, Any], criteria_snapshot: dict[str, Any] | None) -> ReviewPage:
     """What the review page shows of one recorded decision (``AuditStore.get_decision``).
 
-    ``criteria_snapshot`` is the recorded criteria version (titles, look-back windows);
-    without it, trials are shown by id and labs use the default look-back.
+    Everything comes from the record's :class:`Decision`; ``criteria_snapshot`` only
+    names the trials of records written before the decision had a type.
     """
-    content: dict[str, Any] = decision["content"]
-    builder = _Builder(content, criteria_snapshot)
-    patient_id = str(content.get("patient_ref") or "").removeprefix("Patient/")
-    patient = next(
-        (
-            r
-            for r in content.get("input_resources") or []
-            if r.get("resourceType") == "Patient" and str(r.get("id")) == patient_id
-        ),
-        None,
-    )
-    verdicts = sorted(content.get("verdicts") or [], key=lambda v: _STATUS_ORDER.get(str(v.get("status")), 3))
+    content: dict[str, Any] = record["content"]
+    decision = stored_decision(content, criteria_snapshot)
+    builder = _Builder(decision)
+    verdicts = sorted(decision.trials, key=lambda v: _STATUS_ORDER[v.status])
     trials = [builder.trial(v) for v in verdicts]
+    patient = decision.patient
     return ReviewPage(
-        decision_id=str(decision.get("decision_id") or decision.get("record_id")),
+        decision_id=str(record.get("decision_id") or record.get("record_id")),
         hook=str(content.get("hook") or ""),
-        evaluated_at=str(content.get("evaluated_at") or ""),
-        recorded_at=str(decision.get("recorded_at") or ""),
-        age_years=_age(patient, builder.at),
-        sex=str((patient or {}).get("gender") or "not recorded"),
-        criteria_fingerprint=str(content.get("criteria_fingerprint") or ""),
+        evaluated_at=decision.evaluated_at.isoformat(),
+        recorded_at=str(record.get("recorded_at") or ""),
+        age_years=patient.age_years,
+        age_note=patient.age_note,
+        sex=patient.sex or "not recorded",
+        criteria_fingerprint=decision.criteria_fingerprint,
         trials=trials,
         timeline=sorted(builder.events.values(), key=lambda e: e.on),
-        data_problems=list(content.get("errors") or []),
+        data_problems=list(decision.data_problems),
     )

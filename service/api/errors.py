@@ -8,13 +8,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.outcomes import operation_outcome
 from service.audit.errors import AuditUnavailableError, UnknownCardError
 from service.errors import FhirServerError, PreconditionFailedError, RequestError
-from service.observability import AUDIT_WRITE_FAILURES
+from service.observability import AUDIT_WRITE_FAILURES, INTERNAL_ERRORS, current_request_id
 
-__all__ = ["register_exception_handlers"]
+__all__ = ["InternalErrorMiddleware", "register_exception_handlers"]
 
 logger = logging.getLogger("til_cds.api")
 _FHIR_JSON = "application/fhir+json"
@@ -102,9 +103,46 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error while serving %s %s", request.method, request.url.path)
-    return _outcome(500, "internal error; the service log has the details", "exception")
+class InternalErrorMiddleware:
+    """Any unexpected exception becomes a 500 OperationOutcome naming the request id.
+
+    Starlette's own last-resort handler answers and then re-raises, so the server resets
+    the kept-alive connection and an EHR that reuses connections gets "connection reset"
+    on its next call.  Here the exception is logged once with its traceback, counted, and
+    answered, and it goes no further: the connection stays usable.  Added inside the
+    observability middleware, so the request id is known and the 500 is in the metrics.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception:
+            request_id = current_request_id() or "unknown"
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            logger.exception("internal error while serving %s %s", scope.get("method"), scope.get("path"))
+            INTERNAL_ERRORS.labels(route=route).inc()
+            if started:  # nothing can be said any more; the server closes this response
+                raise
+            response = _outcome(
+                500,
+                f"internal error (request id {request_id}); the service log has the details under that id",
+                "exception",
+            )
+            await response(scope, receive, send)
 
 
 def register_exception_handlers(app: FastAPI) -> None:
@@ -115,4 +153,3 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuditUnavailableError, _audit_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(UnknownCardError, _unknown_card)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unexpected)

@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from service.api.errors import register_exception_handlers
+from service.api.errors import InternalErrorMiddleware, register_exception_handlers
 from service.api.limits import BodySizeLimitMiddleware
 from service.api.routes import audit, console, discovery, feedback, health, hooks, metrics, review
 from service.audit.store import AuditStore
@@ -124,6 +124,7 @@ def create_app(
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(RequestObservabilityMiddleware)
     for module in (discovery, hooks, feedback, audit, health, metrics, review, console):
         app.include_router(module.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._records import stored_decision
 from .errors import (
     AuditConfigurationError,
     AuditError,
@@ -26,4 +27,5 @@ __all__ = [
     "UnknownCardError",
     "UnknownDecisionError",
     "VerifyReport",
+    "stored_decision",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._records import card_trial_ids, suggested_trial_ids
+from ._records import card_trial_ids, stored_decision, suggested_trial_ids
 
 __all__ = ["monthly_trial_counts", "trial_outcome_matches"]
 
@@ -24,8 +24,7 @@ class _Tally:
 
 def trial_outcome_matches(record: Mapping[str, Any], trial_id: str, outcome: str) -> bool:
     """Whether a decision record suggested (or did not suggest) this particular trial."""
-    verdicts = record["content"].get("verdicts", [])
-    suggested = trial_id in suggested_trial_ids(verdicts)
+    suggested = trial_id in suggested_trial_ids(stored_decision(record["content"]))
     return suggested if outcome == "suggested" else not suggested
 
 
@@ -52,9 +51,9 @@ def monthly_trial_counts(records: Iterable[Mapping[str, Any]]) -> list[dict[str,
         month = str(record["recorded_at"])[:7]
         content = record["content"]
         if record["kind"] == "decision":
-            verdicts = content.get("verdicts", [])
+            decision = stored_decision(content)
             for card in content.get("cards", []):
-                for trial_id in _or_no_trial(card_trial_ids(card, verdicts)):
+                for trial_id in _or_no_trial(card_trial_ids(card, decision)):
                     tally(month, trial_id).cards_shown += 1
             continue
         feedback = content.get("feedback", {})

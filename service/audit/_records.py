@@ -8,10 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import ValidationError
+
+from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
 from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
 from .errors import InvalidAuditRecordError
@@ -27,6 +31,7 @@ __all__ = [
     "prepare_decision",
     "prepare_feedback",
     "record_view",
+    "stored_decision",
     "suggested_trial_ids",
 ]
 
@@ -73,12 +78,25 @@ def _list_of_dicts(record: Mapping[str, Any], key: str, where: str) -> list[dict
     return value
 
 
-def suggested_trial_ids(verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Trial ids whose verdict says the trial is suggested, in verdict order."""
-    return [str(verdict["trial_id"]) for verdict in verdicts if verdict.get("suggested") is True]
+def stored_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None = None) -> Decision:
+    """The typed decision of a stored decision record, of any schema version.
+
+    ``titles`` (the recorded criteria snapshot) only names the trials of version 1 records.
+    """
+    try:
+        return read_decision(content, titles)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidAuditRecordError(f"the record's decision is not readable: {where}: {first['msg']}") from exc
 
 
-def card_trial_ids(card: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]]) -> list[str]:
+def suggested_trial_ids(decision: Decision) -> list[str]:
+    """Trial ids the decision suggested (a card was due), in verdict order."""
+    return [verdict.trial_id for verdict in decision.suggested]
+
+
+def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     """The trials a card is about, so feedback and counts can be given per trial.
 
     Cards say it in ``extension.trial_id`` (or ``trial_ids``); failing that a
@@ -91,13 +109,13 @@ def card_trial_ids(card: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]
             return [named]
         if isinstance(named, list) and all(isinstance(item, str) for item in named):
             return list(named)
-    evaluated = [str(verdict.get("trial_id")) for verdict in verdicts]
+    evaluated = [verdict.trial_id for verdict in decision.trials]
     source = card.get("source")
     topic = source.get("topic") if isinstance(source, Mapping) else None
     code = topic.get("code") if isinstance(topic, Mapping) else None
     if isinstance(code, str) and code in evaluated:
         return [code]
-    suggested = suggested_trial_ids(verdicts)
+    suggested = suggested_trial_ids(decision)
     return suggested if len(suggested) == 1 else []
 
 
@@ -118,11 +136,17 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
     except ValueError as exc:
         raise InvalidAuditRecordError(f"decision.decision_id is not a uuid: {decision_id!r}") from exc
     recorded_at = parse_timestamp(_require_str(clean, "recorded_at", where), "decision.recorded_at")
-    verdicts = _list_of_dicts(clean, "verdicts", where)
-    for verdict in verdicts:
-        _require_str(verdict, "trial_id", "decision.verdicts[]")
+    stored = clean.get("decision")
+    if not isinstance(stored, Mapping):
+        raise InvalidAuditRecordError("decision.decision must be the engine's decision (an object)")
+    try:
+        decision = DECISION_ADAPTER.validate_python(stored)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise InvalidAuditRecordError(f"decision.decision.{path}: {first['msg']}") from exc
     cards = _list_of_dicts(clean, "cards", where)
-    trial_ids = list(dict.fromkeys(str(verdict["trial_id"]) for verdict in verdicts))
+    trial_ids = list(dict.fromkeys(verdict.trial_id for verdict in decision.trials))
     card_rows: dict[str, dict[str, Any]] = {}
     for card in cards:
         card_uuid = card.get("uuid")
@@ -132,7 +156,7 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
                 {
                     "card_uuid": card_uuid,
                     "record_id": decision_id,
-                    "trial_ids": card_trial_ids(card, verdicts),
+                    "trial_ids": card_trial_ids(card, decision),
                 },
             )
     values = {
@@ -145,7 +169,7 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
         "user_ref": _optional_str(clean, "user_ref", where),
         "decision_id": decision_id,
         "trial_ids": trial_ids,
-        "outcome": "suggested" if suggested_trial_ids(verdicts) else "not_suggested",
+        "outcome": "suggested" if decision.suggested else "not_suggested",
         "dedupe_key": None,
         "content": content,
     }

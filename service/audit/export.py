@@ -20,10 +20,11 @@ from typing import Any, Protocol
 
 from fhir.resources.R4B.auditevent import AuditEvent
 
+from service.engine.decision import Decision, decision_json
 from service.settings import Settings
 
 from ._canonical import canonical_json
-from ._records import suggested_trial_ids
+from ._records import stored_decision, suggested_trial_ids
 from .errors import AuditConfigurationError
 
 __all__ = [
@@ -83,9 +84,10 @@ def _replace_references(value: Any, replacements: Mapping[str, str]) -> Any:
         return [_replace_references(item, replacements) for item in value]
     if isinstance(value, Mapping):
         replaced = {key: _replace_references(item, replacements) for key, item in value.items()}
-        typed_ref = f"{value.get('resourceType')}/{value.get('id')}"
-        if typed_ref in replacements:
-            replaced["id"] = replacements[typed_ref]
+        for type_key in ("resourceType", "resource_type"):  # a resource, or a decision's input
+            typed_ref = f"{value.get(type_key)}/{value.get('id')}"
+            if typed_ref in replacements:
+                replaced["id"] = replacements[typed_ref]
         return replaced
     return value
 
@@ -127,7 +129,7 @@ def export_csv(records: Iterable[Mapping[str, Any]], *, pseudonym_key: bytes | N
     for record in _prepared(records, pseudonym_key):
         content = record["content"]
         is_decision = record["kind"] == "decision"
-        suggested = suggested_trial_ids(content.get("verdicts", [])) if is_decision else []
+        suggested = suggested_trial_ids(stored_decision(content)) if is_decision else []
         flat = {
             **record,
             "trial_ids": ";".join(record["trial_ids"]),
@@ -175,15 +177,12 @@ def _agents(record: Mapping[str, Any], pseudonymised: bool) -> list[dict[str, An
     return agents
 
 
-def _input_entities(content: Mapping[str, Any], pseudonymised: bool) -> list[dict[str, Any]]:
+def _input_entities(decision: Decision, pseudonymised: bool) -> list[dict[str, Any]]:
     entities = []
-    for item in content.get("inputs", []):
-        resource_type, resource_id = item.get("resourceType"), item.get("id")
-        if not resource_type or not resource_id or (pseudonymised and resource_type == "Patient"):
+    for item in decision.inputs:
+        if not item.resource_type or not item.id or (pseudonymised and item.resource_type == "Patient"):
             continue
-        reference = f"{resource_type}/{resource_id}"
-        if item.get("versionId"):
-            reference += f"/_history/{item['versionId']}"
+        reference = str(item)
         entities.append(
             {
                 "what": {"reference": reference},
@@ -198,12 +197,15 @@ def _record_entity(record: Mapping[str, Any]) -> dict[str, Any]:
     content = record["content"]
     details = [_detail(name, record[name]) for name in ("seq", "outcome", "prev_hash", "hash")]
     if record["kind"] == "decision":
+        decision = stored_decision(content)
         identifier = {"system": DECISION_SYSTEM, "value": record["record_id"]}
-        details.append(_detail("suggested_trials", suggested_trial_ids(content.get("verdicts", []))))
-        for name in ("hook_instance", "criteria_fingerprint", "input_fingerprint", "evaluated_at"):
-            if content.get(name) is not None:
-                details.append(_detail(name, content[name]))
-        details.append(_detail("verdicts", content.get("verdicts", [])))
+        details.append(_detail("suggested_trials", suggested_trial_ids(decision)))
+        if content.get("hook_instance") is not None:
+            details.append(_detail("hook_instance", content["hook_instance"]))
+        details.append(_detail("criteria_fingerprint", decision.criteria_fingerprint))
+        details.append(_detail("input_fingerprint", decision.input_fingerprint))
+        details.append(_detail("evaluated_at", decision.evaluated_at.isoformat()))
+        details.append(_detail("decision", decision_json(decision)))
         details.append(_detail("card_uuids", [card.get("uuid") for card in content.get("cards", [])]))
         return {
             "what": {"identifier": identifier},
@@ -231,7 +233,8 @@ def audit_event(record: Mapping[str, Any]) -> AuditEvent:
     pseudonymised = bool(record.get("pseudonymised"))
     content = record["content"]
     is_decision = record["kind"] == "decision"
-    errors = content.get("errors", []) if is_decision else []
+    decision = stored_decision(content) if is_decision else None
+    errors = list(decision.data_problems) if decision is not None else []
     entities = []
     if record.get("patient_ref"):
         entities.append(
@@ -241,8 +244,8 @@ def audit_event(record: Mapping[str, Any]) -> AuditEvent:
                 "role": _coding(_OBJECT_ROLE, "1", "Patient"),
             }
         )
-    if is_decision:
-        entities.extend(_input_entities(content, pseudonymised))
+    if decision is not None:
+        entities.extend(_input_entities(decision, pseudonymised))
     entities.append(_record_entity(record))
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",

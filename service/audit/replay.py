@@ -6,18 +6,21 @@ a test can replay with any evaluator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.engine.decision import Decision
+
+from ._records import stored_decision
 from .errors import MissingCriteriaVersionError, UnknownDecisionError
 from .store import AuditStore
 
-__all__ = ["Evaluate", "ReplayDifference", "ReplayReport", "compare_verdicts", "replay_decision"]
+__all__ = ["Evaluate", "ReplayDifference", "ReplayReport", "compare_decisions", "replay_decision"]
 
-Evaluate = Callable[[dict[str, Any], list[dict[str, Any]], str, dict[str, str]], list[dict[str, Any]]]
-"""(criteria snapshot, input resources, evaluated_at ISO text, facts that could not be
-obtained then with the reason) → verdict dicts."""
+Evaluate = Callable[[dict[str, Any], list[dict[str, Any]], str, dict[str, str]], Decision]
+"""(criteria snapshot, input resources, evaluated_at ISO text, sources that could not be
+obtained then with the reason) → the decision today's engine reaches."""
 
 _ABSENT = "absent"
 
@@ -53,16 +56,11 @@ class ReplayReport:
         return not self.differences
 
 
-def _by_key(items: Sequence[Mapping[str, Any]], key: str) -> dict[str, Mapping[str, Any]]:
-    return {str(item.get(key)): item for item in items}
-
-
-def compare_verdicts(
-    recorded: Sequence[Mapping[str, Any]], replayed: Sequence[Mapping[str, Any]]
-) -> list[ReplayDifference]:
+def compare_decisions(recorded: Decision, replayed: Decision) -> list[ReplayDifference]:
     """Per trial compare ``suggested``, per criterion compare ``state``; note missing ones."""
     differences: list[ReplayDifference] = []
-    before, after = _by_key(recorded, "trial_id"), _by_key(replayed, "trial_id")
+    before = {t.trial_id: t for t in recorded.trials}
+    after = {t.trial_id: t for t in replayed.trials}
     for trial_id in sorted(before.keys() | after.keys()):
         old, new = before.get(trial_id), after.get(trial_id)
         if old is None or new is None:
@@ -76,15 +74,13 @@ def compare_verdicts(
                 )
             )
             continue
-        if old.get("suggested") != new.get("suggested"):
-            differences.append(
-                ReplayDifference(trial_id, None, "suggested", old.get("suggested"), new.get("suggested"))
-            )
-        old_criteria = _by_key(old.get("criteria", []), "id")
-        new_criteria = _by_key(new.get("criteria", []), "id")
-        for criterion_id in sorted(old_criteria.keys() | new_criteria.keys()):
-            old_state = old_criteria.get(criterion_id, {}).get("state", _ABSENT)
-            new_state = new_criteria.get(criterion_id, {}).get("state", _ABSENT)
+        if old.suggested != new.suggested:
+            differences.append(ReplayDifference(trial_id, None, "suggested", old.suggested, new.suggested))
+        old_states = {c.id: c.state.value for c in old.every_criterion()}
+        new_states = {c.id: c.state.value for c in new.every_criterion()}
+        for criterion_id in sorted(old_states.keys() | new_states.keys()):
+            old_state = old_states.get(criterion_id, _ABSENT)
+            new_state = new_states.get(criterion_id, _ABSENT)
             if old_state != new_state:
                 differences.append(ReplayDifference(trial_id, criterion_id, "state", old_state, new_state))
     return differences
@@ -96,23 +92,20 @@ def replay_decision(store: AuditStore, decision_id: str, evaluate: Evaluate) -> 
     if decision is None:
         raise UnknownDecisionError(f"no decision {decision_id!r} in the audit trail")
     content = decision["content"]
-    fingerprint = str(content.get("criteria_fingerprint"))
+    fingerprint = stored_decision(content).criteria_fingerprint
     snapshot = store.get_criteria_version(fingerprint)
     if snapshot is None:
         raise MissingCriteriaVersionError(
             f"decision {decision_id} used criteria {fingerprint!r}, which was never saved"
         )
-    evaluated_at = str(content.get("evaluated_at") or decision["recorded_at"])
-    unavailable = content.get("unavailable_facts") or {}
+    recorded = stored_decision(content, snapshot)
+    evaluated_at = recorded.evaluated_at.isoformat()
     replayed = evaluate(
-        snapshot,
-        list(content.get("input_resources", [])),
-        evaluated_at,
-        {str(k): str(v) for k, v in unavailable.items()} if isinstance(unavailable, dict) else {},
+        snapshot, list(content.get("input_resources", [])), evaluated_at, dict(recorded.unavailable or {})
     )
     return ReplayReport(
         decision_id=decision_id,
         criteria_fingerprint=fingerprint,
         evaluated_at=evaluated_at,
-        differences=compare_verdicts(content.get("verdicts", []), replayed),
+        differences=compare_decisions(recorded, replayed),
     )

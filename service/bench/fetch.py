@@ -111,7 +111,7 @@ async def bench_fetch(
                     began = time.perf_counter()
                     _, outcome = await serve_body(body, runtime, may_fetch=True)
                     service.append(time.perf_counter() - began)
-                    resources = len(outcome.record["inputs"])
+                    resources = len(outcome.decision.inputs)
                     per_query: dict[str, float] = {}
                     for key, query in queries.items():
                         began = time.perf_counter()

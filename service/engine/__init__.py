@@ -1,7 +1,8 @@
-"""The eligibility engine: criteria x patient facts x evaluation time -> trial verdicts.
+"""The eligibility engine: patient facts x criteria x evaluation time -> one :class:`Decision`.
 
 Pure and synchronous: no I/O and no clock, so the same inputs always give the same
-verdicts (which is what makes audit replay possible).
+decision (which is what makes audit replay possible).  patient-view, order-select,
+replay and the population pre-screen all call :func:`decide`.
 """
 
 from __future__ import annotations
@@ -12,26 +13,33 @@ from datetime import datetime
 
 from service.criteria import Arm, CriteriaSet, Criterion, Trial
 from service.engine.context import EvaluationContext
-from service.engine.results import (
-    ArmResult,
-    CriterionResult,
+from service.engine.decision import (
+    CohortFit,
+    CohortVerdict,
+    CriterionVerdict,
+    Decision,
     Evidence,
-    RuleOutcome,
+    InputReference,
+    OrderWarning,
+    PatientSummary,
     State,
-    TrialResult,
+    TrialStatus,
+    TrialVerdict,
 )
+from service.engine.results import RuleOutcome
 from service.engine.rules import evaluate_rule
-from service.facts import PatientFacts
+from service.facts import PatientFacts, age_in_years
 from service.mappings import Mappings
 
 __all__ = [
-    "ArmResult",
-    "CriterionResult",
+    "CohortVerdict",
+    "CriterionVerdict",
+    "Decision",
     "Evidence",
     "State",
-    "TrialResult",
+    "TrialVerdict",
+    "decide",
     "evaluate_trial",
-    "evaluate_trials",
     "input_fingerprint",
 ]
 
@@ -42,17 +50,22 @@ def input_fingerprint(facts: PatientFacts) -> str:
     return "sha256:" + hashlib.sha256("\n".join(refs).encode()).hexdigest()
 
 
+def _label(criterion: Criterion) -> str:
+    return criterion.label or criterion.id
+
+
 def _evaluate_criterion(
     criterion: Criterion, context: EvaluationContext, arm: str | None = None
-) -> CriterionResult:
+) -> CriterionVerdict:
     if criterion.rule is None:
         outcome = RuleOutcome(State.NEEDS_REVIEW, criterion.requires_clinician_review or "needs review")
         if criterion.evidence_classes:
             outcome = _with_medication_history(outcome, criterion.evidence_classes, context)
     else:
         outcome = evaluate_rule(criterion.rule, context)
-    return CriterionResult(
+    return CriterionVerdict(
         id=criterion.id,
+        label=_label(criterion),
         type=criterion.type,
         text=criterion.text,
         source=criterion.source,
@@ -82,29 +95,35 @@ def _with_medication_history(
     return replace(outcome, reason=f"{outcome.reason} (on record: {names})", evidence=evidence)
 
 
-def _evaluate_arm(arm: Arm, context: EvaluationContext) -> ArmResult:
+def _evaluate_cohort(arm: Arm, context: EvaluationContext) -> CohortVerdict:
     results = tuple(_evaluate_criterion(c, context, arm.id) for c in arm.criteria)
-    return ArmResult(
+    states = {r.state for r in results}
+    fit: CohortFit
+    if State.NOT_MET in states:
+        fit = "does_not_fit"
+    elif states <= {State.MET}:
+        fit = "fits"
+    else:
+        fit = "may_fit"
+    return CohortVerdict(
         id=arm.id,
-        title=arm.title,
+        title=arm.label or arm.title,
         description=arm.description,
-        possible=all(r.state is not State.NOT_MET for r in results),
+        fit=fit,
         criteria=results,
     )
 
 
-def evaluate_trial(
-    trial: Trial, context: EvaluationContext, criteria_fingerprint: str, facts_fingerprint: str
-) -> TrialResult:
-    """One trial: the disease gate, then every criterion, then the arms."""
-    base = TrialResult(
+def evaluate_trial(trial: Trial, context: EvaluationContext) -> TrialVerdict:
+    """One trial: the disease gate, then every criterion, then the cohorts."""
+    base = TrialVerdict(
         trial_id=trial.id,
+        title=trial.title,
+        short_title=trial.short_title,
+        registry_url=trial.registry_url,
         status="not_applicable",
         reason=f"no active {trial.disease.display} on record",
-        criteria_fingerprint=criteria_fingerprint,
-        input_fingerprint=facts_fingerprint,
-        evaluated_at=context.at.isoformat(),
-        data_problems=tuple(context.facts.data_problems),
+        criteria_complete=trial.criteria_complete,
     )
     if context.facts.deceased:
         return replace(base, reason="the patient is recorded as deceased")
@@ -120,18 +139,26 @@ def evaluate_trial(
         for d in cancers
     )
     criteria = tuple(_evaluate_criterion(c, context) for c in [*trial.inclusion, *trial.exclusion])
-    arms = tuple(_evaluate_arm(arm, context) for arm in trial.arms)
+    cohorts = tuple(_evaluate_cohort(arm, context) for arm in trial.arms)
     blocking = [c for c in criteria if c.state is State.NOT_MET]
+    status: TrialStatus
     if blocking:
-        status, reason = "ruled_out", "; ".join(f"{c.id}: {c.reason}" for c in blocking)
-    elif arms and not any(arm.possible for arm in arms):
-        unmet = [f"{a.title}: {c.reason}" for a in arms for c in a.criteria if c.state is State.NOT_MET]
+        status, reason = "ruled_out", "; ".join(f"{c.label}: {c.reason}" for c in blocking)
+    elif cohorts and not any(cohort.possible for cohort in cohorts):
+        blocking = [c for cohort in cohorts for c in cohort.criteria if c.state is State.NOT_MET]
+        unmet = [f"{cohort.title}: {c.reason}" for cohort in cohorts for c in cohort.criteria if c.state is State.NOT_MET]
         status, reason = "ruled_out", "no cohort fits: " + "; ".join(unmet)
     else:
         status = "may_be_eligible"
-        reason = f"active {trial.disease.display} and no criterion is known to be unmet"
+        reason = f"active {trial.disease.display} and no trial criterion is known to be unmet"
     return replace(
-        base, status=status, reason=reason, criteria=criteria, arms=arms, disease_evidence=disease_evidence
+        base,
+        status=status,
+        reason=reason,
+        criteria=criteria,
+        cohorts=cohorts,
+        disease_evidence=disease_evidence,
+        blocking=tuple(c.id for c in blocking),
     )
 
 
@@ -139,12 +166,60 @@ def _day(moment: datetime | None) -> str | None:
     return moment.date().isoformat() if moment else None
 
 
-def evaluate_trials(
-    criteria: CriteriaSet, mappings: Mappings, facts: PatientFacts, evaluated_at: datetime
-) -> list[TrialResult]:
-    """Every trial for one patient at ``evaluated_at`` (timezone-aware; never the clock)."""
-    if evaluated_at.tzinfo is None:
-        raise ValueError("evaluated_at must be timezone-aware")
-    context = EvaluationContext(facts=facts, mappings=mappings, at=evaluated_at)
-    facts_fingerprint = input_fingerprint(facts)
-    return [evaluate_trial(t, context, criteria.fingerprint, facts_fingerprint) for t in criteria.trials]
+def _patient(facts: PatientFacts, at: datetime) -> PatientSummary:
+    age: int | None = None
+    note: str | None = None
+    if facts.birth_date is not None:
+        oldest = age_in_years(facts.birth_date, at)
+        youngest = age_in_years(facts.birth_date_latest or facts.birth_date, at)
+        if oldest == youngest:
+            age = oldest
+        else:
+            note = f"{youngest}–{oldest}: the birth date is recorded without its day"
+    return PatientSummary(
+        reference=f"Patient/{facts.patient_id}", sex=facts.sex, age_years=age, age_note=note, deceased=facts.deceased
+    )
+
+
+def _order_warning(trials: tuple[TrialVerdict, ...], context: EvaluationContext) -> OrderWarning | None:
+    """Drafted systemic anticancer drugs not already taken, when a trial may still fit.
+
+    Starting one restarts the trials' washouts, so the order composer is the moment to
+    mention the trial; a drug the patient already takes changes nothing.
+    """
+    suggested = tuple(t.trial_id for t in trials if t.suggested)
+    if not context.facts.draft_orders or not suggested:
+        return None
+    class_name = context.mappings.roles.drug_classes.current_anticancer_therapy
+    current = set()
+    for drug in context.drugs_in(class_name):
+        match = context.mappings.match_drug(class_name, list(drug.codings), drug.text)
+        if match is not None and drug.status == "active":
+            current.add(match.member)
+    new: list[str] = []
+    for draft in context.facts.draft_orders:
+        match = context.mappings.match_drug(class_name, list(draft.codings), draft.text)
+        if match is not None and match.member not in current:
+            name = match.member.replace("_", " ")
+            if name not in new:
+                new.append(name)
+    return OrderWarning(drugs=tuple(new), trial_ids=suggested) if new else None
+
+
+def decide(facts: PatientFacts, criteria: CriteriaSet, mappings: Mappings, at: datetime) -> Decision:
+    """Every trial for one patient at ``at`` (timezone-aware; never the clock)."""
+    if at.tzinfo is None:
+        raise ValueError("the evaluation time must be timezone-aware")
+    context = EvaluationContext(facts=facts, mappings=mappings, at=at)
+    trials = tuple(evaluate_trial(t, context) for t in criteria.trials)
+    return Decision(
+        evaluated_at=at,
+        criteria_fingerprint=criteria.fingerprint,
+        input_fingerprint=input_fingerprint(facts),
+        patient=_patient(facts, at),
+        trials=trials,
+        data_problems=tuple(facts.data_problems),
+        unavailable=dict(facts.unavailable),
+        inputs=tuple(InputReference(r.resource_type, r.id, r.version_id) for r in facts.inputs),
+        order_warning=_order_warning(trials, context),
+    )

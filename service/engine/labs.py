@@ -81,7 +81,7 @@ def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext) -> floa
         creatinine.value or 0.0,
         creatinine.unit or "",
         "mg/dL",
-        context.mappings.analytes["serum_creatinine"].molar_mass_g_per_mol,
+        context.mappings.analytes[context.mappings.roles.analytes.serum_creatinine].molar_mass_g_per_mol,
     )
 
 
@@ -95,8 +95,8 @@ def _clearance_per_kg(age: int, sex: str | None, creatinine_mg_dl: float) -> flo
 def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResult | tuple[str, str]:
     """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
     facts = context.facts
-    creatinine, _ = _latest_in_window(facts.labs.get("serum_creatinine", []), context.at, lookback_days)
-    weight, _ = _latest_in_window(facts.labs.get("body_weight", []), context.at, 90)
+    creatinine, _ = _latest_in_window(facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days)
+    weight, _ = _latest_in_window(facts.labs.get(context.mappings.roles.analytes.body_weight, []), context.at, 90)
     missing = []
     if creatinine is None:
         missing.append("a recent serum creatinine")
@@ -152,7 +152,7 @@ def _weight_needed(
     1.73 m² and can be half the Cockcroft-Gault clearance of a heavy young patient.)
     """
     facts = context.facts
-    creatinine, _ = _latest_in_window(facts.labs.get("serum_creatinine", []), context.at, lookback_days)
+    creatinine, _ = _latest_in_window(facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days)
     if (
         creatinine is None
         or creatinine.comparator
@@ -223,6 +223,12 @@ def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) ->
     )
 
 
+def lab_lookback_days(rule: LabRule, context: EvaluationContext) -> int:
+    """How old a result may be: the criterion's window, else the analyte's, else the default."""
+    definition = context.mappings.analytes[rule.analyte]
+    return rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
+
+
 def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     definition = context.mappings.analytes[rule.analyte]
     if rule.analyte in context.facts.unavailable:
@@ -231,7 +237,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             f"{definition.display} could not be retrieved: {context.facts.unavailable[rule.analyte]}",
             resolve_hint=definition.order_hint,
         )
-    lookback = rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
+    lookback = lab_lookback_days(rule, context)
     latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
     hint = definition.order_hint
     if latest is None and rule.derive_cockcroft_gault:

@@ -31,8 +31,9 @@ from service.criteria import (
     WashoutRule,
 )
 from service.engine.context import EvaluationContext
-from service.engine.labs import evaluate_lab, evaluate_no_result
-from service.engine.results import Evidence, RuleOutcome, State, window_text
+from service.engine.labs import evaluate_lab, evaluate_no_result, lab_lookback_days
+from service.engine.results import Evidence, RuleOutcome, State, window_text, with_lookback
+from service.engine.sources import guard_unread_sources
 from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, TestResult, age_in_years
 
 __all__ = ["evaluate_rule"]
@@ -422,17 +423,18 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
 
 
 def _steroid_dose(rule: SteroidDoseRule, context: EvaluationContext) -> RuleOutcome:
-    steroid_class = context.mappings.drug_classes["systemic_corticosteroid"]
+    steroid_class_name = context.mappings.roles.drug_classes.corticosteroid_dose
+    steroid_class = context.mappings.drug_classes[steroid_class_name]
     total = 0.0
     evidence: list[Evidence] = []
     problems: list[str] = []
-    for drug in context.drugs_in("systemic_corticosteroid"):
+    for drug in context.drugs_in(steroid_class_name):
         if not context.is_current(drug):
             continue
         if any(route in drug.route for route in steroid_class.non_systemic_routes):
             evidence.append(_drug_evidence(drug, f"; route '{drug.route}' is not systemic, ignored"))
             continue
-        match = context.mappings.match_drug("systemic_corticosteroid", list(drug.codings), drug.text)
+        match = context.mappings.match_drug(steroid_class_name, list(drug.codings), drug.text)
         factor = match.prednisone_equivalent_factor if match else None
         if drug.dose_mg_per_day is None or factor is None:
             problems.append(f"{drug.text}: {drug.dose_problem or 'no prednisone-equivalent factor'}")
@@ -475,6 +477,11 @@ def _steroid_dose(rule: SteroidDoseRule, context: EvaluationContext) -> RuleOutc
     )
 
 
+def _and_list(items: list[str], conjunction: str = "and") -> str:
+    """'A', 'A and B', 'A, B and C': how a reason names several things."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+
+
 def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationContext) -> RuleOutcome:
     positives = [d for vs in rule.positive_value_sets for d in context.diagnoses_in(vs)]
     if positives:
@@ -490,11 +497,15 @@ def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationConte
         return RuleOutcome(
             State.NOT_MET, "driver alteration detected", tuple(_test_evidence(r) for r in positive_tests)
         )
+    tested = _and_list([context.mappings.qualitative_tests[t].display for t in rule.tests])
     implying = _exposures(rule.implying_medication_classes, context)
     if implying:
+        treated_with = _and_list(
+            [context.mappings.drug_classes[c].display for c in rule.implying_medication_classes], "or"
+        )
         return RuleOutcome(
             State.NOT_MET,
-            "treated with an EGFR/ALK-directed inhibitor, which implies a driver alteration",
+            f"treated with a drug of the class {treated_with}, which implies a driver alteration",
             tuple(_drug_evidence(d) for d in implying),
         )
     evidence: list[Evidence] = []
@@ -519,25 +530,33 @@ def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationConte
             State.UNKNOWN,
             f"no result for {', '.join(missing)}",
             tuple(evidence),
-            resolve_hint="find or order EGFR, ALK and ROS1 molecular testing",
+            resolve_hint=f"find or order molecular testing: {tested}",
         )
-    return RuleOutcome(State.MET, "EGFR, ALK and ROS1 negative", tuple(evidence))
+    return RuleOutcome(State.MET, f"negative: {tested}", tuple(evidence))
+
+
+def _performance_status_window(context: EvaluationContext) -> int:
+    """Days an ECOG or Karnofsky assessment stays usable (the ECOG analyte's look-back)."""
+    ecog = context.mappings.analytes[context.mappings.roles.analytes.ecog_performance_status]
+    return ecog.lookback_days or 90
 
 
 def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext) -> RuleOutcome:
-    ecog_definition = context.mappings.analytes["ecog_performance_status"]
-    karnofsky_definition = context.mappings.analytes["karnofsky_performance_status"]
-    if {"ecog_performance_status", "karnofsky_performance_status"} & set(context.facts.unavailable):
+    roles = context.mappings.roles.analytes
+    scales = {"ecog": roles.ecog_performance_status, "karnofsky": roles.karnofsky_performance_status}
+    ecog_definition = context.mappings.analytes[scales["ecog"]]
+    karnofsky_definition = context.mappings.analytes[scales["karnofsky"]]
+    if set(scales.values()) & set(context.facts.unavailable):
         return RuleOutcome(
             State.UNKNOWN,
             "performance status could not be retrieved",
             resolve_hint=ecog_definition.order_hint,
         )
-    window = timedelta(days=ecog_definition.lookback_days or 90)
+    window = timedelta(days=_performance_status_window(context))
     assessments = [
         (result, scale)
         for scale in ("ecog", "karnofsky")
-        for result in context.facts.labs.get(f"{scale}_performance_status", [])
+        for result in context.facts.labs.get(scales[scale], [])
         if result.when is not None
         and result.value is not None
         and timedelta(0) <= context.at - result.when <= window
@@ -681,7 +700,7 @@ def _combine(rule: AllRule | AnyRule, context: EvaluationContext) -> RuleOutcome
 
 _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = {
     AgeRule: _age,
-    LabRule: evaluate_lab,
+    LabRule: lambda rule, context: with_lookback(evaluate_lab(rule, context), lab_lookback_days(rule, context)),
     NoResultRule: evaluate_no_result,
     NegativeTestRule: _negative_test,
     NoConditionRule: _no_condition,
@@ -691,7 +710,9 @@ _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = 
     WashoutRule: _washout,
     SteroidDoseRule: _steroid_dose,
     NoDriverAlterationRule: _no_driver_alteration,
-    PerformanceStatusRule: _performance_status,
+    PerformanceStatusRule: lambda rule, context: with_lookback(
+        _performance_status(rule, context), _performance_status_window(context)
+    ),
     StageRule: _stage,
     AllRule: _combine,
     AnyRule: _combine,
@@ -699,5 +720,6 @@ _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = 
 
 
 def evaluate_rule(rule: Any, context: EvaluationContext) -> RuleOutcome:
-    """Evaluate one rule of any kind (dispatch on its model class)."""
-    return _EVALUATORS[type(rule)](rule, context)
+    """Evaluate one rule of any kind (dispatch on its model class), guarded against lost sources."""
+    outcome = _EVALUATORS[type(rule)](rule, context)
+    return guard_unread_sources(rule, outcome, context.facts.unavailable, context.mappings)

@@ -17,6 +17,7 @@ from service.sandbox.synthetic import SyntheticPatient, generate_patients, hook_
 from service.settings import Settings
 
 SERVICE_URL = "/cds-services/til-trials"
+ORDER_SELECT_URL = "/cds-services/til-trials-order-select"
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from service.audit.replay import compare_verdicts, replay_decision
+from service.audit import stored_decision
+from service.audit.replay import compare_decisions, replay_decision
 from service.audit.store import AuditStore
 from service.engine.replay import evaluate_recorded
 from tests.api.conftest import SERVICE_URL, started
@@ -82,13 +83,13 @@ async def test_every_call_is_recorded_with_inputs_verdicts_and_cards_and_replays
     assert content["hook_instance"] == body["hookInstance"]
     assert content["patient_ref"] == "Patient/til-recent-docetaxel"
     assert {c["uuid"] for c in content["cards"]} == {c["uuid"] for c in cards}
-    assert {v["trial_id"] for v in content["verdicts"]} == {
+    assert {v["trial_id"] for v in content["decision"]["trials"]} == {
         "NCT06538012",
         "NCT04614103",
         "essen-til-gastroesophageal",
     }
-    assert any(i["resourceType"] == "Observation" for i in content["inputs"])
-    assert content["criteria_fingerprint"].startswith("sha256:")
+    assert any(i["resource_type"] == "Observation" for i in content["decision"]["inputs"])
+    assert content["decision"]["criteria_fingerprint"].startswith("sha256:")
     report = replay_decision(store, content["decision_id"], evaluate_recorded)
     assert report.agrees, [d.describe() for d in report.differences]
     assert store.verify().ok
@@ -107,17 +108,17 @@ async def test_a_decision_made_with_data_missing_replays_with_the_same_verdicts(
     record = store.find_decision_by_card(cards[0]["uuid"])
     assert record is not None
     content = record["content"] if isinstance(record["content"], dict) else json.loads(record["content"])
-    assert "procedures" in content["unavailable_facts"]
-    assert "left_ventricular_ejection_fraction" in content["unavailable_facts"]
+    assert "procedures" in content["decision"]["unavailable"]
+    assert "left_ventricular_ejection_fraction" in content["decision"]["unavailable"]
     report = replay_decision(store, content["decision_id"], evaluate_recorded)
     assert report.agrees, [d.describe() for d in report.differences]
     without = evaluate_recorded(
-        store.get_criteria_version(content["criteria_fingerprint"]) or {},
+        store.get_criteria_version(content["decision"]["criteria_fingerprint"]) or {},
         content["input_resources"],
-        content["evaluated_at"],
+        content["decision"]["evaluated_at"],
         {},
     )
-    assert compare_verdicts(content["verdicts"], without), "the recorded unavailability matters"
+    assert compare_decisions(stored_decision(content), without), "the recorded unavailability matters"
     store.close()
 
 

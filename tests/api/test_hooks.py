@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.sandbox.synthetic import SyntheticPatient
-from tests.api.conftest import SERVICE_URL, started
+from tests.api.conftest import ORDER_SELECT_URL, SERVICE_URL, started
 
 RequestFor = Callable[..., dict[str, Any]]
 
@@ -114,7 +114,8 @@ async def test_order_select_warns_about_a_new_anticancer_therapy(
         selections=["MedicationRequest/draft-1"],
         draftOrders={"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]},
     )
-    cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
+    cards = (await client.post(ORDER_SELECT_URL, json=body)).json()["cards"]
+    assert len(cards) == 1, "order-select speaks only about the order"
     assert cards[0]["indicator"] == "warning"
     assert "docetaxel" in cards[0]["summary"] and "washout" in cards[0]["summary"]
     assert "28-day washout" in cards[0]["detail"]
@@ -129,15 +130,15 @@ async def test_order_select_warns_about_a_new_anticancer_therapy(
     del contained["medicationCodeableConcept"]
     contained["medicationReference"] = {"reference": "#m1"}
     body["context"]["draftOrders"]["entry"] = [{"resource": contained}]
-    cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
+    cards = (await client.post(ORDER_SELECT_URL, json=body)).json()["cards"]
     assert cards[0]["indicator"] == "warning" and "pemetrexed" in cards[0]["summary"], (
         "a contained Medication counts"
     )
     body["context"]["draftOrders"]["entry"] = [{"resource": order}]
 
     order["medicationCodeableConcept"] = {"text": "amlodipine 5 mg"}
-    cards = (await client.post(SERVICE_URL, json=body)).json()["cards"]
-    assert all(card["indicator"] == "info" for card in cards)
+    response = await client.post(ORDER_SELECT_URL, json=body)
+    assert response.json() == {"cards": []}, "an order that restarts no washout gets no card"
 
 
 async def test_order_select_for_an_ineligible_patient_gives_no_warning(
@@ -162,7 +163,15 @@ async def test_order_select_for_an_ineligible_patient_gives_no_warning(
             ],
         },
     )
-    assert (await client.post(SERVICE_URL, json=body)).json() == {"cards": []}
+    assert (await client.post(ORDER_SELECT_URL, json=body)).json() == {"cards": []}
+
+
+async def test_order_select_is_its_own_service(client: httpx.AsyncClient, request_for: RequestFor) -> None:
+    """CDS clients replace earlier cards of the same service id: each hook has its own."""
+    body = request_for("til-lung-eligible", hook="order-select")
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "til-trials-order-select")
+    view = request_for("til-lung-eligible")
+    assert_outcome(await client.post(ORDER_SELECT_URL, json=view), 400, "call 'til-trials' for patient-view")
 
 
 # --- bad input -------------------------------------------------------------------------
@@ -186,7 +195,7 @@ async def test_wrong_content_type(client: httpx.AsyncClient) -> None:
 
 async def test_unknown_hook(client: httpx.AsyncClient, request_for: RequestFor) -> None:
     body = request_for("til-lung-eligible", hook="order-sign")
-    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "order-sign", "patient-view, order-select")
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "order-sign", "serves patient-view")
 
 
 async def test_unknown_service(client: httpx.AsyncClient, request_for: RequestFor) -> None:
@@ -303,12 +312,15 @@ async def test_too_many_prefetched_resources_is_a_clear_400(
 
 
 @pytest.mark.parametrize("patient_id", ["til-lung-eligible"])
-async def test_discovery_lists_both_hooks_under_one_id(client: httpx.AsyncClient, patient_id: str) -> None:
+async def test_discovery_lists_each_hook_under_its_own_id(client: httpx.AsyncClient, patient_id: str) -> None:
     body = (await client.get("/cds-services")).json()
     assert [(s["hook"], s["id"]) for s in body["services"]] == [
         ("patient-view", "til-trials"),
-        ("order-select", "til-trials"),
+        ("order-select", "til-trials-order-select"),
     ]
+    usage = body["services"][0]["usageRequirements"]
+    for resource_type in ("MedicationRequest", "Procedure", "Immunization", "Observation"):
+        assert resource_type in usage, "the usage text is derived from the prefetch templates"
     for service in body["services"]:
         prefetch = service["prefetch"]
         assert prefetch["patient"] == "Patient/{{context.patientId}}"
@@ -339,6 +351,7 @@ async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
         "problems": ours["conditions"],
         "meds": ours["medications"],
         "all-observations": {"resourceType": "Bundle", "type": "searchset", "entry": observations},
+        "medication-requests": ours["medication-requests"],  # null under our own key: none
         "procedures": ours["procedures"],  # null under our own keys: the EHR found none
         "immunizations": ours["immunizations"],
     }
@@ -385,9 +398,9 @@ async def test_order_select_tolerates_draft_orders_that_are_not_medications(
             True,
         ],
     }
-    response = await client.post(SERVICE_URL, json=body)
+    response = await client.post(ORDER_SELECT_URL, json=body)
     assert response.status_code == 200, response.text
-    assert response.json()["cards"], "the trial cards are still returned"
+    assert response.json() == {"cards": []}, "unreadable drafts restart no washout"
 
 
 async def test_an_immunization_of_another_patient_is_a_400_naming_it(

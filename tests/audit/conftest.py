@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.audit import AuditStore
+from service.engine.decision import (
+    CohortVerdict,
+    CriterionVerdict,
+    Decision,
+    Evidence,
+    InputReference,
+    PatientSummary,
+    State,
+    TrialVerdict,
+    decision_json,
+)
 from tests.conftest import (  # noqa: F401 (re-exported: the audit tests import them from here)
     PostgresServer,
     closed_port_url,
@@ -44,6 +56,35 @@ def store(database_url: str) -> Iterator[AuditStore]:
 DecisionFactory = Callable[..., dict[str, Any]]
 
 
+def _criterion(criterion_id: str, state: State, reference: str, value: float) -> CriterionVerdict:
+    return CriterionVerdict(
+        id=criterion_id,
+        label=criterion_id.upper(),
+        type="inclusion",
+        text=f"{criterion_id} adequate",
+        source="S1",
+        state=state,
+        reason=f"{criterion_id} {value}",
+        evidence=(Evidence(criterion_id, reference, value, date="2024-05-10"),),
+    )
+
+
+def _verdict(trial_id: str, is_suggested: bool) -> TrialVerdict:
+    """A trial verdict with one cohort and two criteria; ``anc`` rules it out when not suggested."""
+    anc = _criterion("anc", State.MET if is_suggested else State.NOT_MET, "Observation/anc-1/_history/1", 1.9)
+    return TrialVerdict(
+        trial_id=trial_id,
+        title=f"Trial {trial_id}",
+        short_title=trial_id,
+        registry_url=None,
+        status="may_be_eligible" if is_suggested else "ruled_out",
+        reason="recorded for the audit tests",
+        criteria=(_criterion("ecog", State.MET, "Observation/ecog-1/_history/2", 1.0), anc),
+        cohorts=(CohortVerdict("arm-a", "Arm A", "the only arm", "fits" if is_suggested else "may_fit"),),
+        blocking=() if is_suggested else ("anc",),
+    )
+
+
 @pytest.fixture
 def make_decision() -> DecisionFactory:
     """Build a decision record as the hook route would, overridable per field."""
@@ -58,27 +99,24 @@ def make_decision() -> DecisionFactory:
     ) -> dict[str, Any]:
         suggested = suggested if suggested is not None else {"NCT05727904": True}
         patient_id = patient_ref.split("/")[-1]
-        verdicts = [
-            {
-                "trial_id": trial_id,
-                "suggested": is_suggested,
-                "status": "eligible" if is_suggested else "not_eligible",
-                "arms": [{"id": "arm-a", "suggested": is_suggested}],
-                "criteria": [
-                    {
-                        "id": "ecog",
-                        "state": "met",
-                        "evidence": [{"resource": "Observation/ecog-1/_history/2", "value": 1}],
-                    },
-                    {
-                        "id": "anc",
-                        "state": "met" if is_suggested else "not_met",
-                        "evidence": [{"resource": "Observation/anc-1/_history/1", "value": 1.9}],
-                    },
-                ],
-            }
-            for trial_id, is_suggested in suggested.items()
-        ]
+        criteria_fingerprint = overrides.pop("criteria_fingerprint", "sha256:criteria-v1")
+        data_problems = tuple(overrides.pop("errors", ()))
+        try:
+            evaluated_at = datetime.fromisoformat(recorded_at)
+        except ValueError:  # a malformed recorded_at, for the refusal tests
+            evaluated_at = datetime(2024, 5, 14, tzinfo=UTC)
+        decision = Decision(
+            evaluated_at=evaluated_at,
+            data_problems=data_problems,
+            criteria_fingerprint=criteria_fingerprint,
+            input_fingerprint="sha256:inputs-1",
+            patient=PatientSummary(reference=patient_ref, sex="female", age_years=63),
+            trials=tuple(_verdict(trial_id, is_suggested) for trial_id, is_suggested in suggested.items()),
+            inputs=(
+                InputReference("Patient", patient_id, "3"),
+                InputReference("Observation", "anc-1", "1"),
+            ),
+        )
         cards = [
             {
                 "uuid": str(uuid.uuid4()),
@@ -99,13 +137,7 @@ def make_decision() -> DecisionFactory:
             "user_ref": user_ref,
             "patient_ref": patient_ref,
             "fhir_server": "https://ehr.example.org/fhir",
-            "criteria_fingerprint": "sha256:criteria-v1",
-            "input_fingerprint": "sha256:inputs-1",
-            "evaluated_at": recorded_at,
-            "inputs": [
-                {"resourceType": "Patient", "id": patient_id, "versionId": "3"},
-                {"resourceType": "Observation", "id": "anc-1", "versionId": "1"},
-            ],
+            "decision": decision_json(decision),
             "input_resources": [
                 {
                     "resourceType": "Patient",
@@ -123,10 +155,8 @@ def make_decision() -> DecisionFactory:
                     "valueQuantity": {"value": 1.9, "unit": "10*9/L"},
                 },
             ],
-            "verdicts": verdicts,
             "cards": cards,
             "timing_ms": 41.5,
-            "errors": [],
         }
         record.update(overrides)
         return record

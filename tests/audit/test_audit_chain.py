@@ -79,7 +79,9 @@ _WRITER = textwrap.dedent(
         store.append_decision({
             "decision_id": str(uuid.uuid4()), "recorded_at": "2024-05-14T09:30:00Z",
             "hook": "patient-view", "service_id": "til-trials", "patient_ref": writer,
-            "user_ref": None, "verdicts": [], "cards": [],
+            "user_ref": None, "cards": [],
+            "decision": {"evaluated_at": "2024-05-14T09:30:00Z", "criteria_fingerprint": "sha256:c",
+                         "input_fingerprint": "sha256:i", "patient": {"reference": writer}},
         })
         time.sleep(0.002)
     store.close()

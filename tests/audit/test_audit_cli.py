@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from typer.testing import CliRunner
 from service.audit import AuditStore, MissingCriteriaVersionError, UnknownDecisionError
 from service.audit.cli import audit_app
 from service.audit.models import AuditRecord
-from service.audit.replay import compare_verdicts, replay_decision
+from service.audit.replay import compare_decisions, replay_decision
+from service.engine.decision import CriterionVerdict, Decision, PatientSummary, State, TrialVerdict
 
 DecisionFactory = Callable[..., dict[str, Any]]
 CRITERIA = {"trials": [{"id": "NCT05727904", "min_anc": 1.5}]}
@@ -25,27 +27,47 @@ runner = CliRunner()
 
 def _recorded(store: AuditStore, make_decision: DecisionFactory) -> dict[str, Any]:
     record = make_decision()
-    store.save_criteria_version(record["criteria_fingerprint"], CRITERIA)
+    store.save_criteria_version(record["decision"]["criteria_fingerprint"], CRITERIA)
     store.append_decision(record)
     return record
 
 
 def _evaluate_like_recorded(
     criteria: dict[str, Any], resources: list[dict[str, Any]], evaluated_at: str, unavailable: dict[str, str]
-) -> list[dict[str, Any]]:
+) -> Decision:
     """A stand-in engine: suggests when the recorded ANC meets the snapshot's minimum."""
     [observation] = [r for r in resources if r["resourceType"] == "Observation"]
     anc_met = observation["valueQuantity"]["value"] >= criteria["trials"][0]["min_anc"]
-    return [
-        {
-            "trial_id": "NCT05727904",
-            "suggested": anc_met,
-            "criteria": [
-                {"id": "ecog", "state": "met"},
-                {"id": "anc", "state": "met" if anc_met else "not_met"},
-            ],
-        }
-    ]
+    return _decision(
+        evaluated_at, {"NCT05727904": {"ecog": State.MET, "anc": State.MET if anc_met else State.NOT_MET}}
+    )
+
+
+def _decision(evaluated_at: str, trials: dict[str, dict[str, State]]) -> Decision:
+    verdicts = []
+    for trial_id, states in trials.items():
+        criteria = tuple(
+            CriterionVerdict(c, c, "inclusion", c, "S1", state, "replayed") for c, state in states.items()
+        )
+        suggested = State.NOT_MET not in states.values()
+        verdicts.append(
+            TrialVerdict(
+                trial_id,
+                trial_id,
+                trial_id,
+                None,
+                "may_be_eligible" if suggested else "ruled_out",
+                "",
+                criteria,
+            )
+        )
+    return Decision(
+        datetime.fromisoformat(evaluated_at),
+        "sha256:x",
+        "sha256:y",
+        PatientSummary("Patient/p"),
+        tuple(verdicts),
+    )
 
 
 def test_replay_agrees_with_the_same_engine(store: AuditStore, make_decision: DecisionFactory) -> None:
@@ -53,7 +75,7 @@ def test_replay_agrees_with_the_same_engine(store: AuditStore, make_decision: De
     report = replay_decision(store, record["decision_id"], _evaluate_like_recorded)
     assert report.agrees
     assert report.criteria_fingerprint == "sha256:criteria-v1"
-    assert report.evaluated_at == record["evaluated_at"]
+    assert report.evaluated_at == datetime.fromisoformat(record["recorded_at"]).isoformat()
 
 
 def test_replay_uses_the_recorded_criteria_and_lists_differences(
@@ -76,13 +98,11 @@ def test_replay_uses_the_recorded_criteria_and_lists_differences(
     ]
 
 
-def test_compare_verdicts_notes_missing_trials_and_criteria() -> None:
-    recorded = [{"trial_id": "A", "suggested": True, "criteria": [{"id": "x", "state": "met"}]}]
-    replayed = [
-        {"trial_id": "A", "suggested": True, "criteria": []},
-        {"trial_id": "B", "suggested": False, "criteria": []},
-    ]
-    assert [d.describe() for d in compare_verdicts(recorded, replayed)] == [
+def test_compare_decisions_notes_missing_trials_and_criteria() -> None:
+    at = "2024-05-14T09:30:00+00:00"
+    recorded = _decision(at, {"A": {"x": State.MET}})
+    replayed = _decision(at, {"A": {}, "B": {}})
+    assert [d.describe() for d in compare_decisions(recorded, replayed)] == [
         "A/x: state was 'met', now 'absent'",
         "B: trial was 'absent', now 'evaluated'",
     ]
@@ -155,8 +175,9 @@ def test_cli_replay(
     record = _recorded(store, make_decision)
     module = f"replay_engine_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(
+        "from tests.audit.test_audit_cli import _decision\n"
         "def disagree(criteria, resources, evaluated_at, unavailable):\n"
-        "    return [{'trial_id': 'NCT05727904', 'suggested': False, 'criteria': []}]\n"
+        "    return _decision(evaluated_at, {'NCT05727904': {'anc': 'not_met'}})\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
 

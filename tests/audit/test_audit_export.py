@@ -186,7 +186,7 @@ def test_access_tokens_are_never_stored_or_exported(
         request_headers={"Authorization": f"Bearer {ACCESS_TOKEN}"},
         jwt=ACCESS_TOKEN,
     )
-    record["verdicts"][0]["criteria"][0]["evidence"][0]["access_token"] = ACCESS_TOKEN
+    record["cards"][0]["access_token"] = ACCESS_TOKEN
     store.append_decision(record)
     store.append_feedback(
         "til-trials",

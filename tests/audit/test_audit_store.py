@@ -95,7 +95,7 @@ def test_duplicate_decision_is_refused(store: AuditStore, make_decision: Decisio
         {"decision_id": "not-a-uuid"},
         {"recorded_at": "yesterday"},
         {"hook": None},
-        {"verdicts": [{"suggested": True}]},
+        {"decision": {"trials": [{"suggested": True}]}},
         {"user_ref": 42},
     ],
 )

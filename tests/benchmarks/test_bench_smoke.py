@@ -12,8 +12,6 @@ from typer.testing import CliRunner
 from service.bench import BenchOptions, format_report, run_benchmarks
 from service.bench.patients import sized_patient
 from service.cli import app
-from service.engine import Evidence
-from service.engine.results import CriterionResult, State
 
 STATS = {"n", "p50", "p95", "p99", "mean"}
 
@@ -71,30 +69,3 @@ def test_quick_fetch_against_hapi(tmp_path: Path) -> None:
     result = run_benchmarks(options, tmp_path / "bench.json")
     (row,) = result["fetch"]["sizes"]
     assert {"service_ms", "slowest_query_ms", "slowest_query", "ratio_p50", "resources_read"} <= set(row)
-
-
-def test_issue_7_fast_to_dict_matches_asdict() -> None:
-    """The written-out ``to_dict`` gives exactly what ``dataclasses.asdict`` gave (tuples included)."""
-    from dataclasses import asdict
-
-    evidence = Evidence("ANC", "Observation/1/_history/2", 1.8, "10*9/L", "2026-01-10", 1.5, "lab range")
-    result = CriterionResult(
-        id="inc-7",
-        type="inclusion",
-        text="ANC ≥ 1.5",
-        source="seed",
-        state=State.NOT_YET,
-        reason="washout",
-        evidence=(evidence, Evidence("other")),
-        until=date(2026, 2, 1),
-        flags=("flag",),
-        resolve_hint="repeat",
-        note="n",
-        arm="a",
-    )
-    expected = asdict(result)
-    expected["state"] = "not_yet"
-    expected["until"] = "2026-02-01"
-    assert result.to_dict() == expected
-    assert type(result.to_dict()["evidence"]) is tuple
-    assert evidence.to_dict() == asdict(evidence)

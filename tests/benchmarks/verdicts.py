@@ -1,6 +1,8 @@
 """Everything a hook call decides, for every synthetic and sized patient, as one JSON document.
 
-Used to show that a speed-up changed nothing: write the document before, check it after.
+Used to show that a change left every verdict as it was: write the document before, check
+it after (``check`` compares each trial's status and each criterion's state, read through
+the decision reader, so records written before the typed decision compare too).
 
     python -m tests.benchmarks.verdicts write var/verdicts-before.json
     python -m tests.benchmarks.verdicts check var/verdicts-before.json
@@ -20,10 +22,11 @@ from typing import Any
 
 import httpx
 
+from service.audit import stored_decision
 from service.bench.inprocess import build_bench_runtime
 from service.bench.patients import sized_patient
 from service.cdshooks import HookRequest
-from service.pipeline import run_hook
+from service.pipeline import ORDER_SELECT_SERVICE_ID, SERVICE_ID, run_hook
 from service.sandbox.synthetic import generate_patients, hook_request
 
 TODAY = date(2026, 11, 20)
@@ -63,8 +66,13 @@ async def decisions() -> dict[str, Any]:
                                 }
                             ],
                         }
+                    service_id = ORDER_SELECT_SERVICE_ID if hook == "order-select" else SERVICE_ID
                     outcome = await run_hook(
-                        HookRequest.model_validate(body), runtime, EVALUATED_AT, may_fetch=False
+                        HookRequest.model_validate(body),
+                        runtime,
+                        EVALUATED_AT,
+                        may_fetch=False,
+                        service_id=service_id,
                     )
                     document[f"{patient.id} {prefetch} {hook}"] = _stable(outcome.record)
     return document
@@ -78,13 +86,24 @@ def main(argv: list[str]) -> int:
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
         return 0
-    before = json.loads(path.read_text(encoding="utf-8"))
-    after = json.loads(text)
+    before = {k: verdicts(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+    after = {k: verdicts(v) for k, v in json.loads(text).items()}
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     for key in changed:
-        print(f"changed: {key}")
-    print(f"{len(after) - len(changed)} of {len(after)} decisions identical")
+        old, new = before.get(key, {}), after.get(key, {})
+        for trial in sorted(old.keys() | new.keys()):
+            if old.get(trial) != new.get(trial):
+                print(f"changed: {key} {trial}: {old.get(trial)} -> {new.get(trial)}")
+    print(f"{len(after) - len(changed)} of {len(after)} decisions' verdicts identical")
     return 1 if changed else 0
+
+
+def verdicts(record: dict[str, Any]) -> dict[str, Any]:
+    """Per trial its status and every criterion's state, from a record of any schema version."""
+    decision = stored_decision(record)
+    return {
+        t.trial_id: [t.status, {c.id: c.state.value for c in t.every_criterion()}] for t in decision.trials
+    }
 
 
 if __name__ == "__main__":

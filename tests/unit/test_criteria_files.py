@@ -89,7 +89,7 @@ def test_an_unknown_analyte_suggests_the_nearest(tmp_path: Path, mappings: Mappi
 def test_a_changed_threshold_changes_the_verdict_and_fingerprint(
     tmp_path: Path, mappings: Mappings, criteria: CriteriaSet
 ) -> None:
-    from service.engine import evaluate_trials
+    from service.engine import decide
     from service.facts import build_facts
     from tests.conftest import EVALUATED_AT, LUNG_CANCER, observation, patient
 
@@ -108,7 +108,7 @@ def test_a_changed_threshold_changes_the_verdict_and_fingerprint(
     def hemoglobin_state(criteria_set: CriteriaSet) -> str:
         result = next(
             r
-            for r in evaluate_trials(criteria_set, mappings, facts, EVALUATED_AT)
+            for r in decide(facts, criteria_set, mappings, EVALUATED_AT).trials
             if r.trial_id == "NCT06538012"
         )
         return next(c.state.value for c in result.criteria if c.id == "hemoglobin")

@@ -6,23 +6,28 @@ from fastapi import APIRouter
 
 from service.api.deps import ClientDep, RuntimeDep
 from service.cdshooks import DiscoveryResponse, ServiceDefinition
-from service.pipeline import SERVICE_ID
+from service.pipeline import ORDER_SELECT_SERVICE_ID, SERVICE_ID
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/cds-services", tags=["discovery"])
 
-USAGE = (
-    "Needs read access to the patient's Patient, Condition, MedicationStatement and "
-    "Observation resources, through the prefetch templates or fhirServer plus "
-    "fhirAuthorization (patient/*.read). Observations are searched by LOINC code, "
-    "whatever their category. Calls are authenticated with a signed JWT (ES384/RS384)."
-)
+def _usage(templates: dict[str, str]) -> str:
+    """What the service reads, from its own prefetch templates (so it cannot go stale)."""
+    types = list(dict.fromkeys(t.split("?")[0].split("/")[0] for t in templates.values()))
+    return (
+        f"Needs read access to the patient's {', '.join(types)} resources, through the prefetch "
+        "templates or fhirServer plus fhirAuthorization (patient/*.read). Observations are "
+        "searched by LOINC code, whatever their category. Calls are authenticated with a signed "
+        "JWT (ES384/RS384)."
+    )
 
 
 @router.get("", response_model=DiscoveryResponse, response_model_exclude_none=True, operation_id="discovery")
 async def discovery(runtime: RuntimeDep, client: ClientDep) -> DiscoveryResponse:
-    """The services: one id, two hooks (later cards of the same id replace earlier ones)."""
+    """The services: one per hook, each with its own id (CDS clients replace earlier cards of
+    the same id, and the order composer's warning must not remove the chart's cards)."""
+    usage = _usage(runtime.templates)
     return DiscoveryResponse(
         services=[
             ServiceDefinition(
@@ -31,15 +36,15 @@ async def discovery(runtime: RuntimeDep, client: ClientDep) -> DiscoveryResponse
                 title="TIL therapy trial finder",
                 description="Suggests tumor-infiltrating lymphocyte (TIL) therapy trials the patient may be eligible for, with what is met, unknown or blocking.",
                 prefetch=runtime.templates,
-                usageRequirements=USAGE,
+                usageRequirements=usage,
             ),
             ServiceDefinition(
                 hook="order-select",
-                id=SERVICE_ID,
+                id=ORDER_SELECT_SERVICE_ID,
                 title="TIL therapy trial finder (new therapy check)",
-                description="Warns when a new systemic anticancer therapy is drafted for a patient who may be eligible for a TIL trial, since it restarts the trial's washout.",
+                description="Warns when a selected draft order starts a systemic anticancer therapy for a patient who may be eligible for a TIL trial, since it restarts the trial's washout; says nothing otherwise.",
                 prefetch=runtime.templates,
-                usageRequirements=USAGE,
+                usageRequirements=usage,
             ),
         ]
     )

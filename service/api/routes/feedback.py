@@ -10,7 +10,7 @@ from service.api.deps import AuditDep, ClientDep
 from service.api.json_route import OrjsonRoute
 from service.api.responses import FEEDBACK_ERRORS
 from service.cdshooks import FeedbackRequest
-from service.pipeline import SERVICE_ID
+from service.pipeline import SERVICES
 
 __all__ = ["router"]
 
@@ -32,8 +32,8 @@ async def feedback(
     service_id: str, body: FeedbackRequest, audit: AuditDep, client: ClientDep
 ) -> FeedbackReceipt:
     """Record each feedback item against its card; repeating an item changes nothing."""
-    if service_id != SERVICE_ID:
-        raise HTTPException(404, f"no CDS service '{service_id}'")
+    if service_id not in SERVICES:
+        raise HTTPException(404, f"no CDS service '{service_id}'; discovery at /cds-services lists {', '.join(SERVICES)}")
     recorded = duplicates = 0
     for item in body.feedback:
         _, created = await run_in_threadpool(

@@ -13,7 +13,7 @@ from service.api.json_route import OrjsonRoute
 from service.api.responses import HOOK_ERRORS
 from service.cdshooks import CdsResponse, HookRequest
 from service.observability import CARDS_SHOWN, note_hook
-from service.pipeline import SERVICE_HOOKS, SERVICE_ID, run_hook
+from service.pipeline import SERVICES, run_hook
 from service.security import may_fetch_from
 
 __all__ = ["router"]
@@ -37,13 +37,17 @@ async def call_service(
     client: ClientDep,
 ) -> Any:
     """Evaluate every trial for the patient; the decision is recorded before the answer."""
-    note_hook(body.hook if body.hook in SERVICE_HOOKS else "other")
-    if service_id != SERVICE_ID:
+    note_hook(body.hook if body.hook in SERVICES.values() else "other")
+    if service_id not in SERVICES:
         raise HTTPException(
-            404, f"no CDS service '{service_id}'; discovery at /cds-services lists '{SERVICE_ID}'"
+            404, f"no CDS service '{service_id}'; discovery at /cds-services lists {', '.join(SERVICES)}"
         )
     outcome = await run_hook(
-        body, runtime, datetime.now(UTC), may_fetch=may_fetch_from(body, settings, client)
+        body,
+        runtime,
+        datetime.now(UTC),
+        may_fetch=may_fetch_from(body, settings, client),
+        service_id=service_id,
     )
     outcome.record["recorded_at"] = datetime.now(UTC).isoformat()
     outcome.record["client"] = client.issuer if client else "dev (unauthenticated)"
@@ -51,7 +55,7 @@ async def call_service(
         audit.save_criteria_version, runtime.criteria.fingerprint, runtime.criteria.snapshot
     )
     await run_in_threadpool(audit.append_decision, outcome.record)
-    for result in outcome.results:
-        if result.suggested:
-            CARDS_SHOWN.labels(trial=result.trial_id, hook=body.hook).inc()
+    for card in outcome.response.cards:
+        if card.source.topic is not None:
+            CARDS_SHOWN.labels(trial=card.source.topic.code, hook=body.hook).inc()
     return outcome.response.model_dump(mode="json", exclude_none=True)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.criteria import CriteriaSet
-from service.engine import State, evaluate_trials
+from service.engine import State, decide
 from service.facts import build_facts
 from service.mappings import Mappings
 from service.sandbox.synthetic import generate_patients
@@ -28,11 +28,11 @@ def _verdicts(
     mappings: Mappings,
     at: datetime = EVALUATED_AT,
 ) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
-    results = evaluate_trials(criteria, mappings, build_facts(patient_id, resources, mappings), at)
+    results = decide(build_facts(patient_id, resources, mappings), criteria, mappings, at).trials
     return {
         r.trial_id: (
             r.status,
-            tuple((c.id, c.state.value) for c in [*r.criteria, *(x for a in r.arms for x in a.criteria)]),
+            tuple((c.id, c.state.value) for c in [*r.criteria, *(x for a in r.cohorts for x in a.criteria)]),
         )
         for r in results
     }
@@ -40,9 +40,9 @@ def _verdicts(
 
 @pytest.mark.parametrize("patient", PATIENTS, ids=lambda p: p.id)
 def test_expected_cards(patient: Any, criteria: CriteriaSet, mappings: Mappings) -> None:
-    results = evaluate_trials(
-        criteria, mappings, build_facts(patient.id, patient.resources, mappings), EVALUATED_AT
-    )
+    results = decide(
+        build_facts(patient.id, patient.resources, mappings), criteria, mappings, EVALUATED_AT
+    ).trials
     suggested = {r.trial_id for r in results if r.suggested}
     assert suggested == patient.expected_cards, {r.trial_id: r.reason for r in results}
 
@@ -51,11 +51,10 @@ def test_every_verdict_carries_fingerprints_and_every_computed_state_its_reason(
     criteria: CriteriaSet, mappings: Mappings
 ) -> None:
     patient = PATIENTS[0]
-    for result in evaluate_trials(
-        criteria, mappings, build_facts(patient.id, patient.resources, mappings), EVALUATED_AT
-    ):
-        assert result.criteria_fingerprint == criteria.fingerprint
-        assert result.input_fingerprint.startswith("sha256:")
+    decision = decide(build_facts(patient.id, patient.resources, mappings), criteria, mappings, EVALUATED_AT)
+    assert decision.criteria_fingerprint == criteria.fingerprint
+    assert decision.input_fingerprint.startswith("sha256:")
+    for result in decision.trials:
         for criterion in result.criteria:
             assert criterion.reason
             if criterion.state in (State.MET, State.NOT_MET) and criterion.id.startswith(

@@ -23,7 +23,7 @@ from service.criteria import (
     SteroidDoseRule,
     WashoutRule,
 )
-from service.engine import evaluate_trials
+from service.engine import decide
 from service.engine.context import EvaluationContext
 from service.engine.results import State
 from service.engine.rules import evaluate_rule
@@ -488,11 +488,11 @@ def test_absolute_count_is_derived_from_the_differential(mappings: Mappings) -> 
 
 
 def test_a_deceased_patient_gets_no_trial(mappings: Mappings, criteria: Any) -> None:
-    from service.engine import evaluate_trials
+    from service.engine import decide
 
     dead = {**patient(), "deceasedBoolean": True}
     facts = build_facts("p1", [dead, LUNG_CANCER], mappings)
-    results = evaluate_trials(criteria, mappings, facts, EVALUATED_AT)
+    results = decide(facts, criteria, mappings, EVALUATED_AT).trials
     assert all(r.status == "not_applicable" and "deceased" in r.reason for r in results)
 
 
@@ -548,9 +548,7 @@ def _criterion_state(
     mappings: Mappings,
 ) -> State:
     facts = build_facts("p1", resources, mappings)
-    result = next(
-        r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == trial_id
-    )
+    result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == trial_id)
     return next(c.state for c in result.criteria if c.id == criterion_id)
 
 
@@ -713,7 +711,7 @@ def test_renal_function_without_a_weight_is_bounded_by_the_weight_it_would_need(
     if weight_kg is not None:
         resources.append(observation("29463-7", weight_kg, "kg", id="obs-wt"))
     facts = build_facts("p1", resources, mappings)
-    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == LUNG)
+    result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == LUNG)
     renal = next(c for c in result.criteria if c.id == "renal-function")
     assert renal.state is state, renal.reason
     assert said in renal.reason
@@ -755,7 +753,7 @@ def test_recent_radiotherapy_blocks_until_the_washout_ends(criteria: CriteriaSet
         "http://www.ama-assn.org/go/cpt", "77412", "Radiation treatment delivery", "2026-11-13T10:00:00Z"
     )
     facts = build_facts("p1", [patient(), LUNG_CANCER, radiotherapy], mappings)
-    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == LUNG)
+    result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == LUNG)
     washout = next(c for c in result.criteria if c.id == "prior-therapy-washout")
     assert washout.state is State.NOT_YET and washout.until == date(2026, 12, 11)
 
@@ -765,7 +763,7 @@ def test_unreadable_procedures_leave_procedure_criteria_unknown(
 ) -> None:
     facts = build_facts("p1", [patient(), LUNG_CANCER], mappings)
     facts.unavailable = {"procedures": "the FHIR server answered 500"}
-    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == LUNG)
+    result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == LUNG)
     states = {c.id: c.state for c in result.criteria}
     assert states["transplant-or-dialysis"] is State.UNKNOWN
     assert states["prior-therapy-washout"] is State.UNKNOWN
@@ -790,7 +788,7 @@ def test_a_recent_live_vaccine_blocks_iov_lun_202_until_28_days_after(
 ) -> None:
     live = _immunization("03", "MMR", "2026-11-13")
     facts = build_facts("p1", [patient(), LUNG_CANCER, live], mappings)
-    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == IOV)
+    result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == IOV)
     vaccine = next(c for c in result.criteria if c.id == "live-vaccine")
     assert vaccine.state is State.NOT_YET and vaccine.until == date(2026, 12, 11)
     inactivated = _immunization("150", "influenza, injectable, quadrivalent", "2026-11-22")
@@ -810,7 +808,7 @@ def test_unreadable_immunizations_leave_the_vaccine_criterion_unknown(
 ) -> None:
     facts = build_facts("p1", [patient(), LUNG_CANCER], mappings)
     facts.unavailable = {"immunizations": "not prefetched, and no FHIR server may be queried"}
-    result = next(r for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.trial_id == IOV)
+    result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == IOV)
     assert next(c.state for c in result.criteria if c.id == "live-vaccine") is State.UNKNOWN
 
 
@@ -1025,7 +1023,7 @@ def test_lung_cancer_coded_with_its_tnm_stage(
     """Synthea and many EHRs code the diagnosis and its stage in one SNOMED CT concept, with no ICD-10."""
     cancer = condition(SNOMED, code, display, id="cond-lung")
     facts = build_facts("p1", [patient(), cancer], mappings)
-    suggested = {r.trial_id for r in evaluate_trials(criteria, mappings, facts, EVALUATED_AT) if r.suggested}
+    suggested = {r.trial_id for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.suggested}
     assert (LUNG in suggested, IOV in suggested) == (lung, iov)
 
 

@@ -1,0 +1,373 @@
+"""The decision: what the engine concluded for one patient at one time, as one typed value.
+
+This is the contract between the engine and everything that shows, stores or checks its
+conclusion: cards, the review page, the audit store, every export format, the counts and
+replay read a :class:`Decision` and nothing else.  None of them may look at mappings,
+re-derive a verdict or hold a clinical constant; if they need to know something (when a
+result goes stale, which criteria rule a trial out, the patient's age) the engine says it
+here.
+
+The types are frozen pydantic dataclasses: positional construction stays cheap in the
+engine, and :data:`DECISION_ADAPTER` validates a stored decision on the way back in, so a
+record that does not have this shape is refused rather than half-read.  Records written
+before the decision had a type (schema version 1: loose ``verdicts`` dicts) are read by
+:func:`read_decision`, which upgrades them without re-deciding anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import ConfigDict, TypeAdapter
+from pydantic.dataclasses import dataclass
+
+__all__ = [
+    "DECISION_ADAPTER",
+    "SCHEMA_VERSION",
+    "CohortFit",
+    "CohortVerdict",
+    "CriterionVerdict",
+    "Decision",
+    "Evidence",
+    "InputReference",
+    "OrderWarning",
+    "PatientSummary",
+    "State",
+    "TrialStatus",
+    "TrialVerdict",
+    "decision_json",
+    "read_decision",
+]
+
+SCHEMA_VERSION = 2
+"""2: the typed decision.  1: records before it (loose ``verdicts``, read by an upgrade)."""
+
+_FROZEN = ConfigDict(extra="forbid")
+
+
+class State(StrEnum):
+    """A criterion's state.  Only NOT_MET blocks a suggestion."""
+
+    MET = "met"
+    NOT_MET = "not_met"
+    UNKNOWN = "unknown"
+    NOT_YET = "not_yet"
+    NEEDS_REVIEW = "needs_review"
+
+
+TrialStatus = Literal["may_be_eligible", "ruled_out", "not_applicable"]
+CohortFit = Literal["fits", "may_fit", "does_not_fit"]
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class Evidence:
+    """One datum a criterion rests on, traceable to its FHIR resource.
+
+    ``source`` is the resource reference with its version (``Observation/7/_history/2``).
+    ``lookback_days`` and ``stale_on`` are set for results read inside a look-back window:
+    the date the result stops being usable is the engine's statement, not the page's guess.
+    """
+
+    description: str
+    source: str | None = None
+    value: float | str | None = None
+    unit: str | None = None
+    date: str | None = None
+    upper_limit_of_normal: float | None = None
+    upper_limit_source: str | None = None
+    lookback_days: int | None = None
+    stale_on: dt.date | None = None
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class CriterionVerdict:
+    """One criterion's state for this patient, with its label for people and id for machines."""
+
+    id: str
+    label: str
+    type: Literal["inclusion", "exclusion"]
+    text: str
+    source: str
+    state: State
+    reason: str
+    evidence: tuple[Evidence, ...] = ()
+    until: dt.date | None = None
+    flags: tuple[str, ...] = ()
+    resolve_hint: str | None = None
+    note: str | None = None
+    arm: str | None = None
+
+    @property
+    def not_before(self) -> dt.date | None:
+        """The washout's end: the first day this criterion can be met (NOT_YET only)."""
+        return self.until if self.state is State.NOT_YET else None
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class CohortVerdict:
+    """A cohort (arm) and its own criteria; ``fit`` is decided by the engine."""
+
+    id: str
+    title: str
+    description: str
+    fit: CohortFit
+    criteria: tuple[CriterionVerdict, ...] = ()
+
+    @property
+    def possible(self) -> bool:
+        """No criterion of the cohort is known to be unmet."""
+        return self.fit != "does_not_fit"
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class TrialVerdict:
+    """One trial's verdict: the headline, its trial-level criteria and its cohorts.
+
+    ``blocking`` lists the ids of the criteria that rule the trial out (trial-level ones,
+    or every cohort's when no cohort fits), so no reader has to work that out again.
+    """
+
+    trial_id: str
+    title: str
+    short_title: str
+    registry_url: str | None
+    status: TrialStatus
+    reason: str
+    criteria: tuple[CriterionVerdict, ...] = ()
+    cohorts: tuple[CohortVerdict, ...] = ()
+    disease_evidence: tuple[Evidence, ...] = ()
+    blocking: tuple[str, ...] = ()
+    criteria_complete: bool = True
+
+    @property
+    def suggested(self) -> bool:
+        """Whether the trial gets a card: no criterion is known to rule the patient out."""
+        return self.status == "may_be_eligible"
+
+    def in_state(self, state: State) -> list[CriterionVerdict]:
+        """Trial-level criteria in ``state``, then those of the cohorts still possible."""
+        found = [c for c in self.criteria if c.state is state]
+        for cohort in self.cohorts:
+            if cohort.possible:
+                found += [c for c in cohort.criteria if c.state is state]
+        return found
+
+    def trial_level_counts(self) -> dict[State, int]:
+        """How many trial-level criteria are in each state (cohort criteria are the cohorts')."""
+        counts = dict.fromkeys(State, 0)
+        for criterion in self.criteria:
+            counts[criterion.state] += 1
+        return counts
+
+    def every_criterion(self) -> list[CriterionVerdict]:
+        return [*self.criteria, *(c for cohort in self.cohorts for c in cohort.criteria)]
+
+    def not_before(self) -> dt.date | None:
+        """The latest washout end among the criteria that block only until a date."""
+        dates = [c.until for c in self.in_state(State.NOT_YET) if c.until is not None]
+        return max(dates) if dates else None
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class PatientSummary:
+    """Who was decided for, as the engine read it (age at the evaluation time)."""
+
+    reference: str
+    sex: str | None = None
+    age_years: int | None = None
+    age_note: str | None = None  # e.g. "71–72: the birth date is recorded without its day"
+    deceased: bool = False
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class InputReference:
+    """One input resource, by type, id and the version that was read."""
+
+    resource_type: str
+    id: str
+    version_id: str | None = None
+
+    def __str__(self) -> str:
+        base = f"{self.resource_type}/{self.id}"
+        return f"{base}/_history/{self.version_id}" if self.version_id else base
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class OrderWarning:
+    """order-select: drafted systemic anticancer drugs that would restart a trial's washout."""
+
+    drugs: tuple[str, ...]
+    trial_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class Decision:
+    """Every trial's verdict for one patient at one evaluation time, and what it rested on."""
+
+    evaluated_at: dt.datetime
+    criteria_fingerprint: str
+    input_fingerprint: str
+    patient: PatientSummary
+    trials: tuple[TrialVerdict, ...] = ()
+    data_problems: tuple[str, ...] = ()
+    unavailable: dict[str, str] | None = None
+    inputs: tuple[InputReference, ...] = ()
+    order_warning: OrderWarning | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def suggested(self) -> list[TrialVerdict]:
+        return [t for t in self.trials if t.suggested]
+
+    def trial(self, trial_id: str) -> TrialVerdict | None:
+        return next((t for t in self.trials if t.trial_id == trial_id), None)
+
+
+DECISION_ADAPTER: TypeAdapter[Decision] = TypeAdapter(Decision)
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    """The decision as JSON-ready data (what the audit record stores under ``decision``)."""
+    data: dict[str, Any] = DECISION_ADAPTER.dump_python(decision, mode="json")
+    return data
+
+
+def read_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None = None) -> Decision:
+    """The decision of a stored record, whichever schema version wrote it.
+
+    ``titles`` (trial id -> recorded criteria of that trial) is used only for version 1
+    records, which did not keep trial titles; it never changes a state or a verdict.
+    Raises ``pydantic.ValidationError`` when the record is neither shape.
+    """
+    stored = content.get("decision")
+    if isinstance(stored, Mapping):
+        return DECISION_ADAPTER.validate_python(stored)
+    return _upgrade_v1(content, titles or {})
+
+
+def _v1_evidence(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "description": str(item.get("description") or ""),
+        "source": item.get("source") or item.get("resource"),
+        "value": item.get("value"),
+        "unit": item.get("unit"),
+        "date": item.get("date"),
+        "upper_limit_of_normal": item.get("upper_limit_of_normal"),
+        "upper_limit_source": item.get("upper_limit_source"),
+    }
+
+
+def _v1_criterion(item: Mapping[str, Any], arm: str | None) -> dict[str, Any]:
+    return {
+        "id": str(item.get("id")),
+        "label": str(item.get("label") or item.get("text") or item.get("id")),
+        "type": item.get("type") if item.get("type") in ("inclusion", "exclusion") else "inclusion",
+        "text": str(item.get("text") or ""),
+        "source": str(item.get("source") or ""),
+        "state": item.get("state"),
+        "reason": str(item.get("reason") or ""),
+        "evidence": [_v1_evidence(e) for e in item.get("evidence") or []],
+        "until": item.get("until"),
+        "flags": list(item.get("flags") or []),
+        "resolve_hint": item.get("resolve_hint"),
+        "note": item.get("note"),
+        "arm": item.get("arm", arm),
+    }
+
+
+def _v1_status(verdict: Mapping[str, Any]) -> str:
+    status = verdict.get("status")
+    if status in ("may_be_eligible", "ruled_out", "not_applicable"):
+        return str(status)
+    return "may_be_eligible" if verdict.get("suggested") is True else "ruled_out"
+
+
+def _upgrade_v1(content: Mapping[str, Any], titles: Mapping[str, Any]) -> Decision:
+    """A version 1 record read as a decision: its recorded states, copied, never re-decided.
+
+    What version 1 did not record stays empty: look-back windows and stale dates (the
+    review page then shows no stale dates) and the patient's age unless an age criterion
+    carried it as evidence.
+    """
+    trials = []
+    age: int | None = None
+    for verdict in content.get("verdicts") or []:
+        trial_id = str(verdict.get("trial_id"))
+        found = titles.get(trial_id)
+        recorded: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        criteria = [_v1_criterion(c, None) for c in verdict.get("criteria") or []]
+        cohorts: list[dict[str, Any]] = []
+        for arm in verdict.get("arms") or []:
+            arm_criteria = [_v1_criterion(c, str(arm.get("id"))) for c in arm.get("criteria") or []]
+            states = {c["state"] for c in arm_criteria}
+            possible = arm.get("possible", arm.get("suggested", "not_met" not in states))
+            fit = "does_not_fit" if not possible else ("fits" if states <= {"met"} else "may_fit")
+            cohorts.append(
+                {
+                    "id": str(arm.get("id")),
+                    "title": str(arm.get("title") or arm.get("id")),
+                    "description": str(arm.get("description") or ""),
+                    "fit": fit,
+                    "criteria": arm_criteria,
+                }
+            )
+        blocking = [c["id"] for c in criteria if c["state"] == "not_met"]
+        if not blocking and cohorts and all(c["fit"] == "does_not_fit" for c in cohorts):
+            blocking = [c["id"] for cohort in cohorts for c in cohort["criteria"] if c["state"] == "not_met"]
+        for criterion in criteria:
+            for item in criterion["evidence"]:
+                if item["description"] == "age from Patient.birthDate" and isinstance(item["value"], int):
+                    age = item["value"]
+        trials.append(
+            {
+                "trial_id": trial_id,
+                "title": str(recorded.get("title") or trial_id),
+                "short_title": str(recorded.get("short_title") or trial_id),
+                "registry_url": recorded.get("registry_url"),
+                "status": _v1_status(verdict),
+                "reason": str(verdict.get("reason") or ""),
+                "criteria": criteria,
+                "cohorts": cohorts,
+                "disease_evidence": [_v1_evidence(e) for e in verdict.get("disease_evidence") or []],
+                "blocking": blocking if _v1_status(verdict) == "ruled_out" else [],
+                "criteria_complete": bool(recorded.get("criteria_complete", True)),
+            }
+        )
+    patient_ref = str(content.get("patient_ref") or "")
+    patient_id = patient_ref.removeprefix("Patient/")
+    patient: Mapping[str, Any] = next(
+        (
+            r
+            for r in content.get("input_resources") or []
+            if isinstance(r, Mapping) and r.get("resourceType") == "Patient" and str(r.get("id")) == patient_id
+        ),
+        {},
+    )
+    unavailable = content.get("unavailable_facts")
+    return DECISION_ADAPTER.validate_python(
+        {
+            "schema_version": 1,
+            "evaluated_at": content.get("evaluated_at") or content.get("recorded_at"),
+            "criteria_fingerprint": str(content.get("criteria_fingerprint") or ""),
+            "input_fingerprint": str(content.get("input_fingerprint") or ""),
+            "patient": {
+                "reference": patient_ref,
+                "sex": patient.get("gender"),
+                "age_years": age,
+                "deceased": bool(patient.get("deceasedBoolean") or patient.get("deceasedDateTime")),
+            },
+            "trials": trials,
+            "data_problems": [str(e) for e in content.get("errors") or []],
+            "unavailable": {str(k): str(v) for k, v in unavailable.items()}
+            if isinstance(unavailable, Mapping)
+            else None,
+            "inputs": [
+                {"resource_type": i.get("resourceType"), "id": str(i.get("id")), "version_id": i.get("versionId")}
+                for i in content.get("inputs") or []
+                if isinstance(i, Mapping)
+            ],
+        }
+    )
