@@ -142,27 +142,22 @@ def test_the_console_when_the_call_and_the_patient_list_fail(
     assert_fits_and_is_accessible(page, artifacts, "console-call-error")
 
 
-def test_the_review_page_of_a_suggested_trial(page: Page, artifacts: Path) -> None:
-    page.goto(_review_url(page, "til-lung-eligible", "NCT06538012"))
-    expect(page.locator("section.trial[data-status=may_be_eligible]")).to_have_count(2)
+@pytest.mark.parametrize(
+    ("patient_id", "card_trial", "status", "trials", "name"),
+    [
+        ("til-lung-eligible", "NCT06538012", "may_be_eligible", 2, "review-may-be-eligible"),
+        ("til-squamous", "NCT06538012", "ruled_out", 1, "review-ruled-out"),
+        ("til-gastric", "essen-til-gastroesophageal", "not_applicable", 2, "review-not-applicable"),
+    ],
+)
+def test_the_review_page(
+    page: Page, artifacts: Path, patient_id: str, card_trial: str, status: str, trials: int, name: str
+) -> None:
+    """A suggested, a ruled-out and a not-applicable trial, every collapsed section opened."""
+    page.goto(_review_url(page, patient_id, card_trial))
+    expect(page.locator(f"section.trial[data-status={status}]")).to_have_count(trials)
     _open_every_section(page)
-    assert_fits_and_is_accessible(page, artifacts, "review-may-be-eligible")
-
-
-def test_the_review_page_of_a_ruled_out_trial(page: Page, artifacts: Path) -> None:
-    page.goto(_review_url(page, "til-squamous", "NCT06538012"))
-    ruled_out = page.locator("section.trial[data-status=ruled_out]")
-    expect(ruled_out).to_have_attribute("data-trial", "NCT04614103")
-    expect(ruled_out.locator(".blocking")).to_be_visible()
-    _open_every_section(page)
-    assert_fits_and_is_accessible(page, artifacts, "review-ruled-out")
-
-
-def test_the_review_page_of_trials_that_do_not_apply(page: Page, artifacts: Path) -> None:
-    page.goto(_review_url(page, "til-gastric", "essen-til-gastroesophageal"))
-    expect(page.locator("section.trial[data-status=not_applicable]")).to_have_count(2)
-    _open_every_section(page)
-    assert_fits_and_is_accessible(page, artifacts, "review-not-applicable")
+    assert_fits_and_is_accessible(page, artifacts, name)
 
 
 def test_the_review_page_refusals(page: Page, live_service: LiveService, artifacts: Path) -> None:

@@ -8,7 +8,6 @@ source and that source's date.
 from __future__ import annotations
 
 import re
-import shutil
 from datetime import date
 from pathlib import Path
 
@@ -22,17 +21,10 @@ from service.errors import ConfigurationError
 from service.mappings import Mappings
 from service.settings import Settings
 from tests.api.conftest import started
-from tests.conftest import REPO
+from tests.deploy.test_reload import copy_clinical_data
 
 TRIAL_FILE = "NCT06538012.yaml"
 NEUTROPHIL_LABEL = "    label: Absolute neutrophil count\n"
-
-
-def _copied(tmp_path: Path) -> tuple[Path, Path]:
-    criteria_dir, mappings_dir = tmp_path / "criteria", tmp_path / "mappings"
-    shutil.copytree(REPO / "criteria", criteria_dir)
-    shutil.copytree(REPO / "mappings", mappings_dir)
-    return criteria_dir, mappings_dir
 
 
 def _replace_once(path: Path, old: str, new: str) -> None:
@@ -72,7 +64,7 @@ def test_issue_15_the_recruitment_status_names_its_source_and_date(criteria: Cri
 def test_issue_15_a_criterion_without_a_label_is_refused_naming_file_and_criterion(
     tmp_path: Path, mappings: Mappings
 ) -> None:
-    criteria_dir, _ = _copied(tmp_path)
+    criteria_dir, _ = copy_clinical_data(tmp_path)
     _replace_once(criteria_dir / TRIAL_FILE, NEUTROPHIL_LABEL, "")
     with pytest.raises(ConfigurationError) as caught:
         load_criteria(criteria_dir, mappings)
@@ -84,7 +76,7 @@ def test_issue_15_a_criterion_without_a_label_is_refused_naming_file_and_criteri
 
 @pytest.mark.parametrize("blank", ['""', '"   "'])
 def test_issue_15_a_blank_label_is_refused(tmp_path: Path, mappings: Mappings, blank: str) -> None:
-    criteria_dir, _ = _copied(tmp_path)
+    criteria_dir, _ = copy_clinical_data(tmp_path)
     _replace_once(criteria_dir / TRIAL_FILE, NEUTROPHIL_LABEL, f"    label: {blank}\n")
     with pytest.raises(ConfigurationError, match=r"criterion 'absolute-neutrophil-count': .*label"):
         load_criteria(criteria_dir, mappings)
@@ -93,7 +85,7 @@ def test_issue_15_a_blank_label_is_refused(tmp_path: Path, mappings: Mappings, b
 def test_issue_15_an_arm_without_a_label_is_refused_naming_the_arm(
     tmp_path: Path, mappings: Mappings
 ) -> None:
-    criteria_dir, _ = _copied(tmp_path)
+    criteria_dir, _ = copy_clinical_data(tmp_path)
     _replace_once(criteria_dir / "NCT04614103.yaml", '    label: "Cohort 2 (PD-L1 TPS ≥ 1%)"\n', "")
     with pytest.raises(ConfigurationError) as caught:
         load_criteria(criteria_dir, mappings)
@@ -102,7 +94,7 @@ def test_issue_15_an_arm_without_a_label_is_refused_naming_the_arm(
 
 
 def test_issue_15_criteria_check_refuses_a_missing_label(tmp_path: Path) -> None:
-    criteria_dir, mappings_dir = _copied(tmp_path)
+    criteria_dir, mappings_dir = copy_clinical_data(tmp_path)
     _replace_once(criteria_dir / TRIAL_FILE, NEUTROPHIL_LABEL, "")
     outcome = CliRunner().invoke(
         cli, ["criteria", "check", "--criteria-dir", str(criteria_dir), "--mappings-dir", str(mappings_dir)]
@@ -114,7 +106,7 @@ def test_issue_15_criteria_check_refuses_a_missing_label(tmp_path: Path) -> None
 
 
 async def test_issue_15_the_service_does_not_start_without_a_label(tmp_path: Path) -> None:
-    criteria_dir, mappings_dir = _copied(tmp_path)
+    criteria_dir, mappings_dir = copy_clinical_data(tmp_path)
     _replace_once(criteria_dir / TRIAL_FILE, NEUTROPHIL_LABEL, "")
     settings = Settings(
         dev=True,
