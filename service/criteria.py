@@ -31,6 +31,7 @@ from service.errors import ConfigurationError
 from service.mappings import Mappings
 
 __all__ = [
+    "LABEL_MAX_LENGTH",
     "Arm",
     "Criterion",
     "CriteriaSet",
