@@ -13,16 +13,25 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from service.errors import ConfigurationError
 from service.mappings import Mappings
 
 __all__ = [
+    "LABEL_MAX_LENGTH",
     "Arm",
     "Criterion",
     "CriteriaSet",
@@ -37,6 +46,19 @@ __all__ = [
 ]
 
 Comparison = Literal["ge", "gt", "le", "lt"]
+
+LABEL_MAX_LENGTH = 60
+"""A label must fit one line of an EHR side panel about 400 px wide."""
+
+Label = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=LABEL_MAX_LENGTH),
+    Field(
+        description="What a clinician reads in a card or side panel: a short name in clinical "
+        "words, never an id or internal tag (e.g. 'Absolute neutrophil count', 'Live vaccine "
+        "in the last 28 days', 'Cohort 2 (PD-L1 TPS ≥ 1%)').",
+    ),
+]
 
 
 class _Frozen(BaseModel):
@@ -274,7 +296,7 @@ Rule = Annotated[
 
 class Criterion(_Frozen):
     id: str
-    label: str | None = None  # TEMP until labels land
+    label: Label
     type: Literal["inclusion", "exclusion"]
     text: str
     source: str
@@ -292,7 +314,7 @@ class Criterion(_Frozen):
 
 class Arm(_Frozen):
     id: str
-    label: str | None = None  # TEMP until labels land
+    label: Label
     title: str
     description: str
     criteria: list[Criterion] = Field(default_factory=list)
@@ -324,6 +346,23 @@ class Trial(_Frozen):
     sites: list[Site]
     recruitment_status: str
     status_as_of: str
+    status_source: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1),
+        Field(
+            description="Where the recruitment status was read, as a card names it: "
+            "'registry record', 'CancerFax trial page'.",
+        ),
+    ]
+    status_source_date: Annotated[
+        date | None,
+        Field(
+            strict=False,
+            description="The date of that record (ISO, e.g. the registry's last update), so a "
+            "card says 'Recruiting per registry record of 2022-10-21'; null when the source "
+            "gives none.",
+        ),
+    ] = None
     interventions: list[str]
     sources: dict[str, str]
     criteria_complete: bool
@@ -417,6 +456,38 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
                     )
 
 
+def _describe_error(raw: Any, loc: tuple[int | str, ...], message: str) -> str:
+    """``criterion 'hemoglobin': inclusion.10.label: Field required``: the author looks for the id."""
+    owner = ""
+    node = raw
+    for depth, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            break
+        if isinstance(node, dict) and isinstance(node.get("id"), str):
+            kind = "arm" if depth >= 1 and loc[depth - 1] == "arms" else "criterion"
+            owner = f"{kind} '{node['id']}': "
+    field_path = ".".join(str(part) for part in loc)
+    return f"{owner}{field_path}: {message}"
+
+
+class _TextDatesLoader(yaml.SafeLoader):
+    """YAML without implicit timestamps: a date stays the text it was written as.
+
+    The parsed files are the criteria snapshot the audit trail stores as plain JSON,
+    which a ``datetime.date`` would break; the models parse the dates they expect.
+    """
+
+
+_TextDatesLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_criteria(directory: Path, mappings: Mappings) -> CriteriaSet:
     """Load every ``*.yaml`` trial file; a broken one raises with the file and field path."""
     raw_trials: dict[Path, Any] = {}
@@ -425,20 +496,55 @@ def load_criteria(directory: Path, mappings: Mappings) -> CriteriaSet:
         raise ConfigurationError(f"{directory}: no trial criteria files (*.yaml)")
     for path in paths:
         try:
-            raw_trials[path] = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw_trials[path] = yaml.load(path.read_text(encoding="utf-8"), Loader=_TextDatesLoader)
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigurationError(f"{path}: cannot be read as YAML: {exc}") from exc
     return criteria_from_raw(raw_trials, mappings)
 
 
 def criteria_from_snapshot(snapshot: dict[str, Any], mappings: Mappings) -> CriteriaSet:
-    """Rebuild a recorded criteria version (audit replay); keeps the recorded fingerprint."""
+    """Rebuild a recorded criteria version (audit replay).
+
+    Versions recorded before labels were required get each criterion's and arm's id as
+    its label: labels change no verdict, and a recorded decision must stay replayable.
+    """
     raw = {
-        Path(f"{trial_id}.yaml"): content
+        Path(f"{trial_id}.yaml"): _labelled(content)
         for trial_id, content in snapshot.items()
         if trial_id != "__mappings__"
     }
     return criteria_from_raw(raw, mappings)
+
+
+def _labelled(trial: Any) -> Any:
+    """A copy of a recorded trial file with what later versions require and it lacked.
+
+    Each criterion and arm without a label gets its id; a trial without ``status_source``
+    gets its ``status_as_of`` text, which is where older files said the same.
+    """
+    if not isinstance(trial, dict):
+        return trial
+
+    def with_label(item: Any) -> Any:
+        if isinstance(item, dict) and "label" not in item and isinstance(item.get("id"), str):
+            return {**item, "label": item["id"]}
+        return item
+
+    def each_labelled(owner: dict[str, Any], key: str) -> dict[str, Any]:
+        items = owner.get(key)
+        if not isinstance(items, list):
+            return owner
+        return {**owner, key: [with_label(item) for item in items]}
+
+    copy = each_labelled(each_labelled(trial, "inclusion"), "exclusion")
+    if isinstance(copy.get("arms"), list):
+        copy["arms"] = [
+            each_labelled(with_label(arm), "criteria") if isinstance(arm, dict) else arm
+            for arm in copy["arms"]
+        ]
+    if "status_source" not in copy and "status_as_of" in copy:
+        copy["status_source"] = copy["status_as_of"]
+    return copy
 
 
 def criteria_from_raw(raw_trials: dict[Path, Any], mappings: Mappings) -> CriteriaSet:
@@ -449,9 +555,7 @@ def criteria_from_raw(raw_trials: dict[Path, Any], mappings: Mappings) -> Criter
         try:
             trial = Trial.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            )
+            problems = "; ".join(_describe_error(raw, err["loc"], err["msg"]) for err in exc.errors())
             raise ConfigurationError(f"{path}: {problems}") from exc
         _check_references(trial, mappings, path)
         ids = [c.id for c in trial.all_criteria()]

@@ -51,7 +51,7 @@ def input_fingerprint(facts: PatientFacts) -> str:
 
 
 def _label(criterion: Criterion) -> str:
-    return criterion.label or criterion.id
+    return criterion.label
 
 
 def _evaluate_criterion(
@@ -107,7 +107,7 @@ def _evaluate_cohort(arm: Arm, context: EvaluationContext) -> CohortVerdict:
         fit = "may_fit"
     return CohortVerdict(
         id=arm.id,
-        title=arm.label or arm.title,
+        title=arm.label,
         description=arm.description,
         fit=fit,
         criteria=results,
