@@ -1,23 +1,48 @@
-"""Verdicts -> CDS Hooks cards: one short, true card per trial the patient may be eligible for.
+"""Decision -> CDS Hooks cards an oncologist reads in seconds, in a narrow side panel.
 
-Cards never say "eligible": only the trial team decides that.  The summary names
-the trial and what is left to confirm; the Markdown detail lists what is met (with
-evidence), what is unknown and how to resolve it, what blocks until a date, and
-what only a clinician can judge.
+A card never says "eligible": only the trial team decides that.  Its detail keeps to a
+budget (:data:`DETAIL_BUDGET` characters of rendered text) in a fixed order: what blocks
+now or until when, at most three next steps (verbs, the most decisive first), one line of
+counts, the registry's recruitment status with its source and date, and a data warning
+when some of the record could not be read.  The met list and the review list live on the
+review page the card links to.  Orderable next steps also come as a suggestion that
+drafts the ServiceRequests, and a suggested trial comes with a referral suggestion.
+
+Everything here reads the :class:`~service.engine.decision.TrialVerdict` (and the trial's
+descriptive fields); no clinical knowledge is decided here.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date
 
-from service.cdshooks import Card, Coding, Link, Source
-from service.criteria import Trial
-from service.engine import CriterionVerdict, Evidence, State, TrialVerdict
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from pydantic import ValidationError
 
-__all__ = ["OVERRIDE_REASONS", "SUMMARY_LIMIT", "trial_card", "new_therapy_warning_card"]
+from service.cdshooks import Action, Card, Coding, Link, Source, Suggestion
+from service.criteria import Trial
+from service.engine import CriterionVerdict, State, TrialVerdict
+
+__all__ = [
+    "CONFIRMATION",
+    "DETAIL_BUDGET",
+    "OVERRIDE_REASONS",
+    "SUMMARY_LIMIT",
+    "CardDraft",
+    "new_therapy_warning_card",
+    "rendered_text",
+    "trial_card",
+]
 
 SUMMARY_LIMIT = 139
+DETAIL_BUDGET = 600
+MAX_NEXT_STEPS = 3
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+TRIAL_SYSTEM = "urn:til-cds:trial"
 OVERRIDE_SYSTEM = "urn:til-cds:override-reason"
 OVERRIDE_REASONS = [
     Coding(system=OVERRIDE_SYSTEM, code="patient-declined", display="Patient declined"),
@@ -32,164 +57,260 @@ OVERRIDE_REASONS = [
     Coding(system=OVERRIDE_SYSTEM, code="already-referred", display="Already referred or enrolled"),
     Coding(system=OVERRIDE_SYSTEM, code="cannot-travel", display="Cannot travel to the trial site"),
 ]
-CONFIRMATION = "_Only the trial team can confirm eligibility; this card lists what the record shows._"
-
+CONFIRMATION = "_Only the trial team can confirm eligibility._"
+_REFERRAL = Coding(system=SNOMED, code="3457005", display="Patient referral")
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|!])")
+_MARKDOWN_MARKS = re.compile(r"\\(.)|[*_`]")
 
 
 def _md(text: str) -> str:
-    """Escape Markdown so data reads as written: UCUM's ``10*9/L`` must not turn italic."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    """Escape Markdown so data reads as written."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
-def _evidence_text(evidence: Evidence) -> str:
-    parts = [_md(evidence.description)]
-    if evidence.value is not None and evidence.unit is not None:
-        parts.append(
-            _md(f"{evidence.value:g} {evidence.unit}")
-            if isinstance(evidence.value, float)
-            else _md(f"{evidence.value} {evidence.unit}")
-        )
-    if evidence.date:
-        parts.append(evidence.date)
-    if evidence.upper_limit_source:
-        parts.append(
-            _md(f"ULN {evidence.upper_limit_of_normal:g} from {evidence.upper_limit_source}")
-            if evidence.upper_limit_of_normal is not None
-            else _md(evidence.upper_limit_source)
-        )
-    if evidence.source:
-        parts.append(f"`{evidence.source}`")
-    return ", ".join(parts)
+def rendered_text(markdown: str) -> str:
+    """What a reader sees of our Markdown: marks and escapes removed (the budget's measure)."""
+    return _MARKDOWN_MARKS.sub(lambda m: m.group(1) or "", markdown)
 
 
-def _line(result: CriterionVerdict, *, with_hint: bool = False, with_evidence: bool = True) -> str:
-    label = f"**{result.id}**" + (f" ({result.arm})" if result.arm else "")
-    text = f"- {label}: {_md(result.reason)}"
-    if with_hint and result.resolve_hint:
-        text += f" → _{_md(result.resolve_hint)}_"
-    if result.flags:
-        text += " ⚠ " + _md("; ".join(result.flags))
-    if with_evidence and result.evidence and result.state is not State.MET:
-        text += " — " + "; ".join(_evidence_text(e) for e in result.evidence[:3])
-    elif with_evidence and any(e.source for e in result.evidence):
-        text += " — " + "; ".join(f"`{e.source}`" for e in result.evidence[:3] if e.source)
-    return text
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text[:1].upper() + text[1:]
 
 
-def _summary(trial: Trial, result: TrialVerdict) -> str:
-    unknown = len(result.in_state(State.UNKNOWN))
-    review = len(result.in_state(State.NEEDS_REVIEW))
-    blocked_until = [c.until for c in result.in_state(State.NOT_YET) if c.until is not None]
-    tail = f" ({unknown} unknown, {review} to review"
-    if blocked_until:
-        tail += f"; not before {max(blocked_until).isoformat()}"
-    tail += ")"
+@dataclass
+class CardDraft:
+    """A card and the reasons a suggestion was left off it (recorded in the audit trail)."""
+
+    card: Card
+    problems: list[str] = field(default_factory=list)
+
+
+def _open_criteria(verdict: TrialVerdict, state: State) -> list[CriterionVerdict]:
+    """Trial-level criteria in ``state`` first, then those of the cohorts that may still fit."""
+    return verdict.in_state(state)
+
+
+def next_steps(verdict: TrialVerdict) -> list[str]:
+    """At most three next steps, the one resolving most unknowns first, as verbs."""
+    unknown = _open_criteria(verdict, State.UNKNOWN)
+    hints = Counter(_sentence(c.resolve_hint) for c in unknown if c.resolve_hint)
+    order = {
+        hint: index
+        for index, hint in enumerate(dict.fromkeys(_sentence(c.resolve_hint or "") for c in unknown))
+    }
+    ranked = sorted(hints, key=lambda hint: (-hints[hint], order[hint]))
+    return ranked[:MAX_NEXT_STEPS]
+
+
+def _status_line(trial: Trial) -> str:
+    """The registry's status as a dated statement of its source, never as today's fact."""
+    source = f"per {trial.status_source}"
+    if trial.status_source_date is not None:
+        source += f" of {trial.status_source_date.isoformat()}"
+    line = f"{trial.recruitment_status} {source}"
     if not trial.criteria_complete:
-        tail = tail[:-1] + "; criteria incomplete)"
-    head = f"May be eligible: {trial.short_title} {trial.id}"
-    summary = head + tail
+        line += " · criteria incomplete in our source"
+    return line
+
+
+def _counts_line(verdict: TrialVerdict) -> str:
+    met = len(_open_criteria(verdict, State.MET))
+    review = len(_open_criteria(verdict, State.NEEDS_REVIEW))
+    unknown = len(_open_criteria(verdict, State.UNKNOWN))
+    parts = [f"{met} criteria met from the record"]
+    if unknown:
+        parts.append(f"{unknown} unknown")
+    parts.append(f"{review} need the trial team")
+    return " · ".join(parts)
+
+
+def _cohorts_line(verdict: TrialVerdict) -> str | None:
+    possible = [c for c in verdict.cohorts if c.possible]
+    if not verdict.cohorts:
+        return None
+    shown = sorted(possible, key=lambda c: c.fit != "fits")[:2]
+    words = {"fits": "fits", "may_fit": "may fit"}
+    return "; ".join(f"{c.title}: {words[c.fit]}" for c in shown)
+
+
+def _detail(trial: Trial, verdict: TrialVerdict, data_problems: tuple[str, ...]) -> str:
+    lines = []
+    for criterion in _open_criteria(verdict, State.NOT_YET)[:2]:
+        lines.append(f"**Not before {criterion.until}:** {_md(criterion.label)}")
+    steps = next_steps(verdict)
+    if steps:
+        lines.append("**Next:** " + " · ".join(_md(step) for step in steps))
+    cohorts = _cohorts_line(verdict)
+    if cohorts:
+        lines.append("**Cohorts:** " + _md(cohorts))
+    lines.append(_md(_counts_line(verdict)))
+    lines.append(_md(_status_line(trial)))
+    if data_problems:
+        lines.append(
+            _md(f"⚠ Some data could not be read ({_shorten(data_problems[0], 140)}); see the review page")
+        )
+    lines.append(CONFIRMATION)
+    return "\n\n".join(lines)
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _summary(trial: Trial, verdict: TrialVerdict) -> str:
+    unknown = len(_open_criteria(verdict, State.UNKNOWN))
+    review = len(_open_criteria(verdict, State.NEEDS_REVIEW))
+    tail = f" ({unknown} unknown, {review} for the trial team"
+    not_before = verdict.not_before()
+    if not_before is not None:
+        tail += f"; not before {not_before.isoformat()}"
+    if not trial.criteria_complete:
+        tail += "; criteria incomplete"
+    tail += ")"
+    summary = f"May be eligible: {trial.short_title} {trial.id}{tail}"
     if len(summary) > SUMMARY_LIMIT:
         summary = f"May be eligible: {trial.id}{tail}"
     return summary[:SUMMARY_LIMIT]
 
 
-def _detail(trial: Trial, result: TrialVerdict) -> str:
-    sites = "; ".join(", ".join(p for p in (s.name, s.city, s.country) if p) for s in trial.sites)
-    registry = (
-        f"[{trial.id}]({trial.registry_url})"
-        if trial.registry_url
-        else f"`{trial.id}` ({trial.registry_note or 'no registry number'})"
-    )
-    lines = [
-        f"**{_md(trial.title)}** — {registry}",
-        _md(
-            f"{trial.phase}; sponsor: {trial.sponsor}; site: {sites}; status: {trial.recruitment_status} ({trial.status_as_of})."
-        ),
-    ]
-    if not trial.criteria_complete:
-        lines.append(f"⚠ **Criteria incomplete:** {_md(trial.completeness_note or '')}")
-    if result.disease_evidence:
-        lines.append("**Diagnosis:** " + "; ".join(_evidence_text(e) for e in result.disease_evidence))
-    possible_arms = [arm for arm in result.cohorts if arm.possible]
-    if possible_arms:
-        lines.append(
-            "**Cohorts that may fit:** "
-            + "; ".join(_md(f"{a.title} ({a.description})") for a in possible_arms)
-        )
-    sections: list[tuple[str, list[CriterionVerdict], bool]] = [
-        ("Not yet (blocked until a date)", result.in_state(State.NOT_YET), False),
-        ("Unknown — what would resolve it", result.in_state(State.UNKNOWN), True),
-        ("Met", result.in_state(State.MET), False),
-    ]
-    for title, items, with_hint in sections:
-        if items:
-            lines.append(f"\n**{title}**")
-            lines.extend(_line(item, with_hint=with_hint) for item in items)
-    review = result.in_state(State.NEEDS_REVIEW)
-    if review:
-        lines.append(
-            "\n**For the clinician to judge:** " + "; ".join(f"{c.id} ({_md(c.reason)})" for c in review)
-        )
-    lines.append(CONFIRMATION)
-    return "\n".join(lines)
+def _service_request(patient_reference: str, code: Coding, text: str, note: str) -> dict[str, object]:
+    """A draft R4 ServiceRequest, validated by fhir.resources before it is offered."""
+    resource: dict[str, object] = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "code": {"coding": [code.model_dump(exclude_none=True)], "text": text},
+        "subject": {"reference": patient_reference},
+        "note": [{"text": note}],
+    }
+    ServiceRequest.model_validate(resource)
+    return resource
 
 
-def trial_card(trial: Trial, result: TrialVerdict, review_url: str | None = None) -> Card:
+def _suggestions(
+    trial: Trial, verdict: TrialVerdict, patient_reference: str
+) -> tuple[list[Suggestion], list[str]]:
+    """Order the missing tests (when a lab or serology resolves an unknown), and refer."""
+    suggestions: list[Suggestion] = []
+    problems: list[str] = []
+    orders = list(dict.fromkeys(o for c in _open_criteria(verdict, State.UNKNOWN) for o in c.orders))
+    note = f"To check eligibility for {trial.short_title} ({trial.id})"
+    try:
+        actions = [
+            Action(
+                type="create",
+                description=f"Draft an order: {order.label}",
+                resource=_service_request(
+                    patient_reference,
+                    Coding(system=LOINC, code=order.loinc, display=order.label),
+                    order.label,
+                    note,
+                ),
+            )
+            for order in orders
+        ]
+        if actions:
+            suggestions.append(
+                Suggestion(label="Order the missing tests", isRecommended=False, actions=actions)
+            )
+    except ValidationError as exc:
+        problems.append(
+            f"'Order the missing tests' left off: a draft ServiceRequest is invalid: {exc.errors()[0]['msg']}"
+        )
+    try:
+        referral = _service_request(
+            patient_reference,
+            _REFERRAL,
+            f"Referral to clinical trial {trial.id}",
+            f"Refer to the trial team of {trial.short_title} ({trial.id}) to assess eligibility",
+        )
+        suggestions.append(
+            Suggestion(
+                label="Refer to the trial team",
+                isRecommended=False,
+                actions=[
+                    Action(type="create", description=f"Draft a referral to {trial.id}", resource=referral)
+                ],
+            )
+        )
+    except ValidationError as exc:
+        problems.append(
+            f"'Refer to the trial team' left off: the draft referral is invalid: {exc.errors()[0]['msg']}"
+        )
+    return suggestions, problems
+
+
+def trial_card(
+    trial: Trial,
+    verdict: TrialVerdict,
+    review_url: str | None = None,
+    *,
+    patient_reference: str,
+    data_problems: tuple[str, ...] = (),
+) -> CardDraft:
     """The info card for a trial the patient may be eligible for."""
     links = []
     if trial.registry_url:
         links.append(Link(label=f"{trial.id} in the trial registry", url=trial.registry_url, type="absolute"))
     if review_url:
-        links.append(Link(label="Why: every criterion with its evidence", url=review_url, type="absolute"))
-    return Card(
-        summary=_summary(trial, result),
-        detail=_detail(trial, result),
+        links.append(Link(label="Every criterion with its evidence", url=review_url, type="absolute"))
+    suggestions, problems = _suggestions(trial, verdict, patient_reference)
+    card = Card(
+        summary=_summary(trial, verdict),
+        detail=_detail(trial, verdict, data_problems),
         indicator="info",
         source=Source(
             label=f"TIL trial finder: {trial.short_title}",
             url=trial.registry_url,
-            topic=Coding(system="urn:til-cds:trial", code=trial.id, display=trial.title[:120]),
+            topic=Coding(system=TRIAL_SYSTEM, code=trial.id, display=trial.title[:120]),
         ),
+        suggestions=suggestions or None,
+        selectionBehavior="any" if suggestions else None,
         overrideReasons=OVERRIDE_REASONS,
         links=links or None,
     )
+    return CardDraft(card, problems)
 
 
 def new_therapy_warning_card(
-    drug_names: list[str], trials: list[tuple[Trial, TrialVerdict]], today: date, review_url: str | None = None
+    drug_names: list[str],
+    trials: list[tuple[Trial, TrialVerdict]],
+    today: date,
+    review_url: str | None = None,
 ) -> Card:
-    """order-select: a new systemic anticancer therapy for a patient who may fit a TIL trial."""
+    """order-select: a selected order starts a systemic anticancer drug for a patient who
+    may fit a TIL trial; starting it restarts the trial's washout."""
     trial_ids = ", ".join(t.id for t, _ in trials)
-    summary = f"Consider TIL trial referral before starting {', '.join(drug_names)}: may restart washout ({trial_ids})"
+    drugs = ", ".join(drug_names)
+    summary = f"Consider TIL trial referral before starting {drugs}: may restart washout ({trial_ids})"
     if len(summary) > SUMMARY_LIMIT:
         summary = f"Consider TIL trial referral first: new therapy may restart washout ({trial_ids})"[
             :SUMMARY_LIMIT
         ]
-    lines = [
-        f"The draft order starts **{', '.join(drug_names)}** on {today.isoformat()}. The patient may be eligible for:"
-    ]
-    for trial, _result in trials:
+    lines = [f"The selected order starts **{_md(drugs)}** on {today.isoformat()}. The patient may fit:"]
+    for trial, _verdict in trials:
         lines.append(
-            f"- **{trial.id}** ({trial.short_title}): {trial.new_therapy_warning or 'check the trial washout'}"
+            f"- **{_md(trial.short_title)}** ({trial.id}): {_md(trial.new_therapy_warning or 'check the trial washout')}"
         )
-    lines.append("\nConsider discussing a referral with the trial team before signing. " + CONFIRMATION)
+    lines.append("\nDiscuss a referral with the trial team before signing. " + CONFIRMATION)
     first = trials[0][0]
+    links = [
+        Link(label=f"{t.id} in the trial registry", url=t.registry_url, type="absolute")
+        for t, _ in trials
+        if t.registry_url
+    ]
+    if review_url:
+        links.append(Link(label="Every criterion with its evidence", url=review_url, type="absolute"))
     return Card(
         summary=summary,
         detail="\n".join(lines),
         indicator="warning",
         source=Source(
-            label="TIL trial finder",
-            url=first.registry_url,
-            topic=Coding(system="urn:til-cds:trial", code=first.id),
+            label="TIL trial finder", url=first.registry_url, topic=Coding(system=TRIAL_SYSTEM, code=first.id)
         ),
         overrideReasons=OVERRIDE_REASONS,
-        links=[
-            Link(label=f"{t.id} in the trial registry", url=t.registry_url, type="absolute")
-            for t, _ in trials
-            if t.registry_url
-        ]
-        or None,
+        links=links or None,
     )

@@ -113,14 +113,39 @@ class Source(_Output):
     topic: Coding | None = None
 
 
+class Action(_Output):
+    """A change the client may make if the clinician accepts the suggestion (cds-resp-5:
+    every action has a description)."""
+
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: dict[str, Any] | None = None
+    resourceId: list[str] | None = None
+
+
+class Suggestion(_Output):
+    label: str
+    uuid: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    isRecommended: bool | None = None
+    actions: list[Action] | None = None
+
+
 class Card(_Output):
     uuid: str = Field(default_factory=lambda: str(uuid.uuid4()))
     summary: str = Field(max_length=139)
     detail: str | None = None
     indicator: Literal["info", "warning", "critical"]
     source: Source
+    suggestions: list[Suggestion] | None = None
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
     overrideReasons: list[Coding] | None = None
     links: list[Link] | None = None
+
+    @model_validator(mode="after")
+    def _suggestions_need_selection_behavior(self) -> Card:
+        if self.suggestions and self.selectionBehavior is None:
+            raise ValueError("selectionBehavior is required when suggestions are present (cds-resp-6)")
+        return self
 
 
 class CdsResponse(_Output):

@@ -524,7 +524,11 @@ class _FactBuilder:
 
     def _derive_absolute_counts(self) -> None:
         """ANC/ALC from WBC x differential %, where no absolute count shares the specimen time."""
-        white_cells = {r.when: r for r in self.labs.get(self.mappings.roles.analytes.white_blood_cell_count, []) if r.when is not None}
+        white_cells = {
+            r.when: r
+            for r in self.labs.get(self.mappings.roles.analytes.white_blood_cell_count, [])
+            if r.when is not None
+        }
         for analyte, percents in self.percents.items():
             measured = {r.when for r in self.labs.get(analyte, [])}
             for percent in percents:

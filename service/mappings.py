@@ -38,6 +38,13 @@ class DefaultUpperLimit(_Frozen):
     source: str
 
 
+class LabOrder(_Frozen):
+    """What to order when a result is missing: a LOINC code and its short name."""
+
+    loinc: str
+    label: str
+
+
 class ObservationDefinition(_Frozen):
     """What every Observation-borne fact shares: its codes, search group and order hint."""
 
@@ -45,6 +52,7 @@ class ObservationDefinition(_Frozen):
     display: str
     loinc: list[str]
     order_hint: str
+    order: LabOrder | None = None
     lookback_days: int | None = None
 
 
@@ -138,6 +146,7 @@ class _MedicationFile(_Frozen):
 
 class _UnitFile(_Frozen):
     aliases: dict[str, str]
+    display: dict[str, str] = Field(default_factory=dict)
 
 
 class DrugClassRoles(_Frozen):
@@ -205,6 +214,7 @@ class Mappings:
     drug_classes: dict[str, DrugClass]
     unit_aliases: dict[str, str]
     roles: Roles
+    unit_display: dict[str, str] = field(default_factory=dict)
     source_text: dict[str, str] = field(default_factory=dict)
     text_qualifiers: list[str] = field(default_factory=list)
 
@@ -253,6 +263,13 @@ class Mappings:
     @cached_property
     def qualitative_test_by_gene(self) -> dict[str, str]:
         return {gene: key for key, test in self.qualitative_tests.items() for gene in test.hgnc_genes}
+
+    def quantity_text(self, value: float, unit: str | None) -> str:
+        """A value as a lab report prints it: three significant figures, the unit as clinicians
+        write it (``units.yaml`` ``display``), nothing for unitless ratios such as the INR."""
+        number = f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        shown = self.unit_display.get(unit or "", unit or "")
+        return f"{number} {shown}" if shown else number
 
     def class_members(self, class_name: str) -> list[tuple[str, DrugMember]]:
         """Members of a class including the classes it ``includes``, transitively."""
@@ -496,5 +513,6 @@ def mappings_from_texts(
         text_qualifiers=conditions.text_qualifiers,
         drug_classes=medications.classes,
         unit_aliases=units.aliases,
+        unit_display=units.display,
         source_text=dict(texts),
     )

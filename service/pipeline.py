@@ -70,7 +70,11 @@ def _context(request: HookRequest) -> PatientViewContext:
         raise RequestError(f"context.{path}: {first['msg']}", expression=f"context.{path}") from exc
 
 
-_SOURCE_KEYS = {PROCEDURES: PROCEDURES, IMMUNIZATIONS: IMMUNIZATIONS, "medication-requests": MEDICATION_REQUESTS}
+_SOURCE_KEYS = {
+    PROCEDURES: PROCEDURES,
+    IMMUNIZATIONS: IMMUNIZATIONS,
+    "medication-requests": MEDICATION_REQUESTS,
+}
 
 
 def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]:
@@ -95,21 +99,41 @@ def _dedupe(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _cards(request: HookRequest, decision: Decision, runtime: Runtime, review_url: str | None) -> list[Card]:
+def _cards(
+    request: HookRequest, decision: Decision, runtime: Runtime, review_url: str | None
+) -> tuple[list[Card], list[str]]:
     """patient-view: a card per suggested trial.  order-select: only about the selected
-    orders, a warning when one would restart a trial's washout, else nothing."""
+    orders, a warning when one would restart a trial's washout, else nothing.  Also the
+    reasons any suggestion was left off a card."""
     trials = {t.id: t for t in runtime.criteria.trials}
     if request.hook == "order-select":
         warning = decision.order_warning
         if warning is None:
-            return []
+            return [], []
         affected = [(trials[v.trial_id], v) for v in decision.suggested if v.trial_id in warning.trial_ids]
-        return [new_therapy_warning_card(list(warning.drugs), affected, decision.evaluated_at.date(), review_url)]
-    return [trial_card(trials[v.trial_id], v, review_url) for v in decision.suggested]
+        return [
+            new_therapy_warning_card(list(warning.drugs), affected, decision.evaluated_at.date(), review_url)
+        ], []
+    drafts = [
+        trial_card(
+            trials[v.trial_id],
+            v,
+            review_url,
+            patient_reference=decision.patient.reference,
+            data_problems=decision.data_problems,
+        )
+        for v in decision.suggested
+    ]
+    return [d.card for d in drafts], [p for d in drafts for p in d.problems]
 
 
 async def run_hook(
-    request: HookRequest, runtime: Runtime, evaluated_at: datetime, *, may_fetch: bool, service_id: str = SERVICE_ID
+    request: HookRequest,
+    runtime: Runtime,
+    evaluated_at: datetime,
+    *,
+    may_fetch: bool,
+    service_id: str = SERVICE_ID,
 ) -> HookOutcome:
     """Evaluate every trial for the request's patient and build the cards."""
     started = time.perf_counter()
@@ -140,7 +164,7 @@ async def run_hook(
     decision = decide(facts, runtime.criteria, runtime.mappings, evaluated_at)
     decision_id = str(uuid.uuid4())
     review_url = runtime.review_url(decision_id) if runtime.review_url else None
-    cards = _cards(request, decision, runtime, review_url)
+    cards, card_problems = _cards(request, decision, runtime, review_url)
     record = {
         "decision_id": decision_id,
         "hook": request.hook,
@@ -153,6 +177,7 @@ async def run_hook(
         "input_resources": resources,
         "data_sources": data.sources,
         "cards": [c.model_dump(mode="json", exclude_none=True) for c in cards],
+        "card_problems": card_problems,
         "timing_ms": round((time.perf_counter() - started) * 1000, 2),
     }
     return HookOutcome(response=CdsResponse(cards=cards), record=record, decision=decision)

@@ -202,7 +202,9 @@ def _evidence_row(evidence: Evidence) -> EvidenceRow:
     if evidence.upper_limit_of_normal is not None:
         reference = f"ULN {_number(evidence.upper_limit_of_normal)}"
     if evidence.upper_limit_source:
-        reference = f"{reference} — {evidence.upper_limit_source}" if reference else evidence.upper_limit_source
+        reference = (
+            f"{reference} — {evidence.upper_limit_source}" if reference else evidence.upper_limit_source
+        )
     return EvidenceRow(
         description=evidence.description,
         value=f"{value} {evidence.unit or ''}".strip() if value else "",

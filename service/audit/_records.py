@@ -88,7 +88,9 @@ def stored_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidAuditRecordError(f"the record's decision is not readable: {where}: {first['msg']}") from exc
+        raise InvalidAuditRecordError(
+            f"the record's decision is not readable: {where}: {first['msg']}"
+        ) from exc
 
 
 def suggested_trial_ids(decision: Decision) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from service.criteria import Arm, CriteriaSet, Criterion, Trial
 from service.engine.context import EvaluationContext
@@ -20,6 +21,7 @@ from service.engine.decision import (
     Decision,
     Evidence,
     InputReference,
+    LabOrderCode,
     OrderWarning,
     PatientSummary,
     State,
@@ -28,6 +30,7 @@ from service.engine.decision import (
 )
 from service.engine.results import RuleOutcome
 from service.engine.rules import evaluate_rule
+from service.engine.sources import sources_read
 from service.facts import PatientFacts, age_in_years
 from service.mappings import Mappings
 
@@ -63,6 +66,9 @@ def _evaluate_criterion(
             outcome = _with_medication_history(outcome, criterion.evidence_classes, context)
     else:
         outcome = evaluate_rule(criterion.rule, context)
+    orders: tuple[LabOrderCode, ...] = ()
+    if outcome.state is State.UNKNOWN and criterion.rule is not None:
+        orders = _orders(criterion.rule, context.mappings)
     return CriterionVerdict(
         id=criterion.id,
         label=_label(criterion),
@@ -77,7 +83,15 @@ def _evaluate_criterion(
         resolve_hint=outcome.resolve_hint,
         note=criterion.note,
         arm=arm,
+        orders=orders,
     )
+
+
+def _orders(rule: Any, mappings: Mappings) -> tuple[LabOrderCode, ...]:
+    """The orderable tests among what a rule reads (labs and serology with an ``order``)."""
+    definitions = mappings.observation_definitions
+    found = [definitions[s].order for s in sources_read(rule, mappings) if s in definitions]
+    return tuple(dict.fromkeys(LabOrderCode(o.loinc, o.label) for o in found if o is not None))
 
 
 def _with_medication_history(
@@ -146,7 +160,12 @@ def evaluate_trial(trial: Trial, context: EvaluationContext) -> TrialVerdict:
         status, reason = "ruled_out", "; ".join(f"{c.label}: {c.reason}" for c in blocking)
     elif cohorts and not any(cohort.possible for cohort in cohorts):
         blocking = [c for cohort in cohorts for c in cohort.criteria if c.state is State.NOT_MET]
-        unmet = [f"{cohort.title}: {c.reason}" for cohort in cohorts for c in cohort.criteria if c.state is State.NOT_MET]
+        unmet = [
+            f"{cohort.title}: {c.reason}"
+            for cohort in cohorts
+            for c in cohort.criteria
+            if c.state is State.NOT_MET
+        ]
         status, reason = "ruled_out", "no cohort fits: " + "; ".join(unmet)
     else:
         status = "may_be_eligible"
@@ -177,7 +196,11 @@ def _patient(facts: PatientFacts, at: datetime) -> PatientSummary:
         else:
             note = f"{youngest}–{oldest}: the birth date is recorded without its day"
     return PatientSummary(
-        reference=f"Patient/{facts.patient_id}", sex=facts.sex, age_years=age, age_note=note, deceased=facts.deceased
+        reference=f"Patient/{facts.patient_id}",
+        sex=facts.sex,
+        age_years=age,
+        age_note=note,
+        deceased=facts.deceased,
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "Decision",
     "Evidence",
     "InputReference",
+    "LabOrderCode",
     "OrderWarning",
     "PatientSummary",
     "State",
@@ -80,6 +81,15 @@ class Evidence:
     upper_limit_source: str | None = None
     lookback_days: int | None = None
     stale_on: dt.date | None = None
+    value_text: str | None = None  # the value as a lab report prints it: "6.2 ×10⁹/L"
+
+
+@dataclass(frozen=True, config=_FROZEN)
+class LabOrderCode:
+    """A test that would resolve an unknown criterion: LOINC code and short name."""
+
+    loinc: str
+    label: str
 
 
 @dataclass(frozen=True, config=_FROZEN)
@@ -99,6 +109,7 @@ class CriterionVerdict:
     resolve_hint: str | None = None
     note: str | None = None
     arm: str | None = None
+    orders: tuple[LabOrderCode, ...] = ()
 
     @property
     def not_before(self) -> dt.date | None:
@@ -342,7 +353,9 @@ def _upgrade_v1(content: Mapping[str, Any], titles: Mapping[str, Any]) -> Decisi
         (
             r
             for r in content.get("input_resources") or []
-            if isinstance(r, Mapping) and r.get("resourceType") == "Patient" and str(r.get("id")) == patient_id
+            if isinstance(r, Mapping)
+            and r.get("resourceType") == "Patient"
+            and str(r.get("id")) == patient_id
         ),
         {},
     )
@@ -365,7 +378,11 @@ def _upgrade_v1(content: Mapping[str, Any], titles: Mapping[str, Any]) -> Decisi
             if isinstance(unavailable, Mapping)
             else None,
             "inputs": [
-                {"resource_type": i.get("resourceType"), "id": str(i.get("id")), "version_id": i.get("versionId")}
+                {
+                    "resource_type": i.get("resourceType"),
+                    "id": str(i.get("id")),
+                    "version_id": i.get("versionId"),
+                }
                 for i in content.get("inputs") or []
                 if isinstance(i, Mapping)
             ],

@@ -52,7 +52,9 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def _evidence(result: LabResult, uln: float | None = None, uln_source: str | None = None) -> Evidence:
+def _evidence(
+    result: LabResult, uln: float | None = None, uln_source: str | None = None, *, shown: str | None = None
+) -> Evidence:
     return Evidence(
         description=result.display,
         source=str(result.source),
@@ -61,6 +63,7 @@ def _evidence(result: LabResult, uln: float | None = None, uln_source: str | Non
         date=result.when.date().isoformat() if result.when else None,
         upper_limit_of_normal=uln,
         upper_limit_source=uln_source,
+        value_text=shown,
     )
 
 
@@ -95,8 +98,12 @@ def _clearance_per_kg(age: int, sex: str | None, creatinine_mg_dl: float) -> flo
 def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResult | tuple[str, str]:
     """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
     facts = context.facts
-    creatinine, _ = _latest_in_window(facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days)
-    weight, _ = _latest_in_window(facts.labs.get(context.mappings.roles.analytes.body_weight, []), context.at, 90)
+    creatinine, _ = _latest_in_window(
+        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days
+    )
+    weight, _ = _latest_in_window(
+        facts.labs.get(context.mappings.roles.analytes.body_weight, []), context.at, 90
+    )
     missing = []
     if creatinine is None:
         missing.append("a recent serum creatinine")
@@ -152,7 +159,9 @@ def _weight_needed(
     1.73 m² and can be half the Cockcroft-Gault clearance of a heavy young patient.)
     """
     facts = context.facts
-    creatinine, _ = _latest_in_window(facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days)
+    creatinine, _ = _latest_in_window(
+        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days
+    )
     if (
         creatinine is None
         or creatinine.comparator
@@ -181,7 +190,7 @@ def _clearance_bounded_by_weight(
     when = creatinine.when.date().isoformat() if creatinine.when else "undated"
     text = (
         f"{context.mappings.analytes[rule.analyte].display}: no body weight on record for Cockcroft-Gault; "
-        f"with creatinine {_fmt(creatinine.value or 0)} {creatinine.unit} on {when}, reaching "
+        f"with creatinine {context.mappings.quantity_text(creatinine.value or 0, creatinine.unit)} on {when}, reaching "
         f"{_fmt(rule.value)} mL/min would need a weight of at least {weight_needed:.0f} kg"
     )
     if weight_needed > rule.max_plausible_weight_kg:
@@ -257,7 +266,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             age_days = (context.at - newest.when).days
             return RuleOutcome(
                 State.UNKNOWN,
-                f"latest {definition.display} ({_fmt(newest.value or 0)} {newest.unit or ''} on "
+                f"latest {definition.display} ({context.mappings.quantity_text(newest.value or 0, newest.unit)} on "
                 f"{newest.when.date().isoformat()}) is {age_days} days old, outside the {lookback}-day look-back",
                 (_evidence(newest),),
                 resolve_hint=hint,
@@ -291,7 +300,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             )
         uln, uln_source = found
         value, limit, unit = latest.value, times_uln * uln, latest.unit
-        limit_text = f"{_fmt(times_uln)}× ULN = {_fmt(limit)} {unit}"
+        limit_text = f"{_fmt(times_uln)}× ULN = {context.mappings.quantity_text(limit, unit)}"
     elif fixed_value is not None and rule.unit is not None:
         try:
             value = convert(latest.value, latest.unit, rule.unit, definition.molar_mass_g_per_mol)
@@ -303,14 +312,14 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
                 resolve_hint=hint,
             )
         limit, unit = fixed_value, rule.unit
-        limit_text = f"{_fmt(limit)} {unit}"
+        limit_text = context.mappings.quantity_text(limit, unit)
     else:
         return RuleOutcome(State.UNKNOWN, f"{definition.display}: the criterion gives no limit")
 
-    evidence = (_evidence(latest, uln, uln_source),)
-    shown = f"{_fmt(value)} {unit}" + (
-        "" if unit == latest.unit else f" ({_fmt(latest.value)} {latest.unit})"
-    )
+    shown = context.mappings.quantity_text(latest.value, latest.unit)
+    if unit != latest.unit:
+        shown += f" (= {context.mappings.quantity_text(value, unit)})"
+    evidence = (_evidence(latest, uln, uln_source, shown=shown),)
     if latest.derivation:
         shown += f" [{latest.derivation}]"
     when = latest.when.date().isoformat() if latest.when else "undated"

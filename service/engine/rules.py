@@ -178,7 +178,10 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
         return RuleOutcome(
             State.UNKNOWN, f"no {names} among the conditions; procedures could not be read ({lost})"
         )
-    absent = f"no {names} recorded among {len(context.facts.diagnoses)} conditions"
+    other_than = _and_list([context.mappings.value_sets[v].display for v in rule.unless_value_sets], "or")
+    absent = f"no {names.lower()}{f' other than {other_than.lower()}' if other_than else ''} recorded" + (
+        f" {window_text(rule.onset_within_days)}" if rule.onset_within_days is not None else ""
+    )
     if rule.absence_state == "needs_review":
         return RuleOutcome(State.NEEDS_REVIEW, f"{absent}; {rule.absence_note or 'confirm'}")
     return RuleOutcome(State.MET, absent)
@@ -314,13 +317,9 @@ def _no_medication(rule: NoMedicationRule, context: EvaluationContext) -> RuleOu
     ]
     if exposed:
         return RuleOutcome(State.NOT_MET, f"{names} on record", tuple(_drug_evidence(d) for d in exposed))
-    window = (
-        ""
-        if rule.within_days is None
-        else f" {window_text(rule.within_days)}"
-        if rule.within_days
-        else " currently"
-    )
+    if rule.within_days is None or window_text(rule.within_days) == "on record":
+        return RuleOutcome(State.MET, f"no {names} on record")
+    window = f" {window_text(rule.within_days)}" if rule.within_days else " currently"
     return RuleOutcome(State.MET, f"no {names} recorded{window}")
 
 
@@ -478,8 +477,10 @@ def _steroid_dose(rule: SteroidDoseRule, context: EvaluationContext) -> RuleOutc
 
 
 def _and_list(items: list[str], conjunction: str = "and") -> str:
-    """'A', 'A and B', 'A, B and C': how a reason names several things."""
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+    """'', 'A', 'A and B', 'A, B and C': how a reason names several things."""
+    if len(items) <= 1:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
 def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationContext) -> RuleOutcome:
@@ -672,7 +673,7 @@ def _combine(rule: AllRule | AnyRule, context: EvaluationContext) -> RuleOutcome
     outcomes = [evaluate_rule(child, context) for child in rule.rules]
     states = [o.state for o in outcomes]
     evidence = tuple(e for o in outcomes for e in o.evidence)
-    flags = tuple(f for o in outcomes for f in o.flags)
+    flags = tuple(dict.fromkeys(f for o in outcomes for f in o.flags))  # one warning once
     if isinstance(rule, AllRule):
         order = (State.NOT_MET, State.UNKNOWN, State.NOT_YET, State.NEEDS_REVIEW)
         chosen = next((s for s in order if s in states), State.MET)
@@ -700,7 +701,9 @@ def _combine(rule: AllRule | AnyRule, context: EvaluationContext) -> RuleOutcome
 
 _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = {
     AgeRule: _age,
-    LabRule: lambda rule, context: with_lookback(evaluate_lab(rule, context), lab_lookback_days(rule, context)),
+    LabRule: lambda rule, context: with_lookback(
+        evaluate_lab(rule, context), lab_lookback_days(rule, context)
+    ),
     NoResultRule: evaluate_no_result,
     NegativeTestRule: _negative_test,
     NoConditionRule: _no_condition,

@@ -129,5 +129,6 @@ def guard_unread_sources(
         outcome,
         state=State.UNKNOWN,
         reason=f"{outcome.reason}, but {lost}",
-        resolve_hint=outcome.resolve_hint or "check the record by hand, or call again when the source is reachable",
+        resolve_hint=outcome.resolve_hint
+        or "check the record by hand, or call again when the source is reachable",
     )

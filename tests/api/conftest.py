@@ -12,6 +12,8 @@ import pytest
 from fastapi import FastAPI
 
 from service.api.main import create_app
+from service.audit import AuditStore, stored_decision
+from service.engine.decision import CriterionVerdict, Decision
 from service.mappings import Mappings
 from service.sandbox.synthetic import SyntheticPatient, generate_patients, hook_request
 from service.settings import Settings
@@ -63,3 +65,20 @@ def request_for(patients: dict[str, SyntheticPatient], mappings: Mappings) -> Ca
         return hook_request(patients[patient_id], mappings, **kwargs)
 
     return make
+
+
+def recorded_decision(settings: Settings, card_uuid: str) -> Decision:
+    """The decision behind a card, as the audit trail holds it."""
+    store = AuditStore.from_url(settings.audit_database_url)
+    try:
+        record = store.find_decision_by_card(card_uuid)
+        assert record is not None, f"no decision recorded for card {card_uuid}"
+        return stored_decision(record["content"])
+    finally:
+        store.close()
+
+
+def criterion(decision: Decision, trial_id: str, criterion_id: str) -> CriterionVerdict:
+    trial = decision.trial(trial_id)
+    assert trial is not None, trial_id
+    return next(c for c in trial.every_criterion() if c.id == criterion_id)

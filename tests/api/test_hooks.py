@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from service.sandbox.synthetic import SyntheticPatient
-from tests.api.conftest import ORDER_SELECT_URL, SERVICE_URL, started
+from service.settings import Settings
+from tests.api.conftest import ORDER_SELECT_URL, SERVICE_URL, criterion, recorded_decision, started
 
 RequestFor = Callable[..., dict[str, Any]]
 
@@ -48,8 +49,8 @@ async def test_a_card_is_short_true_and_useful(client: httpx.AsyncClient, reques
     assert {r["code"] for r in card["overrideReasons"]} >= {"patient-declined", "not-cell-therapy-candidate"}
     detail = card["detail"]
     assert "Only the trial team can confirm eligibility" in detail
-    assert "washout" in detail and "MedicationStatement/" in detail
-    assert "**Met**" in detail and "Observation/" in detail
+    assert "**Not before 20" in detail and "Anticancer therapy stopped 28 days" in detail
+    assert "criteria met from the record" in detail and "need the trial team" in detail
     assert "eligible for" not in card["summary"].lower()
 
 
@@ -58,10 +59,9 @@ async def test_missing_labs_are_unknown_with_what_to_order(
 ) -> None:
     response = await client.post(SERVICE_URL, json=request_for("til-missing-data"))
     card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
-    unknown_section = card["detail"].split("**Unknown")[1].split("**Met**")[0]
-    assert (
-        "absolute-neutrophil-count" in unknown_section and "order a CBC with differential" in unknown_section
-    )
+    next_line = next(line for line in card["detail"].split("\n\n") if line.startswith("**Next:**"))
+    assert "Order a CBC with differential" in next_line
+    assert "absolute-neutrophil-count" not in card["detail"], "labels, not ids"
 
 
 async def test_essen_gastro_card_says_its_criteria_are_incomplete(
@@ -70,7 +70,7 @@ async def test_essen_gastro_card_says_its_criteria_are_incomplete(
     response = await client.post(SERVICE_URL, json=request_for("til-gastric"))
     (card,) = response.json()["cards"]
     assert "essen-til-gastroesophageal" in card["summary"] and "criteria incomplete" in card["summary"]
-    assert "Criteria incomplete" in card["detail"]
+    assert "criteria incomplete in our source" in card["detail"]
 
 
 async def test_nothing_to_say_is_an_empty_card_list(
@@ -81,13 +81,15 @@ async def test_nothing_to_say_is_an_empty_card_list(
 
 
 async def test_null_prefetch_means_no_data_not_missing(
-    client: httpx.AsyncClient, request_for: RequestFor
+    client: httpx.AsyncClient, request_for: RequestFor, settings: Settings
 ) -> None:
     body = request_for("til-lung-eligible")
     body["prefetch"]["observations-blood-counts"] = None
     response = await client.post(SERVICE_URL, json=body)
     card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
-    assert "no Absolute neutrophil count (ANC) in the last 30 days" in card["detail"]
+    anc = criterion(recorded_decision(settings, card["uuid"]), "NCT06538012", "absolute-neutrophil-count")
+    assert anc.state == "unknown"
+    assert "no Absolute neutrophil count (ANC) in the last 30 days" in anc.reason
 
 
 async def test_order_select_warns_about_a_new_anticancer_therapy(
@@ -366,15 +368,17 @@ async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
 
 
 async def test_card_markdown_renders_units_literally(
-    client: httpx.AsyncClient, request_for: RequestFor
+    client: httpx.AsyncClient, request_for: RequestFor, settings: Settings
 ) -> None:
     from markdown_it import MarkdownIt
 
     response = await client.post(SERVICE_URL, json=request_for("til-unusual-units"))
-    card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
-    html = MarkdownIt("commonmark", {"html": False}).render(card["detail"])
-    assert "10*9/L" in html and "<em>9/L" not in html
-    assert "<strong>Met</strong>" in html
+    for card in response.json()["cards"]:
+        html = MarkdownIt("commonmark", {"html": False}).render(card["detail"])
+        assert "<em>" not in html.replace("<em>Only the trial team can confirm eligibility.</em>", "")
+    decision = recorded_decision(settings, response.json()["cards"][0]["uuid"])
+    anc = criterion(decision, "NCT06538012", "absolute-neutrophil-count")
+    assert "×10⁹/L" in anc.reason and "10*9" not in anc.reason, "units as a lab report prints them"
 
 
 async def test_order_select_tolerates_draft_orders_that_are_not_medications(

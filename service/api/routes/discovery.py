@@ -12,6 +12,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/cds-services", tags=["discovery"])
 
+
 def _usage(templates: dict[str, str]) -> str:
     """What the service reads, from its own prefetch templates (so it cannot go stale)."""
     types = list(dict.fromkeys(t.split("?")[0].split("/")[0] for t in templates.values()))

@@ -33,7 +33,9 @@ async def feedback(
 ) -> FeedbackReceipt:
     """Record each feedback item against its card; repeating an item changes nothing."""
     if service_id not in SERVICES:
-        raise HTTPException(404, f"no CDS service '{service_id}'; discovery at /cds-services lists {', '.join(SERVICES)}")
+        raise HTTPException(
+            404, f"no CDS service '{service_id}'; discovery at /cds-services lists {', '.join(SERVICES)}"
+        )
     recorded = duplicates = 0
     for item in body.feedback:
         _, created = await run_in_threadpool(
