@@ -100,7 +100,13 @@ def next_steps(verdict: TrialVerdict) -> list[str]:
         hint: index
         for index, hint in enumerate(dict.fromkeys(_sentence(c.resolve_hint or "") for c in unknown))
     }
-    ranked = sorted(hints, key=lambda hint: (-hints[hint], order[hint]))
+    # "Order a CBC" is part of "Order a CBC with differential": keep the one that does both.
+    covering = {h: next((o for o in hints if o != h and o.startswith(h + " ")), None) for h in hints}
+    for hint, wider in covering.items():
+        if wider is not None:
+            hints[wider] += hints[hint]
+    kept = [h for h in hints if covering[h] is None]
+    ranked = sorted(kept, key=lambda hint: (-hints[hint], order[hint]))
     return ranked[:MAX_NEXT_STEPS]
 
 
@@ -138,7 +144,7 @@ def _cohorts_line(verdict: TrialVerdict) -> str | None:
 def _detail(trial: Trial, verdict: TrialVerdict, data_problems: tuple[str, ...]) -> str:
     lines = []
     for criterion in _open_criteria(verdict, State.NOT_YET)[:2]:
-        lines.append(f"**Not before {criterion.until}:** {_md(criterion.label)}")
+        lines.append(f"**Not before {criterion.until}:** {_md(criterion.label)} ({_md(_shorten(criterion.reason, 70))})")
     steps = next_steps(verdict)
     if steps:
         lines.append("**Next:** " + " · ".join(_md(step) for step in steps))
@@ -163,16 +169,19 @@ def _shorten(text: str, limit: int) -> str:
 def _summary(trial: Trial, verdict: TrialVerdict) -> str:
     unknown = len(_open_criteria(verdict, State.UNKNOWN))
     review = len(_open_criteria(verdict, State.NEEDS_REVIEW))
-    tail = f" ({unknown} unknown, {review} for the trial team"
+    parts = [f"{unknown} unknown, {review} to review" if unknown else f"{review} to review"]
     not_before = verdict.not_before()
     if not_before is not None:
-        tail += f"; not before {not_before.isoformat()}"
+        parts.append(f"not before {not_before.isoformat()}")
     if not trial.criteria_complete:
-        tail += "; criteria incomplete"
-    tail += ")"
-    summary = f"May be eligible: {trial.short_title} {trial.id}{tail}"
-    if len(summary) > SUMMARY_LIMIT:
-        summary = f"May be eligible: {trial.id}{tail}"
+        parts.append("criteria incomplete")
+    head = f"May be eligible: {trial.short_title} {trial.id}"
+    # The trial's name and id always stay; what does not fit goes (the detail says it
+    # too): first "criteria incomplete", then the counts, never the washout's date.
+    for dropped in ("criteria incomplete", parts[0]):
+        if len(f"{head} ({'; '.join(parts)})") > SUMMARY_LIMIT and dropped in parts:
+            parts.remove(dropped)
+    summary = f"{head} ({'; '.join(parts)})" if parts else head
     return summary[:SUMMARY_LIMIT]
 
 
