@@ -43,7 +43,7 @@ def serve(
     import uvicorn
 
     from service.observability import log_config, prepare_multiprocess_dir
-    from service.settings import get_settings
+    from service.settings import SettingsProblemsError, get_settings
 
     if dev:
         if host not in LOOPBACK:
@@ -53,9 +53,9 @@ def serve(
     get_settings.cache_clear()
     try:
         get_settings()
-    except ValueError as exc:
+    except SettingsProblemsError as exc:
         typer.echo(f"refusing to start: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
     prepare_multiprocess_dir()
     uvicorn.run(
         "service.api.main:create_app",
@@ -79,9 +79,14 @@ def openapi(
     import yaml
 
     from service.api.main import create_app
-    from service.settings import Settings
+    from service.settings import Settings, SettingsProblemsError, load_settings
 
-    document = create_app(Settings(dev=True)).openapi()
+    try:
+        settings = load_settings(Settings, dev=True)
+    except SettingsProblemsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    document = create_app(settings).openapi()
     output.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
     typer.echo(f"wrote {output}")
 
