@@ -14,7 +14,12 @@ from service.sandbox.cli import sandbox_app
 
 __all__ = ["app"]
 
-app = typer.Typer(help="til-cds: CDS Hooks 2.0 service suggesting TIL therapy trials.", no_args_is_help=True)
+# No local variables in tracebacks: Typer's default prints them, and they hold settings and tokens.
+app = typer.Typer(
+    help="til-cds: CDS Hooks 2.0 service suggesting TIL therapy trials.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 criteria_app = typer.Typer(
     help="Check the trial criteria and mappings, or write their JSON schema.", no_args_is_help=True
 )

@@ -144,19 +144,15 @@ class AuditStoreSettings(_SettingsBase):
 class AuditExportSettings(AuditStoreSettings):
     """What exporting the trail needs: the store, and the key when exports are pseudonymised."""
 
-    audit_pseudonym_key: SecretStr | None = None
     audit_pseudonymise_exports: bool = False
+    audit_pseudonym_key: SecretStr | None = Field(default=None, validate_default=True)
 
-    @field_validator("audit_pseudonymise_exports")
+    @field_validator("audit_pseudonym_key")
     @classmethod
-    def _pseudonymising_needs_a_key(cls, value: bool, info: ValidationInfo) -> bool:
-        # A key that failed its own validation is absent from info.data and already listed.
-        if value and "audit_pseudonym_key" in info.data and info.data["audit_pseudonym_key"] is None:
-            raise ValueError(
-                "pseudonymised exports are on, so audit_pseudonym_key (the HMAC key; "
-                "TIL_CDS_AUDIT_PSEUDONYM_KEY) must be set"
-            )
-        return value
+    def _pseudonymising_needs_a_key(cls, key: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if key is None and info.data.get("audit_pseudonymise_exports", False):
+            raise ValueError("not set, and pseudonymised exports need it (the HMAC key for pseudonyms)")
+        return key
 
 
 class Settings(AuditExportSettings):

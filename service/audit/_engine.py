@@ -45,7 +45,7 @@ def create_audit_engine(url: str) -> Engine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # SQLAlchemy's message quotes the whole URL, password included: neither it nor the
         # chained cause may reach a terminal or a log.
         raise AuditConfigurationError(
