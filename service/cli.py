@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.audit.cli import audit_app
 from service.sandbox.cli import sandbox_app
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 __all__ = ["app"]
 
@@ -76,6 +79,17 @@ def serve(
     )
 
 
+def _dev_settings() -> Settings:
+    """The settings in dev mode, or exit 2 listing every problem (never a value)."""
+    from service.settings import Settings, SettingsProblemsError, load_settings
+
+    try:
+        return load_settings(Settings, dev=True)
+    except SettingsProblemsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def openapi(
     output: Annotated[Path, typer.Option(help="Where to write the OpenAPI document.")] = Path("openapi.yaml"),
@@ -84,14 +98,8 @@ def openapi(
     import yaml
 
     from service.api.main import create_app
-    from service.settings import Settings, SettingsProblemsError, load_settings
 
-    try:
-        settings = load_settings(Settings, dev=True)
-    except SettingsProblemsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    document = create_app(settings).openapi()
+    document = create_app(_dev_settings()).openapi()
     output.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
     typer.echo(f"wrote {output}")
 
@@ -162,6 +170,7 @@ def bench(
 
     from service.bench import BenchOptions, format_report, run_benchmarks
 
+    _dev_settings()  # the measured service reads them: bad ones stop here, listed, not mid-run
     if profile is not None:
         from service.bench.inprocess import profile_in_process
 

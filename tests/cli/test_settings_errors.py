@@ -110,6 +110,12 @@ ERROR_PATHS = {
         ["fhir_timeout_seconds (TIL_CDS_FHIR_TIMEOUT_SECONDS)"],
         env={"TIL_CDS_FHIR_TIMEOUT_SECONDS": "never"},
     ),
+    "bench with invalid settings": ErrorPath(
+        ["bench", "--quick", "--parts", "prefetch", "--output", "bench-out.json"],
+        ["mappings_dir (TIL_CDS_MAPPINGS_DIR)", "cors_origins (TIL_CDS_CORS_ORIGINS as JSON)"],
+        env={"TIL_CDS_MAPPINGS_DIR": "", "TIL_CDS_CORS_ORIGINS": f"{{{KEY}"},
+        settings_file=_yaml([f"mappings_dir: {{a: {KEY}}}"]),
+    ),
     "a pseudonymised audit export without a key": ErrorPath(
         ["audit", "export", "--pseudonymise"],
         ["audit_pseudonym_key (TIL_CDS_AUDIT_PSEUDONYM_KEY): not set"],
