@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.audit.cli import audit_app
 from service.sandbox.cli import sandbox_app
 
+if TYPE_CHECKING:
+    from service.settings import Settings
+
 __all__ = ["app"]
 
-app = typer.Typer(help="til-cds: CDS Hooks 2.0 service suggesting TIL therapy trials.", no_args_is_help=True)
+# No local variables in tracebacks: Typer's default prints them, and they hold settings and tokens.
+app = typer.Typer(
+    help="til-cds: CDS Hooks 2.0 service suggesting TIL therapy trials.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 criteria_app = typer.Typer(
     help="Check the trial criteria and mappings, or write their JSON schema.", no_args_is_help=True
 )
@@ -43,7 +51,7 @@ def serve(
     import uvicorn
 
     from service.observability import log_config, prepare_multiprocess_dir
-    from service.settings import get_settings
+    from service.settings import SettingsProblemsError, get_settings
 
     if dev:
         if host not in LOOPBACK:
@@ -53,9 +61,9 @@ def serve(
     get_settings.cache_clear()
     try:
         get_settings()
-    except ValueError as exc:
+    except SettingsProblemsError as exc:
         typer.echo(f"refusing to start: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
     prepare_multiprocess_dir()
     uvicorn.run(
         "service.api.main:create_app",
@@ -71,6 +79,17 @@ def serve(
     )
 
 
+def _dev_settings() -> Settings:
+    """The settings in dev mode, or exit 2 listing every problem (never a value)."""
+    from service.settings import Settings, SettingsProblemsError, load_settings
+
+    try:
+        return load_settings(Settings, dev=True)
+    except SettingsProblemsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def openapi(
     output: Annotated[Path, typer.Option(help="Where to write the OpenAPI document.")] = Path("openapi.yaml"),
@@ -79,9 +98,8 @@ def openapi(
     import yaml
 
     from service.api.main import create_app
-    from service.settings import Settings
 
-    document = create_app(Settings(dev=True)).openapi()
+    document = create_app(_dev_settings()).openapi()
     output.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
     typer.echo(f"wrote {output}")
 
@@ -152,6 +170,7 @@ def bench(
 
     from service.bench import BenchOptions, format_report, run_benchmarks
 
+    _dev_settings()  # the measured service reads them: bad ones stop here, listed, not mid-run
     if profile is not None:
         from service.bench.inprocess import profile_in_process
 

@@ -53,10 +53,7 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         location = [str(p) for p in error.get("loc", ()) if p != "body"]
         path = ".".join(location) or "body"
         if error.get("type") == "json_invalid":
-            problems.append(
-                "the body is not valid JSON (strict JSON: NaN and Infinity are not numbers; "
-                f"{error.get('ctx', {}).get('error', 'parse error')})"
-            )
+            problems.append(f"the body is not valid JSON: {error.get('ctx', {}).get('error', 'parse error')}")
         else:
             problems.append(f"{path}: {error.get('msg')}")
     errors = exc.errors()

@@ -45,8 +45,13 @@ def create_audit_engine(url: str) -> Engine:
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise AuditConfigurationError(f"the audit database URL is not valid: {exc}") from exc
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        # SQLAlchemy's message quotes the whole URL, password included: neither it nor the
+        # chained cause may reach a terminal or a log.
+        raise AuditConfigurationError(
+            "the audit database URL is not valid: use sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DATABASE"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":

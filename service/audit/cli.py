@@ -9,11 +9,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, TextIO, TypeVar
 
 import typer
 
-from service.settings import Settings, get_settings
+from service.settings import (
+    AuditExportSettings,
+    AuditStoreSettings,
+    SettingsProblemsError,
+    load_settings,
+)
 
 from .errors import AuditError
 from .export import EXPORT_FORMATS, pseudonym_key_from_settings
@@ -21,6 +26,8 @@ from .replay import Evaluate, replay_decision
 from .store import AuditStore, ExportFilters
 
 __all__ = ["DEFAULT_REPLAY_EVALUATOR", "audit_app"]
+
+S = TypeVar("S", bound=AuditStoreSettings)
 
 DEFAULT_REPLAY_EVALUATOR = "service.engine.replay:evaluate_recorded"
 """``module:function`` with the :data:`~service.audit.replay.Evaluate` signature."""
@@ -32,23 +39,28 @@ audit_app = typer.Typer(
 
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="Audit database URL [default: from the settings]"),
+    typer.Option(
+        "--database-url",
+        help="Audit database URL [default: TIL_CDS_AUDIT_DATABASE_URL, else the one `til-cds serve` uses]",
+    ),
 ]
 Since = Annotated[str | None, typer.Option(help="ISO 8601 start, inclusive (UTC if no offset)")]
 Until = Annotated[str | None, typer.Option(help="ISO 8601 end, exclusive (UTC if no offset)")]
 
 
-def _settings() -> Settings:
+def _settings(cls: type[S], **overrides: object) -> S:
+    """Only the settings this command uses: an auditor needs no signing key or client list."""
     try:
-        return get_settings()
-    except ValueError as exc:
-        raise typer.BadParameter(f"cannot read the service settings ({exc}); pass --database-url") from exc
+        return load_settings(cls, **overrides)
+    except SettingsProblemsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @contextmanager
 def _open_store(database_url: str | None) -> Iterator[AuditStore]:
     """The store for the command, with audit errors shown as one line and exit status 2."""
-    url = database_url or _settings().audit_database_url
+    url = database_url or _settings(AuditStoreSettings).audit_database_url
     try:
         store = AuditStore.from_url(url)
     except AuditError as exc:
@@ -121,13 +133,13 @@ def export(
     )
     key: bytes | None = None
     if pseudonymise is not False:
-        settings = _settings()
-        if pseudonymise:
-            settings = settings.model_copy(update={"audit_pseudonymise_exports": True})
+        overrides = {} if pseudonymise is None else {"audit_pseudonymise_exports": True}
+        settings = _settings(AuditExportSettings, **overrides)
         try:
             key = pseudonym_key_from_settings(settings)
         except AuditError as exc:
-            raise typer.BadParameter(str(exc)) from exc
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
     _media_type, exporter = EXPORT_FORMATS[export_format]
     with _open_store(database_url) as store, _output(output) as handle:
         for chunk in exporter(store.iter_records(filters), pseudonym_key=key):

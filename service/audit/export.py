@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from fhir.resources.R4B.auditevent import AuditEvent
 
 from service.engine.decision import Decision, decision_json
-from service.settings import Settings
+from service.settings import AuditExportSettings
 
 from ._canonical import canonical_json
 from ._records import stored_decision, suggested_trial_ids
@@ -60,14 +60,14 @@ def pseudonym(key: bytes, reference: str) -> str:
     return "pseudo:" + hmac.new(key, reference.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
-def pseudonym_key_from_settings(settings: Settings) -> bytes | None:
+def pseudonym_key_from_settings(settings: AuditExportSettings) -> bytes | None:
     """The HMAC key when exports must be pseudonymised, None when they need not be."""
     if not settings.audit_pseudonymise_exports:
         return None
     if settings.audit_pseudonym_key is None:
         raise AuditConfigurationError(
-            "audit_pseudonymise_exports is on but audit_pseudonym_key is not set; refusing to "
-            "export real patient references"
+            "pseudonymised exports need audit_pseudonym_key (TIL_CDS_AUDIT_PSEUDONYM_KEY), which "
+            "is not set; refusing to export real patient references"
         )
     return settings.audit_pseudonym_key.get_secret_value().encode("utf-8")
 

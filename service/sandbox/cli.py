@@ -136,8 +136,11 @@ def request(
     prefetch: Annotated[str, typer.Option(help="full, partial or none.")] = "full",
     fhir: Annotated[str | None, typer.Option(help="fhirServer to put in the request.")] = None,
     hook: Annotated[str, typer.Option(help="patient-view or order-select.")] = "patient-view",
+    drug: Annotated[
+        str, typer.Option(help="order-select: the systemic anticancer therapy in the draft order.")
+    ] = "docetaxel",
 ) -> None:
-    """Print a CDS Hooks request body for a synthetic patient, dated today."""
+    """Print a CDS Hooks request body for a synthetic patient, dated today, with a new hookInstance."""
     from service.sandbox.synthetic import generate_patients, hook_request
 
     patients = {p.id: p for p in generate_patients(datetime.now(UTC).date())}
@@ -146,6 +149,13 @@ def request(
         raise typer.Exit(2)
     if prefetch not in ("full", "partial", "none"):
         raise typer.BadParameter("full, partial or none", param_hint="--prefetch")
-    body = hook_request(patients[patient_id], _mappings(), prefetch=prefetch, fhir_server=fhir, hook=hook)
+    if hook not in ("patient-view", "order-select"):
+        raise typer.BadParameter("patient-view or order-select", param_hint="--hook")
+    try:
+        body = hook_request(
+            patients[patient_id], _mappings(), prefetch=prefetch, fhir_server=fhir, hook=hook, draft_drug=drug
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--drug") from exc
     json.dump(body, sys.stdout, indent=1)
     sys.stdout.write("\n")

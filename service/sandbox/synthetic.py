@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -18,7 +19,15 @@ from typing import Any
 
 from service.mappings import Mappings
 
-__all__ = ["SyntheticPatient", "generate_patients", "hook_request", "transaction_bundle", "write_samples"]
+__all__ = [
+    "DRAFT_DRUG_CLASS",
+    "SyntheticPatient",
+    "draft_order_context",
+    "generate_patients",
+    "hook_request",
+    "transaction_bundle",
+    "write_samples",
+]
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -860,6 +869,39 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
     return prefetch
 
 
+DRAFT_DRUG_CLASS = "systemic_anticancer_therapy"
+_RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+_ATC = "http://www.whocc.no/atc"
+
+
+def draft_order_context(patient: SyntheticPatient, mappings: Mappings, drug: str) -> dict[str, Any]:
+    """``selections`` and ``draftOrders`` of an order-select call: one draft order for ``drug``.
+
+    ``drug`` is a member of the systemic anticancer therapy class in ``mappings/``; the
+    order is coded as an EHR would code it (RxNorm, else ATC), with the name as text.
+    """
+    members = dict(mappings.class_members(DRAFT_DRUG_CLASS))
+    if drug not in members:
+        raise ValueError(f"unknown drug '{drug}'; one of: {', '.join(sorted(members))}")
+    member = members[drug]
+    codings = [{"system": _RXNORM, "code": code} for code in member.rxnorm] or [
+        {"system": _ATC, "code": code} for code in member.atc
+    ]
+    order_id = f"draft-{drug.replace('_', '-')}"
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": order_id,
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": codings, "text": drug.replace("_", " ")},
+        "subject": {"reference": f"Patient/{patient.id}"},
+    }
+    return {
+        "selections": [f"MedicationRequest/{order_id}"],
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": order}]},
+    }
+
+
 def hook_request(
     patient: SyntheticPatient,
     mappings: Mappings,
@@ -867,14 +909,22 @@ def hook_request(
     prefetch: str = "full",
     fhir_server: str | None = None,
     hook: str = "patient-view",
-    hook_instance: str = "00000000-0000-4000-8000-000000000000",
+    hook_instance: str | None = None,
+    draft_drug: str = "docetaxel",
 ) -> dict[str, Any]:
-    """A CDS Hooks request body: ``prefetch`` is 'full', 'partial' (patient and conditions only) or 'none'."""
+    """A CDS Hooks request body: ``prefetch`` is 'full', 'partial' (patient and conditions only) or 'none'.
+
+    Each body gets a fresh ``hookInstance`` unless one is given: a client replaying bodies
+    must not make its calls collide in the audit trail.  An order-select body carries a
+    draft order for ``draft_drug``.
+    """
     body: dict[str, Any] = {
         "hook": hook,
-        "hookInstance": hook_instance,
+        "hookInstance": hook_instance or str(uuid.uuid4()),
         "context": {"userId": "Practitioner/oncologist-1", "patientId": patient.id},
     }
+    if hook == "order-select":
+        body["context"].update(draft_order_context(patient, mappings, draft_drug))
     if fhir_server:
         body["fhirServer"] = fhir_server
     if prefetch != "none":

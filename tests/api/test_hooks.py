@@ -186,6 +186,17 @@ async def test_not_json(client: httpx.AsyncClient) -> None:
     assert_outcome(response, 400, "not valid JSON")
 
 
+async def test_a_truncated_body_is_called_truncated_not_nan(client: httpx.AsyncClient) -> None:
+    """Issue 16: the message blamed NaN and Infinity for a body cut short."""
+    response = await client.post(
+        SERVICE_URL,
+        content=b'{"hook": "patient-view", "hookIns',
+        headers={"content-type": "application/json"},
+    )
+    body = assert_outcome(response, 400, "not valid JSON", "truncated")
+    assert "NaN" not in body["issue"][0]["diagnostics"]
+
+
 async def test_wrong_content_type(client: httpx.AsyncClient) -> None:
     response = await client.post(
         SERVICE_URL,

@@ -32,6 +32,7 @@ from service.sandbox.synthetic import generate_patients, hook_request
 TODAY = date(2026, 11, 20)
 EVALUATED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 _PER_CALL = ("decision_id", "timing_ms")
+HOOK_INSTANCE = "00000000-0000-4000-8000-000000000000"
 
 
 def _stable(record: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +50,7 @@ async def decisions() -> dict[str, Any]:
         for patient in patients:
             for prefetch in ("full", "without-chemistry"):
                 for hook in ("patient-view", "order-select"):
-                    body = hook_request(patient, runtime.mappings, hook=hook)
+                    body = hook_request(patient, runtime.mappings, hook=hook, hook_instance=HOOK_INSTANCE)
                     if prefetch == "without-chemistry":
                         del body["prefetch"]["observations-chemistry"]
                     if hook == "order-select":

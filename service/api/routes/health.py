@@ -1,11 +1,13 @@
-"""``/healthz`` (the process is alive) and ``/readyz`` (criteria loaded, audit store reachable)."""
+"""``/healthz`` (the process is alive), ``/readyz`` (criteria loaded, audit store reachable),
+and ``/favicon.ico``, which every browser asks for."""
 
 from __future__ import annotations
 
 import asyncio
+from importlib.resources import files
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import AuditDep, RuntimeDep
 
@@ -37,3 +39,12 @@ async def readyz(runtime: RuntimeDep, audit: AuditDep) -> JSONResponse:
         "audit_store": "reachable" if reachable else "unreachable",
     }
     return JSONResponse(body, status_code=200 if reachable else 503)
+
+
+_FAVICON = files("service.api").joinpath("static/favicon.svg").read_bytes()
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response:
+    """The icon a browser requests for every page; without it each console shows a 404."""
+    return Response(_FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})

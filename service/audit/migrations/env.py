@@ -29,9 +29,9 @@ def _run_online() -> None:
         return
     url = context.get_x_argument(as_dictionary=True).get("url")
     if url is None:
-        from service.settings import get_settings
+        from service.settings import AuditStoreSettings, load_settings
 
-        url = get_settings().audit_database_url
+        url = load_settings(AuditStoreSettings).audit_database_url
     engine = create_engine(url)
     try:
         with engine.begin() as own_connection:
