@@ -144,7 +144,9 @@ def _cohorts_line(verdict: TrialVerdict) -> str | None:
 def _detail(trial: Trial, verdict: TrialVerdict, data_problems: tuple[str, ...]) -> str:
     lines = []
     for criterion in _open_criteria(verdict, State.NOT_YET)[:2]:
-        lines.append(f"**Not before {criterion.until}:** {_md(criterion.label)} ({_md(_shorten(criterion.reason, 70))})")
+        lines.append(
+            f"**Not before {criterion.until}:** {_md(criterion.label)} ({_md(_shorten(criterion.reason, 70))})"
+        )
     steps = next_steps(verdict)
     if steps:
         lines.append("**Next:** " + " · ".join(_md(step) for step in steps))

@@ -22,7 +22,7 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from service.audit import stored_decision
-from service.engine.decision import CriterionVerdict, Decision, Evidence, TrialVerdict
+from service.engine.decision import CohortVerdict, CriterionVerdict, Decision, Evidence, State, TrialVerdict
 from service.errors import TilCdsError
 from service.settings import Settings
 
@@ -141,6 +141,8 @@ class ArmSection:
     description: str
     possible: bool
     fit: str
+    fit_label: str
+    because: str
     criteria: list[CriterionRow]
 
 
@@ -207,13 +209,23 @@ def _evidence_row(evidence: Evidence) -> EvidenceRow:
         )
     return EvidenceRow(
         description=evidence.description,
-        value=f"{value} {evidence.unit or ''}".strip() if value else "",
+        value=evidence.value_text or (f"{value} {evidence.unit or ''}".strip() if value else ""),
         date=evidence.date or "",
         reference=reference,
         source=evidence.source or "",
         usable_until=evidence.stale_on.isoformat() if evidence.stale_on else None,
         lookback_note=f"{evidence.lookback_days}-day look-back" if evidence.lookback_days else None,
     )
+
+
+FIT_LABELS = {"fits": "fits", "may_fit": "may fit", "does_not_fit": "does not fit"}
+
+
+def _cohort_because(cohort: CohortVerdict) -> str:
+    """The engine's reason that decides the cohort's line: the unmet one, else the first met."""
+    wanted = State.NOT_MET if cohort.fit == "does_not_fit" else State.MET
+    deciding = next((c for c in cohort.criteria if c.state is wanted), None)
+    return deciding.reason if deciding is not None else ""
 
 
 class _Builder:
@@ -267,6 +279,8 @@ class _Builder:
                 description=cohort.description,
                 possible=cohort.possible,
                 fit=cohort.fit,
+                fit_label=FIT_LABELS[cohort.fit],
+                because=_cohort_because(cohort),
                 criteria=[self.criterion(verdict.trial_id, c) for c in cohort.criteria],
             )
             for cohort in verdict.cohorts

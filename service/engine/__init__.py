@@ -41,9 +41,11 @@ __all__ = [
     "Evidence",
     "State",
     "TrialVerdict",
+    "cohort_fit",
     "decide",
     "evaluate_trial",
     "input_fingerprint",
+    "trial_status",
 ]
 
 
@@ -111,21 +113,21 @@ def _with_medication_history(
 
 def _evaluate_cohort(arm: Arm, context: EvaluationContext) -> CohortVerdict:
     results = tuple(_evaluate_criterion(c, context, arm.id) for c in arm.criteria)
-    states = {r.state for r in results}
-    fit: CohortFit
-    if State.NOT_MET in states:
-        fit = "does_not_fit"
-    elif states <= {State.MET}:
-        fit = "fits"
-    else:
-        fit = "may_fit"
     return CohortVerdict(
         id=arm.id,
         title=arm.label,
         description=arm.description,
-        fit=fit,
+        fit=cohort_fit(results),
         criteria=results,
     )
+
+
+def cohort_fit(criteria: tuple[CriterionVerdict, ...]) -> CohortFit:
+    """Does not fit when a criterion is not met; fits when every one is met; else may fit."""
+    states = {c.state for c in criteria}
+    if State.NOT_MET in states:
+        return "does_not_fit"
+    return "fits" if states <= {State.MET} else "may_fit"
 
 
 def evaluate_trial(trial: Trial, context: EvaluationContext) -> TrialVerdict:
@@ -154,22 +156,7 @@ def evaluate_trial(trial: Trial, context: EvaluationContext) -> TrialVerdict:
     )
     criteria = tuple(_evaluate_criterion(c, context) for c in [*trial.inclusion, *trial.exclusion])
     cohorts = tuple(_evaluate_cohort(arm, context) for arm in trial.arms)
-    blocking = [c for c in criteria if c.state is State.NOT_MET]
-    status: TrialStatus
-    if blocking:
-        status, reason = "ruled_out", "; ".join(f"{c.label}: {c.reason}" for c in blocking)
-    elif cohorts and not any(cohort.possible for cohort in cohorts):
-        blocking = [c for cohort in cohorts for c in cohort.criteria if c.state is State.NOT_MET]
-        unmet = [
-            f"{cohort.title}: {c.reason}"
-            for cohort in cohorts
-            for c in cohort.criteria
-            if c.state is State.NOT_MET
-        ]
-        status, reason = "ruled_out", "no cohort fits: " + "; ".join(unmet)
-    else:
-        status = "may_be_eligible"
-        reason = f"active {trial.disease.display} and no trial criterion is known to be unmet"
+    status, reason, blocking = trial_status(criteria, cohorts, trial.disease.display)
     return replace(
         base,
         status=status,
@@ -177,8 +164,31 @@ def evaluate_trial(trial: Trial, context: EvaluationContext) -> TrialVerdict:
         criteria=criteria,
         cohorts=cohorts,
         disease_evidence=disease_evidence,
-        blocking=tuple(c.id for c in blocking),
+        blocking=blocking,
     )
+
+
+def trial_status(
+    criteria: tuple[CriterionVerdict, ...], cohorts: tuple[CohortVerdict, ...], disease: str
+) -> tuple[TrialStatus, str, tuple[str, ...]]:
+    """The headline for a trial whose disease is on record: (status, reason, blocking ids).
+
+    Ruled out when a trial-level criterion is not met, or when no cohort fits; the
+    blocking ids are exactly the criteria that make it so.
+    """
+    unmet = [c for c in criteria if c.state is State.NOT_MET]
+    if unmet:
+        return "ruled_out", "; ".join(f"{c.label}: {c.reason}" for c in unmet), tuple(c.id for c in unmet)
+    if cohorts and not any(cohort.possible for cohort in cohorts):
+        unmet = [c for cohort in cohorts for c in cohort.criteria if c.state is State.NOT_MET]
+        reasons = [
+            f"{cohort.title}: {c.reason}"
+            for cohort in cohorts
+            for c in cohort.criteria
+            if c.state is State.NOT_MET
+        ]
+        return "ruled_out", "no cohort fits: " + "; ".join(reasons), tuple(c.id for c in unmet)
+    return "may_be_eligible", f"active {disease} and no trial criterion is known to be unmet", ()
 
 
 def _day(moment: datetime | None) -> str | None:

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from service.api.deps import AuditDep, SettingsDep
+from service.audit import stored_decision
 from service.review import ReviewLinkError, ReviewLinkExpiredError, build_review_page, verify_review_token
 
 __all__ = ["HTML_HEADERS", "router", "templates"]
@@ -71,7 +72,7 @@ async def review_page(
     decision = await run_in_threadpool(audit.get_decision, decision_id)
     if decision is None:
         return _refusal(request, 404, "Decision not found", "No recorded decision matches this link.")
-    fingerprint = str(decision["content"].get("criteria_fingerprint") or "")
+    fingerprint = stored_decision(decision["content"]).criteria_fingerprint
     snapshot = await run_in_threadpool(audit.get_criteria_version, fingerprint) if fingerprint else None
     page = build_review_page(decision, snapshot)
     return templates.TemplateResponse(
