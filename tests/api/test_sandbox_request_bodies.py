@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.api.conftest import SERVICE_URL
+from tests.api.conftest import ORDER_SELECT_URL
 
 runner = CliRunner()
 
@@ -28,7 +28,7 @@ async def test_order_select_body_is_answered_with_a_washout_warning(client: http
     assert body["context"]["selections"] == [f"MedicationRequest/{order['id']}"]
     assert order["status"] == "draft" and order["subject"]["reference"] == "Patient/til-lung-eligible"
 
-    response = await client.post(SERVICE_URL, json=body)
+    response = await client.post(ORDER_SELECT_URL, json=body)
     assert response.status_code == 200, response.text
     warning = response.json()["cards"][0]
     assert warning["indicator"] == "warning"
@@ -37,7 +37,7 @@ async def test_order_select_body_is_answered_with_a_washout_warning(client: http
 
 async def test_order_select_drafts_the_chosen_drug(client: httpx.AsyncClient) -> None:
     body = _generated("til-lung-eligible", "--hook", "order-select", "--drug", "pemetrexed")
-    response = await client.post(SERVICE_URL, json=body)
+    response = await client.post(ORDER_SELECT_URL, json=body)
     assert "pemetrexed" in response.json()["cards"][0]["summary"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -123,3 +124,28 @@ def test_the_console_is_usable_from_the_keyboard_and_labelled(tab: Page) -> None
     tab.keyboard.press("Enter")
     expect(tab.locator("#status")).to_contain_text("HTTP 200", timeout=20_000)
     assert errors == [], "no script errors and no Content-Security-Policy violations"
+
+
+def test_a_card_as_an_oncologist_sees_it_in_a_side_panel(
+    chromium_browser: Any, live_service: Any, artifacts: Path
+) -> None:
+    """One card in a 400-px EHR side panel: it fits without scrolling sideways, its
+    suggestions are buttons, and it says nothing in UCUM or by criterion id."""
+    context = chromium_browser.new_context(
+        viewport={"width": 400, "height": 900}, base_url=live_service.base_url
+    )
+    tab = context.new_page()
+    try:
+        fire(tab, "til-missing-data")
+        card = tab.locator("article.cds-card").filter(has_text="NCT06538012")
+        expect(card).to_have_count(1)
+        expect(card.get_by_role("button", name="Order the missing tests")).to_be_visible()
+        expect(card.get_by_role("button", name="Refer to the trial team")).to_be_visible()
+        text = card.locator(".card-detail").inner_text()
+        assert "absolute-neutrophil-count" not in text and "10*9" not in text
+        assert tab.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        box = card.bounding_box()
+        assert box is not None and box["height"] < 900, "the card is read without scrolling"
+        card.screenshot(path=str(artifacts / "card-til-missing-data-400px.png"))
+    finally:
+        context.close()
