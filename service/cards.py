@@ -115,6 +115,8 @@ def _status_line(trial: Trial) -> str:
     source = f"per {trial.status_source}"
     if trial.status_source_date is not None:
         source += f" of {trial.status_source_date.isoformat()}"
+    else:
+        source += " (undated)"
     line = f"{trial.recruitment_status} {source}"
     if not trial.criteria_complete:
         line += " · criteria incomplete in our source"

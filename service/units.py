@@ -17,6 +17,9 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from lark.exceptions import LarkError
+from pint.errors import PintError
+
 __all__ = ["UnitConversionError", "convert", "normalise_unit"]
 
 
@@ -44,7 +47,7 @@ def _parse(ucum: str) -> Any:
         stripped = "1" + stripped
     try:
         parsed = _registry().from_ucum(stripped)
-    except Exception as exc:  # ucumvert raises lark and pint errors of many kinds
+    except (LarkError, PintError) as exc:  # ucumvert's grammar, or a unit pint does not define
         raise UnitConversionError(f"'{ucum}' is not a valid UCUM unit") from exc
     if isinstance(parsed, str):
         raise UnitConversionError(f"'{ucum}' is not a valid UCUM unit")
@@ -69,21 +72,18 @@ def _factor(source: str, target: str, molar_mass_g_per_mol: float | None) -> flo
         raise UnitConversionError(f"'{source}' and '{target}' have different annotations and do not convert")
     source_quantity = _parse(source)
     target_quantity = _parse(target)
-    try:
-        return float((source_quantity / target_quantity).to("dimensionless").magnitude)
-    except Exception:
-        pass
+    ratio = source_quantity / target_quantity
+    if ratio.dimensionless:
+        return float(ratio.to("dimensionless").magnitude)
     if molar_mass_g_per_mol is None:
         raise UnitConversionError(f"'{source}' does not convert to '{target}'")
     molar_mass = _parse("g/mol") * molar_mass_g_per_mol
-    try:
-        ratio = (source_quantity * molar_mass / target_quantity).to("dimensionless")
-    except Exception:
-        try:
-            ratio = (source_quantity / molar_mass / target_quantity).to("dimensionless")
-        except Exception as exc:
-            raise UnitConversionError(f"'{source}' does not convert to '{target}'") from exc
-    return float(ratio.magnitude)
+    # Substance <-> mass concentration: multiply or divide by the molar mass, whichever
+    # leaves no dimension (checked, never tried and caught).
+    for candidate in (ratio * molar_mass, ratio / molar_mass):
+        if candidate.dimensionless:
+            return float(candidate.to("dimensionless").magnitude)
+    raise UnitConversionError(f"'{source}' does not convert to '{target}'")
 
 
 def convert(value: float, source: str, target: str, molar_mass_g_per_mol: float | None = None) -> float:

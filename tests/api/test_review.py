@@ -139,7 +139,9 @@ async def test_a_ruled_out_trial_shows_what_rules_it_out(
     assert 'data-status="ruled_out"' in text
     assert "What rules it out" in ruled_out
     blocking = ruled_out.split("What rules it out")[1].split("</div>")[0]
-    assert "<strong>ECOG performance status 0–1</strong>" in blocking and "2" in blocking and "≤ 1" in blocking
+    assert (
+        "<strong>ECOG performance status 0–1</strong>" in blocking and "2" in blocking and "≤ 1" in blocking
+    )
     ecog = ruled_out.split('id="crit-NCT04614103-ecog"')[1].split("</tr>")[0]
     assert 'data-state="not_met"' in ecog and "90-day look-back" in ecog
 

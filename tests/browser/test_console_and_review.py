@@ -15,7 +15,7 @@ from tests.browser.conftest import LiveService
 
 pytestmark = pytest.mark.browser
 
-WHY_LINK = "Why: every criterion with its evidence"
+WHY_LINK = "Every criterion with its evidence"
 
 
 def fire(tab: Page, patient_id: str) -> None:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.browser
 WIDTHS = (1280, 400)
 HEIGHT = 800
 BLOCKING_IMPACTS = ("serious", "critical")
-WHY_LINK = "Why: every criterion with its evidence"
+WHY_LINK = "Every criterion with its evidence"
 _axe = Axe()
 
 
