@@ -35,7 +35,7 @@ from service.criteria import (
     WashoutRule,
 )
 from service.engine.context import EvaluationContext
-from service.engine.results import State
+from service.engine.results import RuleOutcome, State
 from service.engine.rules import _EVALUATORS, evaluate_rule
 from service.engine.sources import sources_read
 from service.facts import IMMUNIZATIONS, MEDICATION_REQUESTS, PROCEDURES, PatientFacts, build_facts
@@ -86,10 +86,19 @@ def _every_source(mappings: Mappings) -> list[str]:
     return [*mappings.observation_definitions, PROCEDURES, IMMUNIZATIONS, MEDICATION_REQUESTS]
 
 
-def _met_by_a_child_reading_nothing(rule: Any, facts: PatientFacts, mappings: Mappings) -> bool:
-    """An ``any`` is rightly met by one child whose sources were all read (an age, a histology)."""
+def _outcome(rule: Any, facts: PatientFacts, mappings: Mappings) -> RuleOutcome:
+    return evaluate_rule(rule, EvaluationContext(facts=facts, mappings=mappings, at=EVALUATED_AT))
+
+
+def _rightly_met(rule: Any, facts: PatientFacts, mappings: Mappings) -> bool:
+    """Met without its sources: it does not apply to the patient (a man's pregnancy test), or it
+    is an ``any`` met by one child that read nothing it lacked (an age, a histology)."""
+    outcome = _outcome(rule, facts, mappings)
+    if outcome.not_applicable:
+        return True
     return isinstance(rule, AnyRule) and any(
-        not sources_read(child, mappings) and _state(child, facts, mappings) is State.MET
+        (not sources_read(child, mappings) or _outcome(child, facts, mappings).not_applicable)
+        and _state(child, facts, mappings) is State.MET
         for child in rule.rules
     )
 
@@ -107,7 +116,7 @@ def test_issue_13_no_rule_is_met_when_a_source_it_reads_is_lost(
         lost = _facts(patient_id, mappings, dict.fromkeys(sources, LOST))
         state = _state(rule, lost, mappings)
         if state is State.MET:
-            assert _met_by_a_child_reading_nothing(rule, lost, mappings), f"{where} is met without {sources}"
+            assert _rightly_met(rule, lost, mappings), f"{where} is met without {sources}"
         elif _state(rule, complete, mappings) is State.MET:
             flipped.append(where)
     # Not vacuous: with every source read, the patient meets many of these rules.
@@ -235,3 +244,21 @@ def test_issue_13_lost_medication_requests_make_the_steroid_dose_unknown(
         assert outcome.state is State.UNKNOWN, where
         assert "the MedicationRequests could not be read" in outcome.reason
         assert outcome.resolve_hint
+
+
+def test_issue_13_a_test_that_does_not_apply_to_the_patient_is_not_made_unknown_by_its_loss(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """A man's pregnancy criterion reads no pregnancy test, so losing that search changes nothing."""
+    pregnancy = next(
+        rule
+        for _, rule in _every_rule(criteria)
+        if isinstance(rule, NegativeTestRule) and rule.only_for_sex == "female"
+    )
+    facts = _facts("til-lung-eligible", mappings, {pregnancy.test: LOST})
+    assert facts.sex == "male"
+    outcome = evaluate_rule(pregnancy, EvaluationContext(facts=facts, mappings=mappings, at=EVALUATED_AT))
+    assert outcome.state is State.MET
+    assert outcome.reason == "not applicable (male)"
+    facts.sex = "female"
+    assert _state(pregnancy, facts, mappings) is State.UNKNOWN
