@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
 from service.api.main import create_app
@@ -123,10 +124,10 @@ def test_old_records_export_as_a_valid_fhir_bundle(
     assert bundle.entry is not None and len(bundle.entry) == 8
     for entry in bundle.entry:
         event = entry.resource
-        assert event is not None and event.get_resource_type() == "AuditEvent"
+        assert isinstance(event, AuditEvent)
         if event.id in decisions:
-            record_entity = next(e for e in event.entity if e.name == "decision")
-            details = {d.type: d.valueString for d in record_entity.detail}
+            record_entity = next(e for e in event.entity or [] if e.name == "decision")
+            details = {d.type: str(d.valueString) for d in record_entity.detail or []}
             assert json.loads(details["suggested_trials"]) == _suggested_then(decisions[event.id])
             assert json.loads(details["decision"])["schema_version"] == 1
     if key is not None:
