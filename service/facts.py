@@ -205,7 +205,9 @@ def parse_fhir_datetime(value: Any) -> datetime | None:
 def _ref(resource: dict[str, Any]) -> SourceRef:
     meta = resource.get("meta")
     version = meta.get("versionId") if isinstance(meta, dict) else None
-    return SourceRef(str(resource.get("resourceType")), str(resource.get("id")), version)
+    # A versionId that is not a FHIR id (a number, an object) cannot name a version: dropped.
+    version_id = version if isinstance(version, str) and version else None
+    return SourceRef(str(resource.get("resourceType")), str(resource.get("id")), version_id)
 
 
 def concept_codings(concept: Any) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -72,18 +73,24 @@ def pseudonym_key_from_settings(settings: AuditExportSettings) -> bytes | None:
     return settings.audit_pseudonym_key.get_secret_value().encode("utf-8")
 
 
-def _replace_references(value: Any, replacements: Mapping[str, str]) -> Any:
+def _reference_pattern(references: Iterable[str]) -> re.Pattern[str]:
+    """The references wherever they occur in a text, as whole references.
+
+    A card's Markdown cites its evidence (``Patient/7``, ``Patient/7/_history/2``), so a
+    reference is found inside text too, but never as the start of a longer id
+    (``Patient/7`` is not in ``Patient/77``).
+    """
+    alternatives = "|".join(re.escape(r) for r in sorted(references, key=len, reverse=True))
+    return re.compile(rf"(?<![\w.-])(?:{alternatives})(?![\w.-])")
+
+
+def _replace_references(value: Any, replacements: Mapping[str, str], pattern: re.Pattern[str]) -> Any:
     if isinstance(value, str):
-        for real, stand_in in replacements.items():
-            if value == real:
-                return stand_in
-            if value.startswith(real + "/"):
-                return stand_in + value[len(real) :]
-        return value
+        return pattern.sub(lambda match: replacements[match.group(0)], value)
     if isinstance(value, list):
-        return [_replace_references(item, replacements) for item in value]
+        return [_replace_references(item, replacements, pattern) for item in value]
     if isinstance(value, Mapping):
-        replaced = {key: _replace_references(item, replacements) for key, item in value.items()}
+        replaced = {key: _replace_references(item, replacements, pattern) for key, item in value.items()}
         for type_key in ("resourceType", "resource_type"):  # a resource, or a decision's input
             typed_ref = f"{value.get(type_key)}/{value.get('id')}"
             if typed_ref in replacements:
@@ -99,7 +106,10 @@ def pseudonymise_record(record: Mapping[str, Any], key: bytes) -> dict[str, Any]
     content = dict(record["content"])
     if "input_resources" in content:
         content["input_resources_omitted"] = len(content.pop("input_resources") or [])
-    result: dict[str, Any] = _replace_references({**record, "content": content}, replacements)
+    if not replacements:
+        return {**record, "content": content, "pseudonymised": True}
+    pattern = _reference_pattern(replacements)
+    result: dict[str, Any] = _replace_references({**record, "content": content}, replacements, pattern)
     result["pseudonymised"] = True
     return result
 

@@ -20,12 +20,19 @@ def window_text(days: int) -> str:
 
 @dataclass(frozen=True)
 class RuleOutcome:
+    """One rule's state and why.
+
+    ``not_applicable``: the rule does not concern this patient (a pregnancy test for a man), so
+    it read none of its sources and their loss cannot make it unknown.
+    """
+
     state: State
     reason: str
     evidence: tuple[Evidence, ...] = ()
     until: date | None = None
     flags: tuple[str, ...] = ()
     resolve_hint: str | None = None
+    not_applicable: bool = False
 
 
 def with_lookback(outcome: RuleOutcome, days: int) -> RuleOutcome:

@@ -194,7 +194,7 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
         and context.facts.sex in ("male", "female")
         and context.facts.sex != rule.only_for_sex
     ):
-        return RuleOutcome(State.MET, f"not applicable ({context.facts.sex})")
+        return RuleOutcome(State.MET, f"not applicable ({context.facts.sex})", not_applicable=True)
     diagnoses = [d for vs in rule.value_sets for d in context.diagnoses_in(vs) if d.is_active]
     if rule.diagnosis_within_days is not None:
         window = timedelta(days=rule.diagnosis_within_days)

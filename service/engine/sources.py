@@ -117,9 +117,15 @@ def guard_unread_sources(
     """``outcome``, unless it is *met* while a source the rule reads could not be obtained.
 
     Combinators are left alone: their children were guarded, and an ``any`` is rightly met
-    by one child whose sources were all read.
+    by one child whose sources were all read.  So is a rule that does not apply to the
+    patient: it read nothing.
     """
-    if outcome.state is not State.MET or not unavailable or isinstance(rule, (AllRule, AnyRule)):
+    if (
+        outcome.state is not State.MET
+        or outcome.not_applicable
+        or not unavailable
+        or isinstance(rule, (AllRule, AnyRule))
+    ):
         return outcome
     missing = [s for s in sources_read(rule, mappings) if s in unavailable]
     if not missing:

@@ -21,6 +21,7 @@ from service.audit.export import (
     export_fhir_bundle,
     export_ndjson,
     pseudonym,
+    pseudonymise_record,
 )
 from service.audit.models import AuditBase
 
@@ -157,6 +158,25 @@ def test_pseudonymisation_hides_references(
     assert pseudonym(PSEUDONYM_KEY, "Patient/pat-1") in exported
     if export_format == "fhir":
         Bundle.model_validate(json.loads(exported))
+
+
+def test_pseudonymisation_reaches_references_cited_inside_card_text() -> None:
+    """Cards cite their evidence in Markdown (`Patient/pat-1`); found by the v1 audit fixture."""
+    record = {
+        "record_id": "r1",
+        "kind": "decision",
+        "patient_ref": "Patient/pat-1",
+        "user_ref": "Practitioner/doc-7",
+        "content": {
+            "cards": [{"detail": "- **age**: age 58 — `Patient/pat-1`; see Patient/pat-1/_history/3"}],
+            "note": "Patient/pat-12 and Practitioner/doc-77 are other people",
+        },
+    }
+    exported = pseudonymise_record(record, PSEUDONYM_KEY)
+    stand_in = pseudonym(PSEUDONYM_KEY, "Patient/pat-1")
+    detail = exported["content"]["cards"][0]["detail"]
+    assert detail == f"- **age**: age 58 — `{stand_in}`; see {stand_in}/_history/3"
+    assert exported["content"]["note"] == record["content"]["note"], "a longer id is another reference"
 
 
 def test_pseudonyms_are_keyed_and_stable() -> None:

@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from service.criteria import CriteriaSet
+from service.engine import decide
 from service.facts import build_facts, parse_fhir_datetime
 from service.mappings import Mappings
-from tests.conftest import condition, medication, observation, patient
+from tests.conftest import EVALUATED_AT, condition, medication, observation, patient
 
 
 @pytest.mark.parametrize(
@@ -34,6 +36,19 @@ def test_observation_becomes_a_lab_result_with_unit_reference_and_version(mappin
     result = facts.labs["absolute_neutrophil_count"][0]
     assert (result.value, result.unit, result.reference_high) == (2.1, "10*3/uL", (7.5, "10*3/uL"))
     assert str(result.source) == "Observation/obs-1/_history/3"
+
+
+@pytest.mark.parametrize("version", [-1e308, 3, {"v": 1}, ""])
+def test_a_version_id_that_is_not_a_string_is_dropped_not_a_server_error(
+    mappings: Mappings, criteria: CriteriaSet, version: object
+) -> None:
+    """Found by tests/fuzz: a numeric meta.versionId reached the Decision, which refused it (a 500)."""
+    resource = observation("751-8", 2.1, "10*3/uL")
+    resource["meta"] = {"versionId": version}
+    facts = build_facts("p1", [patient(), resource], mappings)
+    assert str(facts.labs["absolute_neutrophil_count"][0].source) == "Observation/obs-1"
+    decision = decide(facts, criteria, mappings, EVALUATED_AT)
+    assert "Observation/obs-1" in {str(i) for i in decision.inputs}
 
 
 def test_lab_free_text_units_are_mapped_by_the_alias_table(mappings: Mappings) -> None:

@@ -1,0 +1,225 @@
+"""Issue 13: the facts -> engine contract, tested on its own.
+
+These tests build :class:`PatientFacts` directly from the typed facts (no FHIR, no
+fact builder) and check what :func:`decide` promises every reader of the
+:class:`Decision`: states, evidence with its version, look-back and stale date, the
+washout's not-before date, the age (or why there is none), the blocking criteria, the
+cohorts' fit, and a JSON form that reads back to the same decision.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+
+import pytest
+
+from service.criteria import CriteriaSet
+from service.engine import decide
+from service.engine.decision import (
+    DECISION_ADAPTER,
+    CriterionVerdict,
+    Decision,
+    State,
+    decision_json,
+    read_decision,
+)
+from service.facts import Diagnosis, DrugExposure, LabResult, PatientFacts, SourceRef
+from service.mappings import Mappings
+from tests.conftest import EVALUATED_AT
+
+ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
+LUNG = "NCT06538012"
+IOV = "NCT04614103"
+GASTRIC = "essen-til-gastroesophageal"
+
+
+def _lab(
+    analyte: str, value: float, unit: str | None, days_ago: int, resource_id: str, version: str = "1"
+) -> LabResult:
+    return LabResult(
+        analyte=analyte,
+        value=value,
+        unit=unit,
+        when=EVALUATED_AT - timedelta(days=days_ago),
+        source=SourceRef("Observation", resource_id, version),
+        code="",
+        display=analyte.replace("_", " "),
+    )
+
+
+LUNG_CANCER = Diagnosis(
+    codings=((ICD10, "C34.90"),),
+    text="Lung cancer",
+    display="Lung cancer",
+    clinical_status="active",
+    onset=datetime(2026, 1, 10, tzinfo=EVALUATED_AT.tzinfo),
+    abatement=None,
+    recorded=None,
+    source=SourceRef("Condition", "lung", "2"),
+)
+
+
+def _facts(**overrides: object) -> PatientFacts:
+    """A 58-year-old man with lung cancer, a recent CBC (neutrophils low) and PD-L1 50%."""
+    labs = [
+        _lab("hemoglobin", 128, "g/L", 5, "hb", version="3"),
+        _lab("white_blood_cell_count", 4.1, "10*9/L", 5, "wbc"),
+        _lab("absolute_neutrophil_count", 0.9, "10*9/L", 5, "anc"),
+        _lab("platelet_count", 210, "10*9/L", 5, "plt"),
+        _lab("ecog_performance_status", 1, None, 10, "ecog"),
+        _lab("pd_l1_tumor_proportion_score", 50, "%", 60, "pdl1"),
+    ]
+    fields: dict[str, object] = {
+        "patient_id": "p1",
+        "birth_date": date(1968, 3, 1),
+        "sex": "male",
+        "labs": {lab.analyte: [lab] for lab in labs},
+        "diagnoses": [LUNG_CANCER],
+        "inputs": [SourceRef("Patient", "p1", "4"), LUNG_CANCER.source, *(lab.source for lab in labs)],
+    }
+    fields.update(overrides)
+    return PatientFacts(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def decision(criteria: CriteriaSet, mappings: Mappings) -> Decision:
+    return decide(_facts(), criteria, mappings, EVALUATED_AT)
+
+
+def _criterion(decision: Decision, trial_id: str, criterion_id: str) -> CriterionVerdict:
+    trial = decision.trial(trial_id)
+    assert trial is not None
+    return next(c for c in trial.every_criterion() if c.id == criterion_id)
+
+
+def test_a_lung_cancer_with_labs_gets_the_expected_statuses(decision: Decision) -> None:
+    statuses = {t.trial_id: t.status for t in decision.trials}
+    assert statuses == {IOV: "may_be_eligible", LUNG: "ruled_out", GASTRIC: "not_applicable"}
+    assert [t.trial_id for t in decision.suggested] == [IOV]
+    assert _criterion(decision, LUNG, "hemoglobin").state is State.MET
+    assert _criterion(decision, LUNG, "absolute-neutrophil-count").state is State.NOT_MET
+    assert _criterion(decision, LUNG, "absolute-lymphocyte-count").state is State.UNKNOWN
+    assert _criterion(decision, IOV, "ecog").state is State.MET
+    assert _criterion(decision, IOV, "nsclc-histology").state is State.UNKNOWN, "histology not coded"
+    assert _criterion(decision, IOV, "organ-function").state is State.NEEDS_REVIEW
+    gastric = decision.trial(GASTRIC)
+    assert gastric is not None and gastric.criteria == () and "no active" in gastric.reason
+
+
+def test_blocking_lists_the_criteria_that_are_not_met(decision: Decision) -> None:
+    lung = decision.trial(LUNG)
+    assert lung is not None
+    assert lung.blocking == ("absolute-neutrophil-count",)
+    assert lung.blocking == tuple(c.id for c in lung.criteria if c.state is State.NOT_MET)
+    assert "Absolute neutrophil count" in lung.reason
+    iov = decision.trial(IOV)
+    assert iov is not None and iov.blocking == ()
+
+
+def test_cohorts_carry_their_fit(decision: Decision) -> None:
+    iov = decision.trial(IOV)
+    assert iov is not None
+    fits = {cohort.id: cohort.fit for cohort in iov.cohorts}
+    # PD-L1 50%: not the < 1% cohort; the >= 1% cohort still needs its resection item reviewed;
+    # retreatment needs prior lifileucel, which is not on record.
+    assert fits == {
+        "cohort-1": "does_not_fit",
+        "cohort-2": "may_fit",
+        "cohort-3": "may_fit",
+        "retreatment": "does_not_fit",
+    }
+    assert [c.possible for c in iov.cohorts] == [False, True, True, False]
+
+
+def test_a_cohort_fits_only_when_every_criterion_is_met(criteria: CriteriaSet, mappings: Mappings) -> None:
+    """'fits' is reserved for a cohort whose every criterion is met."""
+    iov = decide(_facts(), criteria, mappings, EVALUATED_AT).trial(IOV)
+    assert iov is not None
+    for cohort in iov.cohorts:
+        states = {c.state for c in cohort.criteria}
+        assert (cohort.fit == "fits") == (states <= {State.MET})
+        assert (cohort.fit == "does_not_fit") == (State.NOT_MET in states)
+
+
+def test_evidence_of_a_deciding_lab_carries_its_version_window_and_stale_date(decision: Decision) -> None:
+    hemoglobin = _criterion(decision, LUNG, "hemoglobin")
+    (evidence,) = hemoglobin.evidence
+    taken = (EVALUATED_AT - timedelta(days=5)).date()
+    assert evidence.value == 128
+    assert evidence.unit == "g/L"
+    assert evidence.date == taken.isoformat()
+    assert evidence.source == "Observation/hb/_history/3"
+    assert evidence.lookback_days == 30
+    assert evidence.stale_on == taken + timedelta(days=30)
+    neutrophils = _criterion(decision, LUNG, "absolute-neutrophil-count").evidence[0]
+    assert neutrophils.stale_on == taken + timedelta(days=30), "a not-met result goes stale too"
+
+
+def test_undecided_or_ever_results_get_no_stale_date(decision: Decision) -> None:
+    iov = decision.trial(IOV)
+    assert iov is not None
+    for criterion in iov.every_criterion():
+        for evidence in criterion.evidence:
+            if criterion.state not in (State.MET, State.NOT_MET):
+                assert evidence.stale_on is None, criterion.id
+
+
+def test_a_washout_gives_the_first_day_it_can_be_met(criteria: CriteriaSet, mappings: Mappings) -> None:
+    ended = EVALUATED_AT - timedelta(days=10)
+    docetaxel = DrugExposure(
+        codings=(),
+        text="docetaxel 75 mg/m2",
+        status="completed",
+        start=ended - timedelta(days=60),
+        end=ended,
+        source=SourceRef("MedicationStatement", "doc", "1"),
+    )
+    decision = decide(_facts(drugs=[docetaxel]), criteria, mappings, EVALUATED_AT)
+    washout = _criterion(decision, LUNG, "prior-therapy-washout")
+    assert washout.state is State.NOT_YET
+    assert washout.not_before == (ended + timedelta(days=28)).date()
+    assert washout.evidence[0].source == "MedicationStatement/doc/_history/1"
+    recent = _criterion(decision, LUNG, "recent-treatment")
+    assert recent.not_before == (ended + timedelta(days=30)).date()
+    assert _criterion(decision, LUNG, "hemoglobin").not_before is None, "only a NOT_YET has one"
+
+
+def test_a_birth_month_gives_no_single_age_but_says_why(criteria: CriteriaSet, mappings: Mappings) -> None:
+    """Born some day in November 1958: 67 or 68 on 23 November 2026."""
+    facts = _facts(birth_date=date(1958, 11, 1), birth_date_latest=date(1958, 11, 30))
+    decision = decide(facts, criteria, mappings, EVALUATED_AT)
+    assert decision.patient.age_years is None
+    assert decision.patient.age_note is not None and decision.patient.age_note.startswith("67–68")
+    assert _criterion(decision, IOV, "age").state is State.MET, "18–70 holds for either age"
+    whole = decide(_facts(), criteria, mappings, EVALUATED_AT)
+    assert (whole.patient.age_years, whole.patient.age_note) == (58, None)
+    assert (whole.patient.reference, whole.patient.sex) == ("Patient/p1", "male")
+
+
+def test_the_decision_names_its_inputs_with_versions(decision: Decision) -> None:
+    assert str(decision.inputs[0]) == "Patient/p1/_history/4"
+    assert "Observation/hb/_history/3" in {str(i) for i in decision.inputs}
+    assert decision.input_fingerprint.startswith("sha256:")
+    assert decision.evaluated_at == EVALUATED_AT
+
+
+def test_the_decision_round_trips_through_json(decision: Decision, criteria: CriteriaSet) -> None:
+    stored = json.loads(json.dumps(decision_json(decision)))
+    assert DECISION_ADAPTER.validate_python(stored) == decision
+    assert read_decision({"decision": stored}) == decision
+    assert stored["schema_version"] == 2
+    assert stored["criteria_fingerprint"] == criteria.fingerprint
+
+
+def test_decide_refuses_a_naive_evaluation_time(criteria: CriteriaSet, mappings: Mappings) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        decide(_facts(), criteria, mappings, EVALUATED_AT.replace(tzinfo=None))
+
+
+def test_the_same_facts_at_the_same_time_give_the_same_decision(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    assert decide(_facts(), criteria, mappings, EVALUATED_AT) == decide(
+        _facts(), criteria, mappings, EVALUATED_AT
+    )
