@@ -91,6 +91,11 @@ class ValueSet(_Frozen):
     snomed: list[str] = Field(default_factory=list)
     cpt_prefixes: list[str] = Field(default_factory=list)
     text_patterns: list[str] = Field(default_factory=list)
+    names_uncertain_behaviour: bool = Field(
+        default=False,
+        description="The codes name a neoplasm without saying whether it is malignant "
+        "('Neoplasm of prostate'): a rule that finds one shows its code, for the clinician to check.",
+    )
     includes_procedures: bool = Field(
         default=False,
         description="Also matched against the patient's Procedures (a transplant, dialysis or "
@@ -134,6 +139,11 @@ class _ConditionFile(_Frozen):
 
 class _MedicationFile(_Frozen):
     classes: dict[str, DrugClass]
+    active_order_horizon_days: int = Field(
+        gt=0,
+        description="An order still 'active' whose newest evidence (authored, dosage period, "
+        "administration) is older than this is stale: not current, and the card asks to confirm it.",
+    )
 
 
 class _UnitFile(_Frozen):
@@ -172,6 +182,7 @@ class Mappings:
     unit_aliases: dict[str, str]
     source_text: dict[str, str] = field(default_factory=dict)
     text_qualifiers: list[str] = field(default_factory=list)
+    active_order_horizon_days: int = 365
 
     @cached_property
     def _qualified(self) -> re.Pattern[str] | None:
@@ -433,4 +444,5 @@ def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings"
         drug_classes=medications.classes,
         unit_aliases=units.aliases,
         source_text=dict(texts),
+        active_order_horizon_days=medications.active_order_horizon_days,
     )
