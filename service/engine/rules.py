@@ -31,7 +31,7 @@ from service.criteria import (
     WashoutRule,
 )
 from service.engine.context import EvaluationContext
-from service.engine.labs import evaluate_lab, evaluate_no_result
+from service.engine.labs import evaluate_lab, evaluate_no_result, older_than_text
 from service.engine.results import Evidence, RuleOutcome, State, window_text
 from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, TestResult, age_in_years
 
@@ -233,7 +233,14 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
         r for r in context.facts.tests.get(rule.test, []) if r.when is None or context.at - r.when <= lookback
     ]
     if not results:
-        return RuleOutcome(State.UNKNOWN, f"no {test.display} on record", resolve_hint=test.order_hint)
+        older = next(iter(context.facts.tests.get(rule.test, [])), None)
+        shown = (
+            f"{test.display} {older.polarity or 'result'} of {older.when.date().isoformat()} is older "
+            f"than {lookback.days} days"
+            if older is not None and older.when is not None
+            else f"no {test.display} on record"
+        )
+        return RuleOutcome(State.UNKNOWN, shown, resolve_hint=test.order_hint)
     latest = results[0]
     if latest.polarity == "positive":
         return RuleOutcome(
@@ -606,9 +613,16 @@ def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext)
         and timedelta(0) <= context.at - result.when <= window
     ]
     if not assessments:
+        older = [
+            older_than_text(newest, "ECOG" if scale == "ecog" else "Karnofsky", window.days)
+            for scale in ("ecog", "karnofsky")
+            for newest in context.facts.labs.get(f"{scale}_performance_status", [])[:1]
+        ]
+        shown = "; ".join(text for text in older if text)
         return RuleOutcome(
             State.UNKNOWN,
-            f"no ECOG or Karnofsky performance status in the last {window.days} days",
+            f"no ECOG or Karnofsky performance status in the last {window.days} days"
+            + (f" ({shown})" if shown else ""),
             resolve_hint=ecog_definition.order_hint,
         )
     newest_day = max(r.when for r, _ in assessments if r.when is not None).date()
