@@ -126,6 +126,10 @@ class DrugClass(_Frozen):
 
 class _AnalyteFile(_Frozen):
     analytes: dict[str, Analyte]
+    panels: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per prefetch group, LOINC codes of panels whose results come as components.",
+    )
     qualitative_tests: dict[str, QualitativeTest]
     qualitative_answers: QualitativeAnswers
     performance_status_equivalence: list[PerformanceStatusEquivalence]
@@ -181,6 +185,7 @@ class Mappings:
     drug_classes: dict[str, DrugClass]
     unit_aliases: dict[str, str]
     source_text: dict[str, str] = field(default_factory=dict)
+    panels: dict[str, list[str]] = field(default_factory=dict)
     text_qualifiers: list[str] = field(default_factory=list)
     active_order_horizon_days: int = 365
 
@@ -219,6 +224,9 @@ class Mappings:
                 codes.extend(c for c in definition.percent_of_white_cells_loinc if c not in codes)
             if isinstance(definition, QualitativeTest) and definition.hgnc_genes and "69548-6" not in codes:
                 codes.append("69548-6")
+        for group, panel_codes in self.panels.items():
+            codes = groups.setdefault(group, [])
+            codes.extend(c for c in panel_codes if c not in codes)
         return groups
 
     @cached_property
@@ -427,6 +435,12 @@ def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings"
     )
     if clash:
         raise ConfigurationError(f"{directory / 'analytes.yaml'}: keys used twice: {sorted(clash)}")
+    groups = {d.prefetch_group for d in [*analytes.analytes.values(), *analytes.qualitative_tests.values()]}
+    for group in analytes.panels:
+        if group not in groups:
+            raise ConfigurationError(
+                f"{directory / 'analytes.yaml'}: panels.{group}: no analyte is in prefetch group '{group}'"
+            )
     for name, drug_class in medications.classes.items():
         for included in drug_class.includes:
             if included not in medications.classes:
@@ -444,5 +458,6 @@ def mappings_from_texts(texts: dict[str, str], directory: Path = Path("mappings"
         drug_classes=medications.classes,
         unit_aliases=units.aliases,
         source_text=dict(texts),
+        panels=analytes.panels,
         active_order_horizon_days=medications.active_order_horizon_days,
     )

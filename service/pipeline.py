@@ -22,6 +22,7 @@ from service.criteria import CriteriaSet
 from service.engine import TrialResult, evaluate_trials
 from service.errors import PreconditionFailedError, RequestError
 from service.facts import (
+    ADMINISTRATIONS,
     IMMUNIZATIONS,
     PROCEDURES,
     build_facts,
@@ -71,7 +72,7 @@ def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]
     """Analytes and tests whose Observation group could not be obtained, and the Procedures if lost."""
     lost: dict[str, str] = {}
     for key, reason in data.unavailable.items():
-        if key in (PROCEDURES, IMMUNIZATIONS):
+        if key in (PROCEDURES, IMMUNIZATIONS, ADMINISTRATIONS):
             lost[key] = reason
             continue
         group = key.removeprefix("observations-")

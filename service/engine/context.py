@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, PatientFacts
+from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, PatientFacts
 from service.mappings import Mappings
 
 __all__ = ["EvaluationContext"]
@@ -54,12 +54,14 @@ class EvaluationContext:
     def unreadable(
         self, source: str, *, value_sets: Sequence[str] = (), classes: Sequence[str] = ()
     ) -> str | None:
-        """Why ``source`` (PROCEDURES or IMMUNIZATIONS) could not be read, if the value sets or
+        """Why ``source`` (PROCEDURES, IMMUNIZATIONS or ADMINISTRATIONS) could not be read, if the value sets or
         drug classes given would have been matched against it; else None."""
         reason = self.facts.unavailable.get(source)
         if not reason:
             return None
         if source == PROCEDURES and any(self.mappings.value_sets[v].includes_procedures for v in value_sets):
+            return reason
+        if source == ADMINISTRATIONS and classes:
             return reason
         if source == IMMUNIZATIONS and any(
             self.mappings.drug_classes[c].includes_immunizations for c in classes

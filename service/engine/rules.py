@@ -33,7 +33,7 @@ from service.criteria import (
 from service.engine.context import EvaluationContext
 from service.engine.labs import evaluate_lab, evaluate_no_result, older_than_text
 from service.engine.results import Evidence, RuleOutcome, State, window_text
-from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, TestResult, age_in_years
+from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, TestResult, age_in_years
 
 __all__ = ["evaluate_rule"]
 
@@ -481,6 +481,7 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
     for what, lost in (
         (PROCEDURES, context.unreadable(PROCEDURES, value_sets=rule.procedure_value_sets)),
         (IMMUNIZATIONS, context.unreadable(IMMUNIZATIONS, classes=rule.classes)),
+        (ADMINISTRATIONS, context.unreadable(ADMINISTRATIONS, classes=rule.classes)),
     ):
         if lost:
             return RuleOutcome(

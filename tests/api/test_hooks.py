@@ -341,6 +341,7 @@ async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
         "all-observations": {"resourceType": "Bundle", "type": "searchset", "entry": observations},
         "procedures": ours["procedures"],  # null under our own keys: the EHR found none
         "immunizations": ours["immunizations"],
+        "medication-administrations": ours["medication-administrations"],
     }
     response = await client.post(SERVICE_URL, json=body)
     assert response.status_code == 200, response.text
