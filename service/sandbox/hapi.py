@@ -176,7 +176,13 @@ def free_port() -> int:
 
 
 def _port_in_use(port: int) -> bool:
+    """Whether a server could not bind ``port`` now.
+
+    SO_REUSEADDR, as Tomcat sets it, so that the connections of a server just stopped,
+    closing in TIME_WAIT for up to a minute, do not count: only a listener does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
