@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from service.facts import parse_fhir_datetime
+from service.facts import concept_text, parse_fhir_datetime
 from service.mappings import Mappings
 from service.settings import REPO_ROOT
 
@@ -78,10 +78,21 @@ def when(resource: dict[str, Any]) -> datetime | None:
 
 
 def chemotherapy_evidence(resources: list[dict[str, Any]], mappings: Mappings) -> list[datetime]:
-    """Dates of every order and administration of a systemic anticancer drug."""
+    """Dates of every order and administration of a systemic anticancer drug, and the end of
+    every procedure in the washout's procedure value set ("Combined chemotherapy and radiation
+    therapy")."""
     dates = []
     for resource in resources:
-        if resource["resourceType"] not in ("MedicationRequest", "MedicationAdministration"):
+        kind = resource["resourceType"]
+        if kind == "Procedure":
+            codings = [(c.get("system", ""), c.get("code", "")) for c in resource["code"].get("coding", [])]
+            period = resource.get("performedPeriod") or {}
+            ended = parse_fhir_datetime(period.get("end") or resource.get("performedDateTime"))
+            named = concept_text(resource["code"]).lower()
+            if ended is not None and "radiotherapy" in mappings.value_sets_containing(codings, named):
+                dates.append(ended)
+            continue
+        if kind not in ("MedicationRequest", "MedicationAdministration"):
             continue
         concept = resource.get("medicationCodeableConcept") or {}
         codings = [(c.get("system", ""), c.get("code", "")) for c in concept.get("coding", [])]
