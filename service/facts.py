@@ -304,7 +304,7 @@ def _dosage_bounds(dosages: Any) -> tuple[datetime | None, datetime | None]:
 
 
 def _medication_key(reference: str) -> str:
-    """"Medication/abc" for "Medication/abc", "https://ehr/fhir/Medication/abc/_history/2" and the like."""
+    """ "Medication/abc" for "Medication/abc", "https://ehr/fhir/Medication/abc/_history/2" and the like."""
     parts = reference.split("/_history/")[0].rstrip("/").split("/")
     return "/".join(parts[-2:])
 
@@ -795,7 +795,11 @@ class _FactBuilder:
             steps[line.get("sequence")] += dose
         if len(steps) > 1:
             listed = ", ".join(f"{dose:g}" for dose in steps.values())
-            return None, f"the dosage changes over time ({listed} mg/day in turn); confirm the current dose", route
+            return (
+                None,
+                f"the dosage changes over time ({listed} mg/day in turn); confirm the current dose",
+                route,
+            )
         return sum(doses), None, route
 
     def _line_dose(self, dosage: dict[str, Any], product: str) -> tuple[float | None, str | None]:
@@ -861,9 +865,7 @@ class _FactBuilder:
 
 def build_facts(patient_id: str, resources: list[dict[str, Any]], mappings: Mappings) -> PatientFacts:
     """Turn one patient's resources into facts; unreadable resources become data problems."""
-    medications = {
-        f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"
-    }
+    medications = {f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"}
     builder = _FactBuilder(mappings, patient_id, medications)
     for resource in resources:
         builder.add(resource)

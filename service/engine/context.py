@@ -99,7 +99,11 @@ class EvaluationContext:
     def stale_note(self, drug: DrugExposure) -> str | None:
         """Why an "active" order without an end looks stale (its newest evidence is older than
         the mappings' horizon), or None.  Such an order is not current therapy."""
-        if drug.source.resource_type != "MedicationRequest" or drug.status != "active" or drug.end is not None:
+        if (
+            drug.source.resource_type != "MedicationRequest"
+            or drug.status != "active"
+            or drug.end is not None
+        ):
             return None
         horizon = self.mappings.active_order_horizon_days
         if drug.last_evidence is None:
@@ -122,9 +126,7 @@ class EvaluationContext:
                 continue
             last = drug.end or drug.start
             recent = (
-                within_days is not None
-                and last is not None
-                and self.at - last <= timedelta(days=within_days)
+                within_days is not None and last is not None and self.at - last <= timedelta(days=within_days)
             )
             if self.is_current(drug) or recent or (within_days is not None and last is None):
                 found.append(drug)

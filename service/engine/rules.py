@@ -33,7 +33,15 @@ from service.criteria import (
 from service.engine.context import EvaluationContext
 from service.engine.labs import evaluate_lab, evaluate_no_result, older_than_text
 from service.engine.results import Evidence, RuleOutcome, State, window_text
-from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, TestResult, age_in_years
+from service.facts import (
+    ADMINISTRATIONS,
+    IMMUNIZATIONS,
+    PROCEDURES,
+    Diagnosis,
+    DrugExposure,
+    TestResult,
+    age_in_years,
+)
 
 __all__ = ["evaluate_rule"]
 
@@ -167,7 +175,9 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
                     evidence + tuple(_drug_evidence(d) for d in treated),
                 )
         state = State.NOT_MET if rule.presence_state == "not_met" else State.UNKNOWN
-        return RuleOutcome(state, _with_codes(rule.presence_note or f"{names} recorded", found, context), evidence)
+        return RuleOutcome(
+            state, _with_codes(rule.presence_note or f"{names} recorded", found, context), evidence
+        )
     if undated:
         return RuleOutcome(
             State.UNKNOWN,
@@ -194,7 +204,10 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
     ):
         return RuleOutcome(State.MET, f"not applicable ({context.facts.sex})")
     diagnoses = [
-        d for vs in rule.value_sets for d in [*context.diagnoses_in(vs), *context.tentative_in(vs)] if d.is_active
+        d
+        for vs in rule.value_sets
+        for d in [*context.diagnoses_in(vs), *context.tentative_in(vs)]
+        if d.is_active
     ]
     if rule.diagnosis_within_days is not None:
         window = timedelta(days=rule.diagnosis_within_days)
@@ -326,7 +339,11 @@ def _last_date(drug: DrugExposure) -> datetime | None:
 
 
 def _drug_caveats(
-    outcome: RuleOutcome, context: EvaluationContext, classes: list[str], within_days: int | None, absence: State
+    outcome: RuleOutcome,
+    context: EvaluationContext,
+    classes: list[str],
+    within_days: int | None,
+    absence: State,
 ) -> RuleOutcome:
     """Stale orders of the classes become flags; a medication that names no drug turns an
     answer that rests on the drug's absence (``absence``) into unknown."""
@@ -357,7 +374,9 @@ def _with_codes(reason: str, diagnoses: list[Diagnosis], context: EvaluationCont
     ]
     if not uncertain:
         return reason
-    shown = "; ".join(f"{d.display} ({', '.join(code for _, code in d.codings) or 'no code'})" for d in uncertain)
+    shown = "; ".join(
+        f"{d.display} ({', '.join(code for _, code in d.codings) or 'no code'})" for d in uncertain
+    )
     return f"{reason}: {shown}"
 
 

@@ -446,9 +446,7 @@ async def test_issue_14_an_included_medication_in_a_prefetch_bundle_is_read_not_
                     "resourceType": "Medication",
                     "id": "pred-20",
                     "code": {
-                        "coding": [
-                            {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640"}
-                        ],
+                        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640"}],
                         "text": "prednisone 20 mg tablet",
                     },
                 },

@@ -13,7 +13,6 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from service.facts import concept_text, parse_fhir_datetime

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -135,7 +135,8 @@ async def _search_all(http: httpx.AsyncClient, base_url: str, query: str) -> dic
 
 async def _prefetch(runtime: Runtime, base_url: str, patient_id: str) -> dict[str, Any]:
     queries = {
-        key: template.replace("{{context.patientId}}", patient_id) for key, template in runtime.templates.items()
+        key: template.replace("{{context.patientId}}", patient_id)
+        for key, template in runtime.templates.items()
     }
     bundles = await asyncio.gather(*(_search_all(runtime.http, base_url, q) for q in queries.values()))
     return dict(zip(queries, bundles, strict=True))
@@ -171,7 +172,9 @@ async def test_every_synthea_patient_gives_the_same_cards_fetched_and_prefetched
                 SERVICE_URL, json=_request(patient.patient_id, fhirServer=hapi_server.base_url)
             )
             if fetched.status_code != 200:
-                failures.append(f"{patient.name}: fetch mode answered HTTP {fetched.status_code}: {fetched.text}")
+                failures.append(
+                    f"{patient.name}: fetch mode answered HTTP {fetched.status_code}: {fetched.text}"
+                )
                 continue
             prefetch = await _prefetch(runtime, hapi_server.base_url, patient.patient_id)
             outcome = await run_hook(

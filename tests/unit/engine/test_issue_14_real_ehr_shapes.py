@@ -113,7 +113,9 @@ PREDNISONE = {
 
 def test_an_unresolvable_medication_reference_makes_drug_criteria_unknown(mappings: Mappings) -> None:
     request = referenced_request("not-in-the-data")
-    steroid = run(SteroidDoseRule(kind="steroid_dose", comparison="lt", prednisone_mg_per_day=10), [request], mappings)
+    steroid = run(
+        SteroidDoseRule(kind="steroid_dose", comparison="lt", prednisone_mg_per_day=10), [request], mappings
+    )
     assert steroid.state is State.UNKNOWN
     assert "Medication/not-in-the-data" in steroid.reason and "not in the data" in steroid.reason
     washout = WashoutRule(kind="washout", classes=["systemic_anticancer_therapy"], days=28)
@@ -192,7 +194,9 @@ def docetaxel_order(authored: str, *, status: str = "active", id: str = "mr-doc"
         "id": id,
         "status": status,
         "intent": "order",
-        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "72962", "display": "docetaxel"}]},
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "72962", "display": "docetaxel"}]
+        },
         "subject": {"reference": "Patient/p1"},
         "authoredOn": authored,
     }
