@@ -13,7 +13,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from service.mappings import Mappings
 from service.units import UnitConversionError, convert, normalise_unit
 
 __all__ = [
+    "ADMINISTRATIONS",
     "IMMUNIZATIONS",
     "MEDICATION_REQUESTS",
     "PROCEDURES",
@@ -44,8 +45,9 @@ LOINC = "http://loinc.org"
 PROCEDURES = "procedures"
 IMMUNIZATIONS = "immunizations"
 MEDICATION_REQUESTS = "medication-requests"  # a source whose loss makes drug criteria unknown
+ADMINISTRATIONS = "medication-administrations"
 """Keys of ``PatientFacts.unavailable`` (and the prefetch keys) for the two sources only some
-criteria read; the rest of that dict is keyed by analyte or test."""
+criteria read (and the MedicationAdministrations); the rest of that dict is keyed by analyte or test."""
 _IGNORED_OBSERVATION_STATUSES = {"entered-in-error", "cancelled", "registered"}
 _IGNORED_STATEMENT_STATUSES = {"entered-in-error", "not-taken", "intended"}
 _ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
@@ -54,7 +56,9 @@ _BOUND_COMPARATORS = {"<", "<=", ">", ">="}
 # A dose counted in tablets or capsules, and a single "N MG" strength in the product name.
 _DOSE_FORM_UNIT = re.compile(r"(?i)^\{?(tbl|tab|tablet|tablets|cap|capsule|capsules)\}?$")
 _STRENGTH = re.compile(r"(?i)(?<![\d.])(\d+(?:\.\d+)?)\s*mg\b(\s*/)?")
-_UNCONFIRMED_VERIFICATION = {"provisional", "differential"}
+# "unconfirmed" is the parent of provisional and differential: none is an established diagnosis.
+_UNCONFIRMED_VERIFICATION = {"unconfirmed", "provisional", "differential"}
+_IGNORED_ADMINISTRATION_STATUSES = {"entered-in-error", "not-done"}
 # Procedures that did not happen (or not yet) say nothing about the patient's history;
 # one of unknown status is kept (a dialysis record without a status is still dialysis).
 _IGNORED_PROCEDURE_STATUSES = {"entered-in-error", "not-done", "preparation"}
@@ -126,7 +130,7 @@ class Diagnosis:
     recorded: datetime | None
     source: SourceRef
     is_procedure: bool = False
-    unconfirmed: bool = False  # verificationStatus provisional or differential
+    unconfirmed: bool = False  # verificationStatus unconfirmed, provisional or differential
 
     @property
     def is_active(self) -> bool:
@@ -146,6 +150,10 @@ class DrugExposure:
     dose_mg_per_day: float | None = None
     dose_problem: str | None = None
     route: str = ""
+    unidentified: str | None = None
+    """Why the drug cannot be named (a medicationReference to a Medication not in the data)."""
+    last_evidence: tuple[datetime, str] | None = None
+    """The newest dated sign of an order being acted on, and what it is ("authored", "given")."""
 
 
 @dataclass(frozen=True)
@@ -301,27 +309,56 @@ def _dosage_bounds(dosages: Any) -> tuple[datetime | None, datetime | None]:
     return (min(starts) if starts else None, max(ends) if ends else None)
 
 
-def medication_concept(resource: dict[str, Any]) -> Any:
-    """A medication resource's CodeableConcept: its own, or its contained Medication's code."""
+def _medication_key(reference: str) -> str:
+    """ "Medication/abc" for "Medication/abc", "https://ehr/fhir/Medication/abc/_history/2" and the like."""
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:])
+
+
+def _referenced_medication(
+    resource: dict[str, Any], reference: dict[str, Any], medications: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The Medication a ``medicationReference`` points to: contained ("#id"), or one of ``medications``."""
+    target = str(reference.get("reference") or "")
+    if target.startswith("#"):
+        contained_resources = resource.get("contained")
+        for contained in contained_resources if isinstance(contained_resources, list) else []:
+            if isinstance(contained, dict) and target == f"#{contained.get('id')}":
+                return contained
+        return None
+    return medications.get(_medication_key(target)) if target else None
+
+
+def medication_concept(resource: dict[str, Any], medications: dict[str, dict[str, Any]] | None = None) -> Any:
+    """A medication resource's CodeableConcept: its own, or its referenced Medication's code
+    (contained, or one of ``medications`` keyed "Medication/id", as ``_include`` brings them)."""
     concept = resource.get("medicationCodeableConcept")
     reference = resource.get("medicationReference")
     if concept is None and isinstance(reference, dict):
         concept = {"text": str(reference.get("display") or "")}
-        target = str(reference.get("reference") or "")
-        contained_resources = resource.get("contained")
-        for contained in contained_resources if isinstance(contained_resources, list) else []:
-            if (
-                isinstance(contained, dict)
-                and target == f"#{contained.get('id')}"
-                and isinstance(contained.get("code"), dict)
-            ):
-                concept = {**contained["code"], "text": concept_text(contained["code"]) or concept["text"]}
+        target = _referenced_medication(resource, reference, medications or {})
+        if target is not None and isinstance(target.get("code"), dict):
+            concept = {**target["code"], "text": concept_text(target["code"]) or concept["text"]}
     return concept
 
 
+def _unidentified(resource: dict[str, Any], concept: Any) -> str | None:
+    """Why a medication record names no drug we could match, or None when it names one."""
+    if concept_codings(concept) or concept_text(concept):
+        return None
+    reference = resource.get("medicationReference")
+    if isinstance(reference, dict) and reference.get("reference"):
+        return f"it refers to {reference['reference']}, which is not in the data"
+    return "it records no medication code or name"
+
+
 class _FactBuilder:
-    def __init__(self, mappings: Mappings, patient_id: str) -> None:
+    def __init__(
+        self, mappings: Mappings, patient_id: str, medications: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.mappings = mappings
+        self.medications = medications or {}
+        self.given_for_request: dict[str, list[datetime]] = defaultdict(list)
         self.facts = PatientFacts(patient_id=patient_id)
         self.labs: dict[str, list[LabResult]] = defaultdict(list)
         self.tests: dict[str, list[TestResult]] = defaultdict(list)
@@ -340,6 +377,8 @@ class _FactBuilder:
                 self._condition(resource, source)
             elif kind in ("MedicationStatement", "MedicationRequest"):
                 self._medication(resource, source)
+            elif kind == "MedicationAdministration":
+                self._administration(resource, source)
             elif kind == "Procedure":
                 self._procedure(resource, source)
             elif kind == "Immunization":
@@ -672,7 +711,7 @@ class _FactBuilder:
         status = str(statement.get("status") or "unknown")
         if status in _IGNORED_STATEMENT_STATUSES:
             return
-        concept = medication_concept(statement)
+        concept = medication_concept(statement, self.medications)
         start = end = None
         period = statement.get("effectivePeriod")
         if isinstance(period, dict):
@@ -681,20 +720,24 @@ class _FactBuilder:
             start = end = parse_fhir_datetime(statement["effectiveDateTime"])
             if status == "active":
                 end = None
+        evidence = [(start, "started"), (end, "ended")]
         if statement.get("resourceType") == "MedicationRequest":
             # The course is the dosage's timing bounds where given, else the prescription's
             # validity; an ended request without either ended when it was written.
             bounds = _dosage_bounds(statement.get("dosageInstruction"))
             validity = _dict_at(statement, "dispenseRequest", "validityPeriod")
-            start = bounds[0] or parse_fhir_datetime(statement.get("authoredOn"))
+            authored = parse_fhir_datetime(statement.get("authoredOn"))
+            start = bounds[0] or authored
             end = None
             if status != "active":
                 end = bounds[1] or parse_fhir_datetime(validity.get("end"))
                 if status == "completed" and end is None:
                     end = start
+            evidence = [(authored, "authored"), (bounds[0], "dosage starts"), (bounds[1], "dosage ends")]
         dose, problem, route = self._daily_dose(
             statement.get("dosage") or statement.get("dosageInstruction"), concept_text(concept)
         )
+        dated = [(moment, what) for moment, what in evidence if moment is not None]
         self.facts.drugs.append(
             DrugExposure(
                 codings=tuple(concept_codings(concept)),
@@ -706,21 +749,79 @@ class _FactBuilder:
                 dose_mg_per_day=dose,
                 dose_problem=problem,
                 route=route,
+                unidentified=_unidentified(statement, concept),
+                last_evidence=max(dated, key=lambda item: item[0]) if dated else None,
+            )
+        )
+
+    def _administration(self, administration: dict[str, Any], source: SourceRef) -> None:
+        """A dose given (an infusion of chemotherapy): the most precise date a washout can start from."""
+        status = str(administration.get("status") or "unknown")
+        if status in _IGNORED_ADMINISTRATION_STATUSES:
+            return
+        concept = medication_concept(administration, self.medications)
+        start = end = parse_fhir_datetime(administration.get("effectiveDateTime"))
+        period = administration.get("effectivePeriod")
+        if isinstance(period, dict):
+            start, end = parse_fhir_datetime(period.get("start")), parse_fhir_datetime(period.get("end"))
+            start = start or end
+        running = status in ("in-progress", "on-hold")
+        given = end or start
+        request = _dict_at(administration, "request").get("reference")
+        if isinstance(request, str) and given is not None:
+            self.given_for_request[request.split("/_history/")[0]].append(given)
+        self.facts.drugs.append(
+            DrugExposure(
+                codings=tuple(concept_codings(concept)),
+                text=concept_text(concept),
+                status="active" if running else status,
+                start=start,
+                end=None if running else end,
+                source=source,
+                dose_problem="an administration records one dose, not a daily dose",
+                route=concept_text(_dict_at(administration, "dosage").get("route")).lower(),
+                unidentified=_unidentified(administration, concept),
+                last_evidence=(given, "given") if given is not None else None,
             )
         )
 
     def _daily_dose(self, dosages: Any, product: str = "") -> tuple[float | None, str | None, str]:
-        if not isinstance(dosages, list) or not dosages or not isinstance(dosages[0], dict):
+        """The daily dose in mg over every dosage line, the reason there is none, and the route.
+
+        Lines with the same ``sequence`` (or none) are taken at the same time (a morning and
+        an evening dose) and add up; lines with different ``sequence`` numbers follow one
+        another (a taper), so which one applies now cannot be told from the order alone.
+        """
+        lines = [d for d in dosages if isinstance(d, dict)] if isinstance(dosages, list) else []
+        if not lines:
             return None, "no dosage recorded", ""
-        dosage = dosages[0]
-        route = concept_text(dosage.get("route")).lower()
+        route = next((r for r in (concept_text(d.get("route")).lower() for d in lines) if r), "")
+        per_line = [self._line_dose(line, product) for line in lines]
+        problem = next((p for _, p in per_line if p is not None), None)
+        if problem is not None:
+            return None, problem, route
+        doses = [dose or 0.0 for dose, _ in per_line]
+        steps: dict[Any, float] = defaultdict(float)
+        for line, dose in zip(lines, doses, strict=True):
+            steps[line.get("sequence")] += dose
+        if len(steps) > 1:
+            listed = ", ".join(f"{dose:g}" for dose in steps.values())
+            return (
+                None,
+                f"the dosage changes over time ({listed} mg/day in turn); confirm the current dose",
+                route,
+            )
+        return sum(doses), None, route
+
+    def _line_dose(self, dosage: dict[str, Any], product: str) -> tuple[float | None, str | None]:
+        """One dosage line's mg per day, or why it has none."""
         quantity = None
         for dose_and_rate in dosage.get("doseAndRate") or []:
             if isinstance(dose_and_rate, dict) and isinstance(dose_and_rate.get("doseQuantity"), dict):
                 quantity = dose_and_rate["doseQuantity"]
                 break
         if quantity is None or not isinstance(quantity.get("value"), int | float):
-            return None, f"no structured dose ({dosage.get('text') or 'no text'})", route
+            return None, f"no structured dose ({dosage.get('text') or 'no text'})"
         unit = normalise_unit(quantity.get("code") or quantity.get("unit"), self.mappings.unit_aliases)
         try:
             milligrams = convert(float(quantity["value"]), unit or "", "mg")
@@ -729,12 +830,12 @@ class _FactBuilder:
             strengths = _STRENGTH.findall(product) if _DOSE_FORM_UNIT.match(str(unit or "")) else []
             # one strength, and not a concentration ("15 MG/5ML") or a combination product
             if len({mg for mg, _ in strengths}) != 1 or any(per for _, per in strengths):
-                return None, f"dose unit '{unit}' is not a mass", route
+                return None, f"dose unit '{unit}' is not a mass"
             milligrams = float(quantity["value"]) * float(strengths[0][0])
         per_day = self._doses_per_day(dosage.get("timing"))
         if per_day is None:
-            return None, f"no dosing frequency ({dosage.get('text') or 'no text'})", route
-        return milligrams * per_day, None, route
+            return None, f"no dosing frequency ({dosage.get('text') or 'no text'})"
+        return milligrams * per_day, None
 
     @staticmethod
     def _doses_per_day(timing: Any) -> float | None:
@@ -751,8 +852,19 @@ class _FactBuilder:
                 return float(_TIMING_CODES_PER_DAY[code])
         return None
 
+    def _link_administrations(self) -> None:
+        """An order's newest administration is its newest evidence of being acted on."""
+        for index, drug in enumerate(self.facts.drugs):
+            given = self.given_for_request.get(f"{drug.source.resource_type}/{drug.source.id}")
+            if drug.source.resource_type != "MedicationRequest" or not given:
+                continue
+            newest = max(given)
+            if drug.last_evidence is None or newest > drug.last_evidence[0]:
+                self.facts.drugs[index] = replace(drug, last_evidence=(newest, "given"))
+
     def finish(self) -> PatientFacts:
         self._derive_absolute_counts()
+        self._link_administrations()
 
         def newest_first(item: LabResult | TestResult) -> datetime:
             return item.when or datetime.min.replace(tzinfo=UTC)
@@ -764,7 +876,8 @@ class _FactBuilder:
 
 def build_facts(patient_id: str, resources: list[dict[str, Any]], mappings: Mappings) -> PatientFacts:
     """Turn one patient's resources into facts; unreadable resources become data problems."""
-    builder = _FactBuilder(mappings, patient_id)
+    medications = {f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"}
+    builder = _FactBuilder(mappings, patient_id, medications)
     for resource in resources:
         builder.add(resource)
     return builder.finish()

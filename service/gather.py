@@ -29,7 +29,7 @@ from service.errors import (
     FhirUnavailableError,
     PrefetchError,
 )
-from service.facts import IMMUNIZATIONS, PROCEDURES
+from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, PROCEDURES
 from service.mappings import Mappings
 from service.observability import FHIR_FETCH_ERRORS, FHIR_FETCH_SECONDS
 
@@ -39,9 +39,11 @@ REQUIRED_KEYS = ("patient", "conditions", "medications")
 _RESOURCE_TYPES = {
     "patient": ("Patient",),
     "conditions": ("Condition",),
-    # Some EHRs record medication history as MedicationRequests; both are read.
-    "medications": ("MedicationStatement", "MedicationRequest"),
-    "medication-requests": ("MedicationRequest",),
+    # Some EHRs record medication history as MedicationRequests; both are read.  Each
+    # medication search also brings the Medications its records refer to (_include).
+    "medications": ("MedicationStatement", "MedicationRequest", "Medication"),
+    "medication-requests": ("MedicationRequest", "Medication"),
+    ADMINISTRATIONS: ("MedicationAdministration", "Medication"),
     PROCEDURES: ("Procedure",),
     IMMUNIZATIONS: ("Immunization",),
 }
@@ -49,13 +51,20 @@ _FHIR_JSON = "application/fhir+json"
 
 
 def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, str]:
-    """Prefetch templates: the Patient, Conditions, MedicationStatements, Procedures, Immunizations and one
-    Observation search per group of LOINC codes (derived from ``mappings/``)."""
+    """Prefetch templates: the Patient, Conditions, MedicationStatements, MedicationRequests and
+    MedicationAdministrations (each with the Medications they refer to), Procedures, Immunizations
+    and one Observation search per group of LOINC codes and panels (derived from ``mappings/``)."""
+    patient = "patient={{context.patientId}}"
     templates = {
         "patient": "Patient/{{context.patientId}}",
-        "conditions": f"Condition?patient={{{{context.patientId}}}}&_count={page_size}",
-        "medications": f"MedicationStatement?patient={{{{context.patientId}}}}&_count={page_size}",
-        "medication-requests": f"MedicationRequest?patient={{{{context.patientId}}}}&_count={page_size}",
+        "conditions": f"Condition?{patient}&_count={page_size}",
+        "medications": f"MedicationStatement?{patient}&_include=MedicationStatement:medication&_count={page_size}",
+        "medication-requests": (
+            f"MedicationRequest?{patient}&_include=MedicationRequest:medication&_count={page_size}"
+        ),
+        ADMINISTRATIONS: (
+            f"MedicationAdministration?{patient}&_include=MedicationAdministration:medication&_count={page_size}"
+        ),
         PROCEDURES: f"Procedure?patient={{{{context.patientId}}}}&_count={page_size}",
         IMMUNIZATIONS: f"Immunization?patient={{{{context.patientId}}}}&_count={page_size}",
     }
@@ -298,6 +307,8 @@ _HARVESTED_TYPES = (
     "Condition",
     "MedicationStatement",
     "MedicationRequest",
+    "MedicationAdministration",
+    "Medication",
     "Observation",
     "Procedure",
     "Immunization",
@@ -345,7 +356,8 @@ def _harvest_other_keys(
             if not isinstance(resource.get("id"), str):
                 raise PrefetchError(f"{place} has no id", expression=place)
             data.resources.append(resource)
-            covered.add(kind)
+            if kind != "Medication":  # a referenced Medication stands for no search of ours
+                covered.add(kind)
             used += 1
         if used:
             data.sources[key] = f"prefetch key of the client's own naming ({used} resources used by type)"

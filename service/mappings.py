@@ -99,6 +99,11 @@ class ValueSet(_Frozen):
     snomed: list[str] = Field(default_factory=list)
     cpt_prefixes: list[str] = Field(default_factory=list)
     text_patterns: list[str] = Field(default_factory=list)
+    names_uncertain_behaviour: bool = Field(
+        default=False,
+        description="The codes name a neoplasm without saying whether it is malignant "
+        "('Neoplasm of prostate'): a rule that finds one shows its code, for the clinician to check.",
+    )
     includes_procedures: bool = Field(
         default=False,
         description="Also matched against the patient's Procedures (a transplant, dialysis or "
@@ -129,6 +134,10 @@ class DrugClass(_Frozen):
 
 class _AnalyteFile(_Frozen):
     analytes: dict[str, Analyte]
+    panels: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per prefetch group, LOINC codes of panels whose results come as components.",
+    )
     qualitative_tests: dict[str, QualitativeTest]
     qualitative_answers: QualitativeAnswers
     performance_status_equivalence: list[PerformanceStatusEquivalence]
@@ -142,6 +151,14 @@ class _ConditionFile(_Frozen):
 
 class _MedicationFile(_Frozen):
     classes: dict[str, DrugClass]
+    active_order_horizon_days: int | None = Field(
+        default=None,
+        gt=0,
+        description="An order still 'active' whose newest evidence (authored, dosage period, "
+        "administration) is older than this is stale: not current, and the card asks to confirm it. "
+        "Absent only in criteria versions recorded before the horizon existed, which replay as "
+        "they were decided: no order went stale.",
+    )
 
 
 class _UnitFile(_Frozen):
@@ -216,7 +233,9 @@ class Mappings:
     roles: Roles
     unit_display: dict[str, str] = field(default_factory=dict)
     source_text: dict[str, str] = field(default_factory=dict)
+    panels: dict[str, list[str]] = field(default_factory=dict)
     text_qualifiers: list[str] = field(default_factory=list)
+    active_order_horizon_days: int | None = None
 
     @cached_property
     def _qualified(self) -> re.Pattern[str] | None:
@@ -253,6 +272,9 @@ class Mappings:
                 codes.extend(c for c in definition.percent_of_white_cells_loinc if c not in codes)
             if isinstance(definition, QualitativeTest) and definition.hgnc_genes:
                 codes.extend(c for c in self.roles.genomics.variant_panel_loinc if c not in codes)
+        for group, panel_codes in self.panels.items():
+            codes = groups.setdefault(group, [])
+            codes.extend(c for c in panel_codes if c not in codes)
         return groups
 
     @cached_property
@@ -495,6 +517,12 @@ def mappings_from_texts(
     )
     if clash:
         raise ConfigurationError(f"{directory / 'analytes.yaml'}: keys used twice: {sorted(clash)}")
+    groups = {d.prefetch_group for d in [*analytes.analytes.values(), *analytes.qualitative_tests.values()]}
+    for group in analytes.panels:
+        if group not in groups:
+            raise ConfigurationError(
+                f"{directory / 'analytes.yaml'}: panels.{group}: no analyte is in prefetch group '{group}'"
+            )
     for name, drug_class in medications.classes.items():
         for included in drug_class.includes:
             if included not in medications.classes:
@@ -515,4 +543,6 @@ def mappings_from_texts(
         unit_aliases=units.aliases,
         unit_display=units.display,
         source_text=dict(texts),
+        panels=analytes.panels,
+        active_order_horizon_days=medications.active_order_horizon_days,
     )

@@ -23,6 +23,7 @@ from service.engine import Decision, decide
 from service.engine.decision import decision_json
 from service.errors import PreconditionFailedError, RequestError
 from service.facts import (
+    ADMINISTRATIONS,
     IMMUNIZATIONS,
     MEDICATION_REQUESTS,
     PROCEDURES,
@@ -74,6 +75,7 @@ _SOURCE_KEYS = {
     PROCEDURES: PROCEDURES,
     IMMUNIZATIONS: IMMUNIZATIONS,
     "medication-requests": MEDICATION_REQUESTS,
+    ADMINISTRATIONS: ADMINISTRATIONS,
 }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, PatientFacts
+from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, PatientFacts
 from service.mappings import Mappings
 
 __all__ = ["EvaluationContext"]
@@ -18,11 +18,16 @@ class EvaluationContext:
     mappings: Mappings
     at: datetime
     _value_set_cache: dict[str, list[Diagnosis]] = field(default_factory=dict)
+    _tentative_cache: dict[str, list[Diagnosis]] = field(default_factory=dict)
     _class_cache: dict[str, list[DrugExposure]] = field(default_factory=dict)
 
     def diagnoses_in(self, value_set: str) -> list[Diagnosis]:
-        """Diagnoses (any clinical status) coded in the value set, memoised per call; with
-        ``includes_procedures``, the patient's Procedures in it too.
+        """Established diagnoses (any clinical status) coded in the value set, memoised per call;
+        with ``includes_procedures``, the patient's Procedures in it too.
+
+        A diagnosis recorded as unconfirmed, provisional or differential is a question, not a
+        diagnosis: it is left out here (so it neither establishes a trial's disease nor meets a
+        histology) and only the rules that turn it into "confirm" ask :meth:`tentative_in`.
 
         The first call sorts every diagnosis into all its value sets at once (a few code
         lookups per diagnosis), rather than testing each diagnosis against each value set.
@@ -30,24 +35,33 @@ class EvaluationContext:
         if not self._value_set_cache:
             value_sets = self.mappings.value_sets
             self._value_set_cache.update((name, []) for name in value_sets)
+            self._tentative_cache.update((name, []) for name in value_sets)
             for diagnosis in self.facts.diagnoses:
+                cache = self._tentative_cache if diagnosis.unconfirmed else self._value_set_cache
                 for name in self.mappings.value_sets_containing(list(diagnosis.codings), diagnosis.text):
-                    self._value_set_cache[name].append(diagnosis)
+                    cache[name].append(diagnosis)
             for procedure in self.facts.procedures:
                 for name in self.mappings.value_sets_containing(list(procedure.codings), procedure.text):
                     if value_sets[name].includes_procedures:
                         self._value_set_cache[name].append(procedure)
         return self._value_set_cache[value_set]
 
+    def tentative_in(self, value_set: str) -> list[Diagnosis]:
+        """Diagnoses in the value set recorded as unconfirmed, provisional or differential."""
+        self.diagnoses_in(value_set)
+        return self._tentative_cache[value_set]
+
     def unreadable(
         self, source: str, *, value_sets: Sequence[str] = (), classes: Sequence[str] = ()
     ) -> str | None:
-        """Why ``source`` (PROCEDURES or IMMUNIZATIONS) could not be read, if the value sets or
+        """Why ``source`` (PROCEDURES, IMMUNIZATIONS or ADMINISTRATIONS) could not be read, if the value sets or
         drug classes given would have been matched against it; else None."""
         reason = self.facts.unavailable.get(source)
         if not reason:
             return None
         if source == PROCEDURES and any(self.mappings.value_sets[v].includes_procedures for v in value_sets):
+            return reason
+        if source == ADMINISTRATIONS and classes:
             return reason
         if source == IMMUNIZATIONS and any(
             self.mappings.drug_classes[c].includes_immunizations for c in classes
@@ -72,9 +86,48 @@ class EvaluationContext:
         return self._class_cache[class_name]
 
     def is_current(self, drug: DrugExposure) -> bool:
-        """Taken now: active (or of unknown status) with no end before the evaluation time."""
+        """Taken now: active (or of unknown status) with no end before the evaluation time,
+        and not a stale order."""
         if drug.status not in ("active", "unknown"):
             return False
         if drug.start is not None and drug.start > self.at:
             return False
+        if self.stale_note(drug) is not None:
+            return False
         return drug.end is None or drug.end >= self.at
+
+    def stale_note(self, drug: DrugExposure) -> str | None:
+        """Why an "active" order without an end looks stale (its newest evidence is older than
+        the mappings' horizon), or None.  Such an order is not current therapy."""
+        if (
+            drug.source.resource_type != "MedicationRequest"
+            or drug.status != "active"
+            or drug.end is not None
+        ):
+            return None
+        horizon = self.mappings.active_order_horizon_days
+        if drug.last_evidence is None or horizon is None:
+            return None
+        newest, what = drug.last_evidence
+        if self.at - newest <= timedelta(days=horizon):
+            return None
+        return (
+            f"{drug.text or 'an order'} ({drug.source}) is still 'active' but was last {what} on "
+            f"{newest.date().isoformat()}, more than {horizon} days ago: the order looks stale; "
+            "confirm it has stopped"
+        )
+
+    def unidentified_drugs(self, within_days: int | None = None) -> list[DrugExposure]:
+        """Medications that name no drug, current or (with ``within_days``) recorded that recently:
+        any criterion about drugs is unknown while they are on record."""
+        found = []
+        for drug in self.facts.drugs:
+            if drug.unidentified is None:
+                continue
+            last = drug.end or drug.start
+            recent = (
+                within_days is not None and last is not None and self.at - last <= timedelta(days=within_days)
+            )
+            if self.is_current(drug) or recent or (within_days is not None and last is None):
+                found.append(drug)
+        return found

@@ -10,7 +10,7 @@ from service.engine.results import Evidence, RuleOutcome, State, window_text
 from service.facts import LabResult, age_in_years
 from service.units import UnitConversionError, convert
 
-__all__ = ["evaluate_lab", "evaluate_no_result"]
+__all__ = ["evaluate_lab", "evaluate_no_result", "older_than_text"]
 
 DEFAULT_LOOKBACK_DAYS = 30
 _TOLERANCE = 1e-9
@@ -78,6 +78,18 @@ def _latest_in_window(
     return None, newest
 
 
+def older_than_text(result: LabResult | None, name: str, lookback_days: int) -> str:
+    """What is on record and why it was not used: "weight 88.2 kg of 2026-08-28 is older than 90 days"."""
+    if result is None or result.when is None:
+        return ""
+    value = f"{_fmt(result.value)} {result.unit or ''}".strip() if result.value is not None else "(no value)"
+    return f"{name} {value} of {result.when.date().isoformat()} is older than {lookback_days} days"
+
+
+def _weight_lookback(context: EvaluationContext) -> int:
+    return context.mappings.analytes[context.mappings.roles.analytes.body_weight].lookback_days or 90
+
+
 def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext) -> float:
     """The creatinine in mg/dL (its molar mass converts µmol/L); raises UnitConversionError."""
     return convert(
@@ -98,17 +110,20 @@ def _clearance_per_kg(age: int, sex: str | None, creatinine_mg_dl: float) -> flo
 def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResult | tuple[str, str]:
     """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
     facts = context.facts
-    creatinine, _ = _latest_in_window(
+    creatinine, old_creatinine = _latest_in_window(
         facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days
     )
-    weight, _ = _latest_in_window(
-        facts.labs.get(context.mappings.roles.analytes.body_weight, []), context.at, 90
+    weight_days = _weight_lookback(context)
+    weight, old_weight = _latest_in_window(
+        facts.labs.get(context.mappings.roles.analytes.body_weight, []), context.at, weight_days
     )
     missing = []
     if creatinine is None:
-        missing.append("a recent serum creatinine")
+        stale = older_than_text(old_creatinine, "creatinine", lookback_days)
+        missing.append("a recent serum creatinine" + (f" ({stale})" if stale else ""))
     if weight is None:
-        missing.append("a body weight from the last 90 days")
+        stale = older_than_text(old_weight, "weight", weight_days)
+        missing.append(f"a body weight from the last {weight_days} days" + (f" ({stale})" if stale else ""))
     if facts.birth_date is None:
         missing.append("the birth date")
     if facts.sex not in ("male", "female"):
@@ -188,8 +203,16 @@ def _clearance_bounded_by_weight(
         return None
     weight_needed, creatinine = bound
     when = creatinine.when.date().isoformat() if creatinine.when else "undated"
+    weight_days = _weight_lookback(context)
+    _, old_weight = _latest_in_window(context.facts.labs.get("body_weight", []), context.at, weight_days)
+    stale = older_than_text(old_weight, "weight", weight_days)
+    no_weight = (
+        f"no body weight from the last {weight_days} days for Cockcroft-Gault ({stale})"
+        if stale
+        else "no body weight on record for Cockcroft-Gault"
+    )
     text = (
-        f"{context.mappings.analytes[rule.analyte].display}: no body weight on record for Cockcroft-Gault; "
+        f"{context.mappings.analytes[rule.analyte].display}: {no_weight}; "
         f"with creatinine {context.mappings.quantity_text(creatinine.value or 0, creatinine.unit)} on {when}, reaching "
         f"{_fmt(rule.value)} mL/min would need a weight of at least {weight_needed:.0f} kg"
     )

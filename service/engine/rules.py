@@ -31,10 +31,18 @@ from service.criteria import (
     WashoutRule,
 )
 from service.engine.context import EvaluationContext
-from service.engine.labs import evaluate_lab, evaluate_no_result, lab_lookback_days
+from service.engine.labs import evaluate_lab, evaluate_no_result, lab_lookback_days, older_than_text
 from service.engine.results import Evidence, RuleOutcome, State, window_text, with_lookback
 from service.engine.sources import guard_unread_sources
-from service.facts import IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, TestResult, age_in_years
+from service.facts import (
+    ADMINISTRATIONS,
+    IMMUNIZATIONS,
+    PROCEDURES,
+    Diagnosis,
+    DrugExposure,
+    TestResult,
+    age_in_years,
+)
 
 __all__ = ["evaluate_rule"]
 
@@ -126,11 +134,13 @@ def _last_present(diagnosis: Diagnosis, at: datetime) -> datetime | None:
 
 
 def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutcome:
-    excluded = {id(d) for vs in rule.unless_value_sets for d in context.diagnoses_in(vs)}
+    excluded = {
+        id(d) for vs in rule.unless_value_sets for d in [*context.diagnoses_in(vs), *context.tentative_in(vs)]
+    }
     found: list[Diagnosis] = []
     undated: list[Diagnosis] = []
     for value_set in rule.value_sets:
-        for diagnosis in context.diagnoses_in(value_set):
+        for diagnosis in [*context.diagnoses_in(value_set), *context.tentative_in(value_set)]:
             if id(diagnosis) in excluded or diagnosis in found:
                 continue
             if not diagnosis.is_active and not rule.include_history:
@@ -147,7 +157,7 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
     if found and all(d.unconfirmed for d in found):
         return RuleOutcome(
             State.UNKNOWN,
-            f"{names} recorded as provisional or differential only; confirm the diagnosis",
+            f"{names} recorded as unconfirmed, provisional or differential only; confirm the diagnosis",
             tuple(_diagnosis_evidence(d) for d in found),
         )
     if found:
@@ -166,7 +176,9 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
                     evidence + tuple(_drug_evidence(d) for d in treated),
                 )
         state = State.NOT_MET if rule.presence_state == "not_met" else State.UNKNOWN
-        return RuleOutcome(state, rule.presence_note or f"{names} recorded", evidence)
+        return RuleOutcome(
+            state, _with_codes(rule.presence_note or f"{names} recorded", found, context), evidence
+        )
     if undated:
         return RuleOutcome(
             State.UNKNOWN,
@@ -195,7 +207,12 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
         and context.facts.sex != rule.only_for_sex
     ):
         return RuleOutcome(State.MET, f"not applicable ({context.facts.sex})", not_applicable=True)
-    diagnoses = [d for vs in rule.value_sets for d in context.diagnoses_in(vs) if d.is_active]
+    diagnoses = [
+        d
+        for vs in rule.value_sets
+        for d in [*context.diagnoses_in(vs), *context.tentative_in(vs)]
+        if d.is_active
+    ]
     if rule.diagnosis_within_days is not None:
         window = timedelta(days=rule.diagnosis_within_days)
         diagnoses = [d for d in diagnoses if context.at - (d.onset or d.recorded or context.at) <= window]
@@ -212,7 +229,7 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
     if diagnoses and all(d.unconfirmed for d in diagnoses):
         return RuleOutcome(
             State.UNKNOWN,
-            f"{diagnoses[0].display} recorded as provisional or differential only; confirm with a test",
+            f"{diagnoses[0].display} recorded as unconfirmed, provisional or differential only; confirm with a test",
             tuple(_diagnosis_evidence(d) for d in diagnoses),
             resolve_hint=test.order_hint,
         )
@@ -233,7 +250,14 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
         r for r in context.facts.tests.get(rule.test, []) if r.when is None or context.at - r.when <= lookback
     ]
     if not results:
-        return RuleOutcome(State.UNKNOWN, f"no {test.display} on record", resolve_hint=test.order_hint)
+        older = next(iter(context.facts.tests.get(rule.test, [])), None)
+        shown = (
+            f"{test.display} {older.polarity or 'result'} of {older.when.date().isoformat()} is older "
+            f"than {lookback.days} days"
+            if older is not None and older.when is not None
+            else f"no {test.display} on record"
+        )
+        return RuleOutcome(State.UNKNOWN, shown, resolve_hint=test.order_hint)
     latest = results[0]
     if latest.polarity == "positive":
         return RuleOutcome(
@@ -266,6 +290,22 @@ def _histology(rule: HistologyRule, context: EvaluationContext) -> RuleOutcome:
             f"{required[0].display} and {excluded[0].display} both recorded; confirm the histology",
             tuple(_diagnosis_evidence(d) for d in required + excluded),
         )
+    tentative = list(
+        {
+            id(d): d
+            for vs in [*rule.required_value_sets, *rule.excluded_value_sets]
+            for d in context.tentative_in(vs)
+            if d.is_active
+        }.values()
+    )
+    if tentative and not excluded:
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{tentative[0].display} is recorded as unconfirmed, provisional or differential only; "
+            f"confirm the histology (needs {names})",
+            tuple(_diagnosis_evidence(d) for d in required + tentative),
+            resolve_hint="confirm the histology from the pathology report",
+        )
     if required:
         return RuleOutcome(
             State.MET, f"{required[0].display} recorded", tuple(_diagnosis_evidence(d) for d in required)
@@ -295,12 +335,61 @@ def _exposures(
     return seen
 
 
+def _last_date(drug: DrugExposure) -> datetime | None:
+    """The newest date the record gives for a course: its end, else the newest evidence of it
+    being acted on (an administration, the order), else its start."""
+    dates = [d for d in (drug.end, drug.last_evidence[0] if drug.last_evidence else None) if d is not None]
+    return max(dates) if dates else drug.start
+
+
+def _drug_caveats(
+    outcome: RuleOutcome,
+    context: EvaluationContext,
+    classes: list[str],
+    within_days: int | None,
+    absence: State,
+) -> RuleOutcome:
+    """Stale orders of the classes become flags; a medication that names no drug turns an
+    answer that rests on the drug's absence (``absence``) into unknown."""
+    stale = [note for c in classes for d in context.drugs_in(c) if (note := context.stale_note(d))]
+    flags = outcome.flags + tuple(dict.fromkeys(stale))
+    unnamed = context.unidentified_drugs(within_days) if outcome.state is absence else []
+    if unnamed:
+        listed = "; ".join(f"{d.source}: {d.unidentified}" for d in unnamed)
+        return RuleOutcome(
+            State.UNKNOWN,
+            f"{outcome.reason}, but a medication on record cannot be identified ({listed})",
+            outcome.evidence + tuple(_drug_evidence(d) for d in unnamed),
+            flags=flags,
+            resolve_hint="identify the medication: its Medication resource was not in the data",
+        )
+    return replace(outcome, flags=flags)
+
+
+def _with_codes(reason: str, diagnoses: list[Diagnosis], context: EvaluationContext) -> str:
+    """The reason, naming the codes of entries whose value set does not say they are malignant."""
+    uncertain = [
+        d
+        for d in diagnoses
+        if any(
+            context.mappings.value_sets[name].names_uncertain_behaviour
+            for name in context.mappings.value_sets_containing(list(d.codings), d.text)
+        )
+    ]
+    if not uncertain:
+        return reason
+    shown = "; ".join(
+        f"{d.display} ({', '.join(code for _, code in d.codings) or 'no code'})" for d in uncertain
+    )
+    return f"{reason}: {shown}"
+
+
 def _in_window(drug: DrugExposure, context: EvaluationContext, within_days: int | None) -> bool:
     if context.is_current(drug):
         return True
     if within_days is None:
         return True
-    last = drug.end or drug.start
+    last = _last_date(drug)
     return (
         last is not None
         and last <= context.at + timedelta(hours=12)
@@ -374,7 +463,7 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
                 (context.at + timedelta(days=rule.days), drug, " — ongoing; the date assumes it stops today")
             )
             continue
-        last = drug.end or drug.start
+        last = _last_date(drug)
         if last is None:
             undated.append(drug)
             continue
@@ -411,6 +500,7 @@ def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
     for what, lost in (
         (PROCEDURES, context.unreadable(PROCEDURES, value_sets=rule.procedure_value_sets)),
         (IMMUNIZATIONS, context.unreadable(IMMUNIZATIONS, classes=rule.classes)),
+        (ADMINISTRATIONS, context.unreadable(ADMINISTRATIONS, classes=rule.classes)),
     ):
         if lost:
             return RuleOutcome(
@@ -563,9 +653,16 @@ def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext)
         and timedelta(0) <= context.at - result.when <= window
     ]
     if not assessments:
+        older = [
+            older_than_text(newest, "ECOG" if scale == "ecog" else "Karnofsky", window.days)
+            for scale in ("ecog", "karnofsky")
+            for newest in context.facts.labs.get(f"{scale}_performance_status", [])[:1]
+        ]
+        shown = "; ".join(text for text in older if text)
         return RuleOutcome(
             State.UNKNOWN,
-            f"no ECOG or Karnofsky performance status in the last {window.days} days",
+            f"no ECOG or Karnofsky performance status in the last {window.days} days"
+            + (f" ({shown})" if shown else ""),
             resolve_hint=ecog_definition.order_hint,
         )
     newest_day = max(r.when for r, _ in assessments if r.when is not None).date()
@@ -708,10 +805,26 @@ _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = 
     NegativeTestRule: _negative_test,
     NoConditionRule: _no_condition,
     HistologyRule: _histology,
-    NoMedicationRule: _no_medication,
-    OnMedicationRule: _on_medication,
-    WashoutRule: _washout,
-    SteroidDoseRule: _steroid_dose,
+    NoMedicationRule: lambda rule, context: _drug_caveats(
+        _no_medication(rule, context),
+        context,
+        rule.classes,
+        36500 if rule.within_days is None else rule.within_days,
+        State.MET,
+    ),
+    OnMedicationRule: lambda rule, context: _drug_caveats(
+        _on_medication(rule, context), context, rule.classes, rule.within_days, State.NOT_MET
+    ),
+    WashoutRule: lambda rule, context: _drug_caveats(
+        _washout(rule, context), context, rule.classes, rule.days, State.MET
+    ),
+    SteroidDoseRule: lambda rule, context: _drug_caveats(
+        _steroid_dose(rule, context),
+        context,
+        [context.mappings.roles.drug_classes.corticosteroid_dose],
+        None,
+        State.MET,
+    ),
     NoDriverAlterationRule: _no_driver_alteration,
     PerformanceStatusRule: lambda rule, context: with_lookback(
         _performance_status(rule, context), _performance_status_window(context)

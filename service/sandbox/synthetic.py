@@ -855,6 +855,7 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
         "conditions": _searchset(by_type.get("Condition", [])),
         "medications": _searchset(by_type.get("MedicationStatement", [])),
         "medication-requests": _searchset(by_type.get("MedicationRequest", [])),
+        "medication-administrations": _searchset(by_type.get("MedicationAdministration", [])),
         "procedures": _searchset(by_type.get("Procedure", [])),
         "immunizations": _searchset(by_type.get("Immunization", [])),
     }

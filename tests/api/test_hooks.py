@@ -367,6 +367,7 @@ async def test_prefetch_under_the_clients_own_key_names_is_used_by_type(
         "medication-requests": ours["medication-requests"],  # null under our own key: none
         "procedures": ours["procedures"],  # null under our own keys: the EHR found none
         "immunizations": ours["immunizations"],
+        "medication-administrations": ours["medication-administrations"],
     }
     response = await client.post(SERVICE_URL, json=body)
     assert response.status_code == 200, response.text
@@ -440,3 +441,49 @@ async def test_an_immunization_of_another_patient_is_a_400_naming_it(
         ],
     }
     assert_outcome(await client.post(SERVICE_URL, json=body), 400, "Patient/someone-else")
+
+
+async def test_issue_14_an_included_medication_in_a_prefetch_bundle_is_read_not_refused(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["medication-requests"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "MedicationRequest",
+                    "id": "mr-included",
+                    "status": "active",
+                    "intent": "order",
+                    "medicationReference": {"reference": "Medication/pred-20"},
+                    "subject": {"reference": f"Patient/{body['context']['patientId']}"},
+                    "authoredOn": "2026-11-01",
+                    "dosageInstruction": [
+                        {
+                            "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+                            "doseAndRate": [{"doseQuantity": {"value": 40, "unit": "mg", "code": "mg"}}],
+                        }
+                    ],
+                },
+                "search": {"mode": "match"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Medication",
+                    "id": "pred-20",
+                    "code": {
+                        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640"}],
+                        "text": "prednisone 20 mg tablet",
+                    },
+                },
+                "search": {"mode": "include"},
+            },
+        ],
+    }
+    response = await client.post(SERVICE_URL, json=body)
+    assert response.status_code == 200, response.text
+    reference = await client.post(SERVICE_URL, json=request_for("til-lung-eligible"))
+    # 40 mg/day prednisone, named only by the included Medication, rules the trials out
+    assert "NCT04614103" in reference.text and "NCT04614103" not in response.text

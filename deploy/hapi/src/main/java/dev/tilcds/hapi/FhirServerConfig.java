@@ -30,6 +30,7 @@ import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
 import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import jakarta.persistence.EntityManagerFactory;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 import javax.sql.DataSource;
 import org.hl7.fhir.r4.model.Bundle;
@@ -70,9 +71,15 @@ public class FhirServerConfig {
 	 */
 	@Bean
 	public JpaStorageSettings storageSettings(
-			@Value("${sandbox.reuse-cached-search-results-millis:#{null}}") Long reuseCachedMillis) {
+			@Value("${sandbox.reuse-cached-search-results-millis:#{null}}") Long reuseCachedMillis,
+			@Value("${sandbox.search-prefetch-thresholds:1003,10003,-1}") List<Integer> prefetchThresholds) {
 		JpaStorageSettings settings = new JpaStorageSettings();
 		settings.setReuseCachedSearchResultsForMillis(reuseCachedMillis);
+		// How many results a search loads before its first page answers, then at each next step.
+		// HAPI's default first step (13, then 503) makes the second page of a 200-result page
+		// run the query again; a patient's searches rarely pass 1,000 results, so one step
+		// loads them all and later pages are read from what is already loaded.
+		settings.setSearchPreFetchThresholds(prefetchThresholds);
 		settings.setResourceClientIdStrategy(JpaStorageSettings.ClientIdStrategyEnum.ANY);
 		// ANY client ids require server-assigned ids that cannot collide with them
 		settings.setResourceServerIdStrategy(JpaStorageSettings.IdStrategyEnum.UUID);
