@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
 from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
+from ._content import Document, content_address, document, input_document
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -41,10 +42,13 @@ FEEDBACK_OUTCOMES = ("accepted", "overridden")
 
 @dataclass(frozen=True)
 class PreparedDecision:
-    """Column values of a decision row (without seq and hashes) and the cards it showed."""
+    """Column values of a decision row (without seq and hashes), the cards it showed, and the
+    documents to store before the row is chained: input resources, the manifest, the content."""
 
     values: dict[str, Any]
     cards: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[Document] = field(default_factory=list)
+    contents: list[Document] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -119,16 +123,38 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
+def _split_inputs(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[Document], Document | None]:
+    """The record without ``input_resources``, the resources as documents, and their manifest.
+
+    The manifest is the list of references (type, id, versionId, sha256) in input order; a
+    repeat chart open reads the same resources, so it has the same manifest and stores nothing new.
+    """
+    rest = {key: value for key, value in record.items() if key != "input_resources"}
+    if "input_resources" not in record:
+        return rest, [], None
+    resources = record["input_resources"]
+    if not isinstance(resources, list):
+        raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
+    documents: dict[str, Document] = {}
+    references = []
+    for index, resource in enumerate(resources):
+        stored, reference = input_document(resource, f"decision.input_resources[{index}]")
+        documents.setdefault(stored.sha256, stored)
+        references.append(reference)
+    manifest = document(references)
+    rest["input_manifest"] = {"sha256": manifest.sha256, "count": len(references)}
+    return rest, list(documents.values()), manifest
+
+
 def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
-    """Check a decision record, drop secrets and derive the indexed columns."""
+    """Check a decision record, drop secrets, split off its inputs and derive the indexed columns."""
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    content = canonical_json(record)
+    clean, resources, manifest = _split_inputs(record)
+    content = canonical_json(clean)
     if may_hold_secrets(content):
-        clean: dict[str, Any] = scrub_secrets(record)
+        clean = scrub_secrets(clean)
         content = canonical_json(clean)
-    else:
-        clean = dict(record)
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)
     try:
@@ -171,9 +197,12 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
         "trial_ids": trial_ids,
         "outcome": "suggested" if decision.suggested else "not_suggested",
         "dedupe_key": None,
-        "content": content,
+        "content": "",
     }
-    return PreparedDecision(values=values, cards=list(card_rows.values()))
+    stored = Document(content_address(content.encode("utf-8")), content.encode("utf-8"))
+    values["content_sha256"] = stored.sha256
+    contents = [stored] if manifest is None else [manifest, stored]
+    return PreparedDecision(values=values, cards=list(card_rows.values()), resources=resources, contents=contents)
 
 
 def prepare_feedback(feedback: Mapping[str, Any]) -> PreparedFeedback:
@@ -218,6 +247,7 @@ def feedback_values(
         "outcome": prepared.outcome,
         "dedupe_key": prepared.dedupe_key,
         "content": canonical_json(content),
+        "content_sha256": None,
     }
 
 
@@ -236,19 +266,25 @@ HASHED_FIELDS = (
     "dedupe_key",
     "content",
 )
-"""Every column but the two hashes: ``prev_hash`` is appended to the hashed text instead."""
+"""Every column but the two hashes: ``prev_hash`` is appended to the hashed text instead.
+``content_sha256`` joins them when set, so records written before it existed hash as they did."""
 
 
 def hash_document(values: Mapping[str, Any]) -> dict[str, Any]:
     """The fields a record's hash covers, with the timestamp in its one canonical text form."""
-    document = {name: values[name] for name in HASHED_FIELDS}
-    document["recorded_at"] = utc_iso(values["recorded_at"])
-    document["trial_ids"] = list(values["trial_ids"])
-    return document
+    hashed = {name: values[name] for name in HASHED_FIELDS}
+    hashed["recorded_at"] = utc_iso(values["recorded_at"])
+    hashed["trial_ids"] = list(values["trial_ids"])
+    if values.get("content_sha256") is not None:
+        hashed["content_sha256"] = values["content_sha256"]
+    return hashed
 
 
-def record_view(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored row as a plain dict: metadata columns plus the parsed ``content``."""
+def record_view(values: Mapping[str, Any], content: str | bytes | None = None) -> dict[str, Any]:
+    """A stored row as a plain dict: metadata columns plus the parsed content.
+
+    ``content`` is the row's content document when it is kept apart (``content_sha256``).
+    """
     return {
         "seq": values["seq"],
         "record_id": values["record_id"],
@@ -261,7 +297,7 @@ def record_view(values: Mapping[str, Any]) -> dict[str, Any]:
         "decision_id": values["decision_id"],
         "trial_ids": list(values["trial_ids"]),
         "outcome": values["outcome"],
-        "content": json.loads(values["content"]),
+        "content": json.loads(values["content"] if content is None else content),
         "prev_hash": values["prev_hash"],
         "hash": values["hash"],
     }

@@ -16,7 +16,7 @@ import typer
 from service.settings import Settings, get_settings
 
 from .errors import AuditError
-from .export import EXPORT_FORMATS, pseudonym_key_from_settings
+from .export import EXPORT_FORMATS, exports_inputs, pseudonym_key_from_settings
 from .replay import Evaluate, replay_decision
 from .store import AuditStore, ExportFilters
 
@@ -130,7 +130,8 @@ def export(
             raise typer.BadParameter(str(exc)) from exc
     _media_type, exporter = EXPORT_FORMATS[export_format]
     with _open_store(database_url) as store, _output(output) as handle:
-        for chunk in exporter(store.iter_records(filters), pseudonym_key=key):
+        records = store.iter_records(filters, with_inputs=exports_inputs(export_format, key))
+        for chunk in exporter(records, pseudonym_key=key):
             handle.write(chunk)
 
 

@@ -1,16 +1,23 @@
 """The append-only, hash-chained audit store (SQLite file or PostgreSQL).
 
-Every append locks the single chain-head row (``SELECT ... FOR UPDATE`` on PostgreSQL,
-``BEGIN IMMEDIATE`` on SQLite), so writers in any number of threads or processes extend one
-linear chain. Database failures surface as :class:`AuditUnavailableError`, never as a silent
-drop, so the caller can refuse to answer a hook it could not record.
+A decision is written in two transactions. First its documents — each input resource, the
+manifest listing them, and the decision's content — go into content-addressed tables
+(``INSERT ... ON CONFLICT DO NOTHING``; a resource already stored by an earlier chart open is
+not written again). Then the chain-head row is locked (``SELECT ... FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link a small row that names the content by
+its hash, so writers in any number of threads or processes extend one linear chain without
+waiting for each other's large writes. A crash between the two leaves unreferenced documents,
+never a record without its content. Database failures surface as
+:class:`AuditUnavailableError`, never as a silent drop, so the caller can refuse to answer a
+hook it could not record.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,14 +26,16 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Insert, Table, delete, func, insert, select
 from sqlalchemy import Text as TextType
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from . import _counts
+from . import _counts, _verify
 from ._canonical import GENESIS_HASH, as_utc, canonical_json, chain_hash, parse_timestamp
+from ._content import Document, content_address, decode_body, encode_body
 from ._engine import create_audit_engine, describe_database_error
 from ._records import (
     DECISION_OUTCOMES,
@@ -42,9 +51,19 @@ from .errors import (
     AuditUnavailableError,
     DuplicateRecordError,
     InvalidAuditRecordError,
+    MissingAuditContentError,
     UnknownCardError,
 )
-from .models import CHAIN_HEAD_ID, AuditCard, AuditChainHead, AuditRecord, CriteriaVersion, SeenJti
+from .models import (
+    CHAIN_HEAD_ID,
+    AuditCard,
+    AuditChainHead,
+    AuditContent,
+    AuditRecord,
+    AuditResource,
+    CriteriaVersion,
+    SeenJti,
+)
 
 __all__ = ["AuditStore", "ExportFilters", "VerifyReport"]
 
@@ -52,9 +71,32 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 RECORD_KINDS = ("decision", "feedback")
 _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
+_LOOKUP_BATCH = 500
 _T = TypeVar("_T")
 
 _record_table = AuditRecord.__table__
+_resource_table = AuditResource.__table__
+_content_table = AuditContent.__table__
+
+
+def _records_query() -> Any:
+    """Every record column, plus the codec and body of its content document where kept apart."""
+    return select(
+        _record_table,
+        _content_table.c.codec.label("content_codec"),
+        _content_table.c.body.label("content_body"),
+    ).outerjoin(_content_table, _content_table.c.sha256 == _record_table.c.content_sha256)
+
+
+def _view(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A record row (from :func:`_records_query`) as a plain dict with its content parsed."""
+    if values["content_sha256"] is None:
+        return record_view(values)
+    if values["content_body"] is None:
+        raise MissingAuditContentError(
+            f"record {values['record_id']}: its content {values['content_sha256']} is missing"
+        )
+    return record_view(values, decode_body(values["content_codec"], values["content_body"]))
 
 
 @dataclass(frozen=True)
@@ -117,6 +159,8 @@ class AuditStore:
         self.engine = engine
         self._jti_calls = itertools.count(1)
         self._saved_fingerprints: set[str] = set()
+        self.last_chain_lock_seconds: float | None = None
+        """How long the last append held the chain lock (locked to committed), for the benchmark."""
 
     @classmethod
     def from_url(cls, url: str) -> AuditStore:
@@ -203,7 +247,10 @@ class AuditStore:
                 .where(AuditChainHead.id == CHAIN_HEAD_ID)
                 .with_for_update()
             ).one()
-            return write(connection, _ChainHead(head.last_seq, head.last_hash))
+            locked_at = time.perf_counter()
+            result = write(connection, _ChainHead(head.last_seq, head.last_hash))
+        self.last_chain_lock_seconds = time.perf_counter() - locked_at
+        return result
 
     @staticmethod
     def _insert_record(connection: Connection, head: _ChainHead, values: dict[str, Any]) -> None:
@@ -216,9 +263,37 @@ class AuditStore:
             .values(last_seq=row["seq"], last_hash=row["hash"])
         )
 
+    def _insert_new(self, connection: Connection, table: Table, documents: Iterable[Document]) -> None:
+        """Insert the documents not yet stored; one a concurrent writer adds meanwhile is skipped."""
+        pending = {item.sha256: item for item in documents}
+        addresses = list(pending)
+        for start in range(0, len(addresses), _LOOKUP_BATCH):
+            batch = addresses[start : start + _LOOKUP_BATCH]
+            for stored in connection.execute(select(table.c.sha256).where(table.c.sha256.in_(batch))).scalars():
+                del pending[stored]
+        if not pending:
+            return
+        rows = []
+        for item in pending.values():
+            codec, body = encode_body(item.text)
+            rows.append({"sha256": item.sha256, "codec": codec, "size": len(item.text), "body": body})
+        connection.execute(self._insert_ignoring_duplicates(table), rows)
+
+    def _insert_ignoring_duplicates(self, table: Table) -> Insert:
+        if self._is_sqlite:
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
+
+    def _store_documents(self, prepared: PreparedDecision) -> None:
+        """Write a decision's documents before it is chained, outside the chain's lock."""
+        with self._transaction(write=True) as connection:
+            self._insert_new(connection, _resource_table, prepared.resources)
+            self._insert_new(connection, _content_table, prepared.contents)
+
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
         prepared = prepare_decision(record)
+        self._store_documents(prepared)
 
         def write(connection: Connection, head: _ChainHead) -> str:
             return self._write_decision(connection, head, prepared)
@@ -278,61 +353,77 @@ class AuditStore:
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         """The decision record with this id (metadata plus ``content``), or None."""
-        query = select(_record_table).where(
+        query = _records_query().where(
             _record_table.c.record_id == decision_id, _record_table.c.kind == "decision"
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else record_view(row._asdict())
+        return None if row is None else _view(row._asdict())
 
     def find_decision_by_card(self, card_uuid: str) -> dict[str, Any] | None:
         """The latest decision that showed the card with this uuid, or None."""
         query = (
-            select(_record_table)
+            _records_query()
             .join(AuditCard, AuditCard.record_id == _record_table.c.record_id)
             .where(AuditCard.card_uuid == card_uuid)
             .order_by(_record_table.c.seq.desc())
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else record_view(row._asdict())
+        return None if row is None else _view(row._asdict())
 
     def verify(self) -> VerifyReport:
-        """Walk the chain in one snapshot: edited records, broken links and gaps are problems."""
-        problems: list[str] = []
-        checked = 0
-        expected_seq, previous_hash = 1, GENESIS_HASH
+        """Walk the chain in one snapshot: edited records, broken links and gaps are problems,
+        and so is a record whose content or input resources are missing or do not match their
+        addresses."""
         with self._transaction(write=False, snapshot=True) as connection:
-            head = connection.execute(select(AuditChainHead.last_seq, AuditChainHead.last_hash)).one()
-            rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(
-                select(_record_table).order_by(_record_table.c.seq)
-            )
-            for row in rows:
-                checked += 1
-                label = f"seq {row.seq} (record {row.record_id})"
-                if row.seq != expected_seq:
-                    missing = (
-                        f"seq {expected_seq}"
-                        if row.seq == expected_seq + 1
-                        else f"seqs {expected_seq}..{row.seq - 1}"
-                    )
-                    problems.append(f"gap before {label}: {missing} missing (deleted record?)")
-                if row.prev_hash != previous_hash:
-                    problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")
-                if chain_hash(hash_document(row._asdict()), row.prev_hash) != row.hash:
-                    problems.append(f"edited content at {label}: hash does not match the record")
-                expected_seq, previous_hash = row.seq + 1, row.hash
-        if head.last_seq != expected_seq - 1 or head.last_hash != previous_hash:
-            problems.append(
-                f"chain head names seq {head.last_seq} but the last record is seq "
-                f"{expected_seq - 1} (records deleted at the end?)"
-            )
+            checked, problems = _verify.walk_chain(connection, _records_query().order_by(_record_table.c.seq))
         return VerifyReport(ok=not problems, records_checked=checked, problems=problems)
 
-    def iter_records(self, filters: ExportFilters | None = None) -> Iterator[dict[str, Any]]:
-        """Stream matching records in chain order, fetching a batch at a time."""
+    def input_resources(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The FHIR resources a decision read, in input order, from a record view.
+
+        Records written before resources were stored apart hold them inline; newer ones name
+        them in a manifest. A missing or altered resource raises :class:`MissingAuditContentError`.
+        """
+        content = record["content"]
+        if "input_resources" in content:
+            return list(content["input_resources"] or [])
+        manifest = content.get("input_manifest")
+        if manifest is None:
+            return []
+        with self._transaction(write=False, snapshot=True) as connection:
+            references = json.loads(self._load(connection, _content_table, [manifest["sha256"]])[0])
+            texts = self._load(connection, _resource_table, [ref["sha256"] for ref in references])
+        return [json.loads(text) for text in texts]
+
+    def _load(self, connection: Connection, table: Table, addresses: list[str]) -> list[bytes]:
+        """Documents by address, in the order asked, each checked against its address."""
+        found: dict[str, bytes] = {}
+        wanted = list(dict.fromkeys(addresses))
+        for start in range(0, len(wanted), _LOOKUP_BATCH):
+            batch = wanted[start : start + _LOOKUP_BATCH]
+            query = select(table.c.sha256, table.c.codec, table.c.body).where(table.c.sha256.in_(batch))
+            for row in connection.execute(query):
+                text = decode_body(row.codec, row.body)
+                if content_address(text) != row.sha256:
+                    raise MissingAuditContentError(f"{table.name} {row.sha256} does not match its address")
+                found[row.sha256] = text
+        missing = [address for address in wanted if address not in found]
+        if missing:
+            raise MissingAuditContentError(f"{table.name} is missing {len(missing)} documents, e.g. {missing[0]}")
+        return [found[address] for address in addresses]
+
+    def iter_records(
+        self, filters: ExportFilters | None = None, *, with_inputs: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Stream matching records in chain order, fetching a batch at a time.
+
+        ``with_inputs`` puts each decision's input resources back into its content as
+        ``input_resources`` (loaded from the store), for exports that must stand alone.
+        """
         filters = filters or ExportFilters()
-        query = select(_record_table).order_by(_record_table.c.seq)
+        query = _records_query().order_by(_record_table.c.seq)
         if filters.since is not None:
             query = query.where(_record_table.c.recorded_at >= as_utc(filters.since))
         if filters.until is not None:
@@ -354,13 +445,15 @@ class AuditStore:
         with self._transaction(write=False) as connection:
             rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(query)
             for row in rows:
-                view = record_view(row._asdict())
+                view = _view(row._asdict())
                 if filters.trial_id is not None and filters.trial_id not in view["trial_ids"]:
                     continue
                 if per_trial_outcome and not _counts.trial_outcome_matches(
                     view, str(filters.trial_id), str(filters.outcome)
                 ):
                     continue
+                if with_inputs and view["kind"] == "decision" and "input_manifest" in view["content"]:
+                    view["content"]["input_resources"] = self.input_resources(view)
                 yield view
 
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:

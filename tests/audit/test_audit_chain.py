@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, text, update
+import zstandard
+from sqlalchemy import delete, select, update
 
 from service.audit import AuditStore, ExportFilters
-from service.audit.models import AuditCard, AuditRecord
+from service.audit.models import AuditCard, AuditContent, AuditRecord
 
 DecisionFactory = Callable[..., dict[str, Any]]
 
@@ -120,18 +121,37 @@ def test_untouched_chain_verifies(store: AuditStore, make_decision: DecisionFact
     assert store.verify().ok
 
 
+def _content_address(store: AuditStore, seq: int) -> str:
+    with store.engine.begin() as connection:
+        address: str = connection.execute(select(AuditRecord.content_sha256).where(AuditRecord.seq == seq)).scalar_one()
+    return address
+
+
 def test_edited_content_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
     ids = _fill(store, make_decision, 5)
+    address = _content_address(store, 3)
     with store.engine.begin() as connection:
+        body = connection.execute(select(AuditContent.body).where(AuditContent.sha256 == address)).scalar_one()
+        edited = zstandard.decompress(body).replace(b"NCT05727904", b"NCT99999999")
         connection.execute(
-            update(AuditRecord)
-            .where(AuditRecord.seq == 3)
-            .values(content=text("replace(content, 'NCT05727904', 'NCT99999999')"))
+            update(AuditContent).where(AuditContent.sha256 == address).values(body=zstandard.compress(edited))
         )
 
     report = store.verify()
 
     assert not report.ok
+    assert report.problems == [f"seq 3 (record {ids[2]}): content {address} does not match its address"]
+
+
+def test_content_swapped_for_another_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
+    ids = _fill(store, make_decision, 5)
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(AuditRecord).where(AuditRecord.seq == 3).values(content_sha256=_content_address(store, 4))
+        )
+
+    report = store.verify()
+
     assert report.problems == [f"edited content at seq 3 (record {ids[2]}): hash does not match the record"]
 
 
