@@ -67,9 +67,9 @@ def test_decision_round_trip(store: AuditStore, make_decision: DecisionFactory) 
     assert stored["trial_ids"] == ["NCT05727904"]
     assert stored["outcome"] == "suggested"
     inputs = record.pop("input_resources")
+    assert store.input_resources(stored) == inputs
     assert stored["content"].pop("input_manifest")["count"] == len(inputs)
     assert stored["content"] == record
-    assert store.input_resources(stored) == inputs
     assert store.get_decision(str(uuid.uuid4())) is None
 
 
