@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import zstandard
 
-from ._canonical import canonical_json, may_hold_secrets, scrub_secrets
+from ._canonical import SECRET_KEYS, scrub_secrets
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
     "decode_body",
     "document",
     "encode_body",
-    "input_document",
+    "input_documents",
 ]
 
 CODEC = "zstd"
@@ -50,34 +51,68 @@ def content_address(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def document(value: Any) -> Document:
+def _canonical_bytes(value: Any, where: str) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: the bytes a document's address is taken over.
+
+    orjson, because a chart open has a thousand resources and ``json.dumps`` with options
+    builds an encoder per call (about 20 µs each). Input was parsed refusing NaN, so the
+    texts match :func:`~service.audit._canonical.canonical_json` for what hooks send.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidAuditRecordError(f"{where} is not plain JSON: {exc}") from exc
+
+
+def document(value: Any, where: str = "audit document") -> Document:
     """The canonical JSON of ``value`` and its address."""
-    text = canonical_json(value).encode("utf-8")
+    text = _canonical_bytes(value, where)
     return Document(content_address(text), text)
 
 
-def input_document(resource: Any, where: str) -> tuple[Document, dict[str, Any]]:
-    """A FHIR input resource (secrets scrubbed) as a document, and the reference to it.
-
-    The reference (``type``, ``id``, ``versionId``, ``sha256``) is what a decision keeps.
-    """
-    if not isinstance(resource, Mapping):
-        raise InvalidAuditRecordError(f"{where} must be a FHIR resource (an object)")
-    text = canonical_json(resource)
-    if may_hold_secrets(text):
-        resource = scrub_secrets(resource)
-        text = canonical_json(resource)
-    encoded = text.encode("utf-8")
+def _reference(resource: Mapping[str, Any], sha256: str) -> dict[str, Any]:
     meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, Mapping) else None
-    sha256 = content_address(encoded)
-    reference = {
+    return {
         "type": resource.get("resourceType"),
         "id": resource.get("id"),
-        "versionId": version,
+        "versionId": meta.get("versionId") if isinstance(meta, Mapping) else None,
         "sha256": sha256,
     }
-    return Document(sha256, encoded), reference
+
+
+def input_documents(resources: list[Any], where: str) -> tuple[list[Document], list[dict[str, Any]]]:
+    """FHIR input resources (secrets scrubbed) as documents, and the references a decision keeps.
+
+    The references (``type``, ``id``, ``versionId``, ``sha256``) keep input order; the
+    documents are one per address. Secrets are looked for once over all texts together, and
+    only a resource that may hold one is scrubbed and serialised again.
+    """
+    texts = []
+    for index, resource in enumerate(resources):
+        if not isinstance(resource, Mapping):
+            raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
+        texts.append(_canonical_bytes(resource, f"{where}[{index}]"))
+    if _may_hold_secrets(b"".join(texts)):
+        for index, text in enumerate(texts):
+            if _may_hold_secrets(text):
+                resources[index] = scrub_secrets(resources[index])
+                texts[index] = _canonical_bytes(resources[index], f"{where}[{index}]")
+    documents: dict[str, Document] = {}
+    references = []
+    for resource, text in zip(resources, texts, strict=True):
+        sha256 = content_address(text)
+        documents.setdefault(sha256, Document(sha256, text))
+        references.append(_reference(resource, sha256))
+    return list(documents.values()), references
+
+
+_SECRET_KEY_MARKS = tuple(sorted(f'"{key}":'.encode("ascii") for key in SECRET_KEYS))
+
+
+def _may_hold_secrets(text: bytes) -> bool:
+    """:func:`~service.audit._canonical.may_hold_secrets` on bytes, run once over all resources."""
+    lowered = text.lower()
+    return any(mark in lowered for mark in _SECRET_KEY_MARKS)
 
 
 def _compressor() -> zstandard.ZstdCompressor:

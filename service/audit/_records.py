@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
 from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
-from ._content import Document, content_address, document, input_document
+from ._content import Document, content_address, document, input_documents
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -49,6 +49,7 @@ class PreparedDecision:
     cards: list[dict[str, Any]] = field(default_factory=list)
     resources: list[Document] = field(default_factory=list)
     contents: list[Document] = field(default_factory=list)
+    manifest: Document | None = None
 
 
 @dataclass(frozen=True)
@@ -135,15 +136,10 @@ def _split_inputs(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[Docum
     resources = record["input_resources"]
     if not isinstance(resources, list):
         raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
-    documents: dict[str, Document] = {}
-    references = []
-    for index, resource in enumerate(resources):
-        stored, reference = input_document(resource, f"decision.input_resources[{index}]")
-        documents.setdefault(stored.sha256, stored)
-        references.append(reference)
-    manifest = document(references)
+    documents, references = input_documents(list(resources), "decision.input_resources")
+    manifest = document(references, "decision.input_manifest")
     rest["input_manifest"] = {"sha256": manifest.sha256, "count": len(references)}
-    return rest, list(documents.values()), manifest
+    return rest, documents, manifest
 
 
 def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
@@ -202,7 +198,9 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
     stored = Document(content_address(content.encode("utf-8")), content.encode("utf-8"))
     values["content_sha256"] = stored.sha256
     contents = [stored] if manifest is None else [manifest, stored]
-    return PreparedDecision(values=values, cards=list(card_rows.values()), resources=resources, contents=contents)
+    return PreparedDecision(
+        values=values, cards=list(card_rows.values()), resources=resources, contents=contents, manifest=manifest
+    )
 
 
 def prepare_feedback(feedback: Mapping[str, Any]) -> PreparedFeedback:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Insert, Table, delete, func, insert, select
+from sqlalchemy import Connection, Engine, String, Table, any_, bindparam, delete, func, insert, select
 from sqlalchemy import Text as TextType
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
@@ -263,31 +263,45 @@ class AuditStore:
             .values(last_seq=row["seq"], last_hash=row["hash"])
         )
 
+    def _stored_addresses(self, connection: Connection, table: Table, addresses: list[str]) -> set[str]:
+        """Which of ``addresses`` the table holds (one array parameter on PostgreSQL)."""
+        found: set[str] = set()
+        for start in range(0, len(addresses), _LOOKUP_BATCH):
+            batch = addresses[start : start + _LOOKUP_BATCH]
+            if self._is_sqlite:
+                condition = table.c.sha256.in_(batch)
+            else:
+                condition = table.c.sha256 == any_(bindparam(None, batch, type_=postgresql.ARRAY(String)))
+            found.update(connection.execute(select(table.c.sha256).where(condition)).scalars())
+        return found
+
     def _insert_new(self, connection: Connection, table: Table, documents: Iterable[Document]) -> None:
         """Insert the documents not yet stored; one a concurrent writer adds meanwhile is skipped."""
         pending = {item.sha256: item for item in documents}
-        addresses = list(pending)
-        for start in range(0, len(addresses), _LOOKUP_BATCH):
-            batch = addresses[start : start + _LOOKUP_BATCH]
-            for stored in connection.execute(select(table.c.sha256).where(table.c.sha256.in_(batch))).scalars():
-                del pending[stored]
+        for stored in self._stored_addresses(connection, table, list(pending)):
+            del pending[stored]
         if not pending:
             return
         rows = []
         for item in pending.values():
             codec, body = encode_body(item.text)
             rows.append({"sha256": item.sha256, "codec": codec, "size": len(item.text), "body": body})
-        connection.execute(self._insert_ignoring_duplicates(table), rows)
-
-    def _insert_ignoring_duplicates(self, table: Table) -> Insert:
         if self._is_sqlite:
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
+            statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
+        else:
+            statement = postgresql.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
+        connection.execute(statement, rows)
 
     def _store_documents(self, prepared: PreparedDecision) -> None:
-        """Write a decision's documents before it is chained, outside the chain's lock."""
+        """Write a decision's documents before it is chained, outside the chain's lock.
+
+        A manifest is written in the same transaction as its resources, so a stored manifest
+        means every resource it lists is stored: a repeat chart open checks one address.
+        """
         with self._transaction(write=True) as connection:
-            self._insert_new(connection, _resource_table, prepared.resources)
+            manifest = prepared.manifest
+            if manifest is None or not self._stored_addresses(connection, _content_table, [manifest.sha256]):
+                self._insert_new(connection, _resource_table, prepared.resources)
             self._insert_new(connection, _content_table, prepared.contents)
 
     def append_decision(self, record: Mapping[str, Any]) -> str:
