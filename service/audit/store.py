@@ -197,15 +197,15 @@ class AuditStore:
         except SQLAlchemyError as exc:
             raise AuditUnavailableError(f"audit store unavailable: {describe_database_error(exc)}") from exc
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision; safe to run from every instance."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (the newest by default); safe to run from every instance."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self._transaction(write=True) as connection:
             if not self._is_sqlite:
                 connection.execute(select(func.pg_advisory_xact_lock(0x7A11C_D5A)))
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
     def save_criteria_version(self, fingerprint: str, snapshot: Mapping[str, Any]) -> None:
         """Keep the criteria snapshot a decision used; saving a fingerprint again is a no-op.
