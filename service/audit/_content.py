@@ -2,14 +2,17 @@
 
 A document's address is the SHA-256 of its canonical JSON (UTF-8), so the address covers a
 resource's type, id and ``meta.versionId`` along with everything else in it, and the same
-resource read by ten chart opens is one row. Bodies are stored zstd-compressed; the codec is
-named per row so a later codec can be added without rewriting old rows.
+resource read by ten chart opens is one row. Bodies are stored zstd-compressed (resources
+with a shipped dictionary); the codec is named per row so a later codec or dictionary can be
+added without rewriting old rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from functools import lru_cache
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,7 @@ from .errors import InvalidAuditRecordError
 
 __all__ = [
     "CODEC",
+    "RESOURCE_CODEC",
     "Document",
     "content_address",
     "decode_body",
@@ -31,11 +35,35 @@ __all__ = [
 ]
 
 CODEC = "zstd"
-"""zstd level 3: at 1,000 Observations it packs a resource to ~63% in ~15 µs; levels 9 and 19
-save 1-4% more for 3-12 times the time (measured in the issue-17 notes of the README)."""
+"""Plain zstd, level 3, for decision contents and manifests (tens of kB each)."""
 
+RESOURCE_DICTIONARY = "resources-bfadd980ebb93d1a.zdict"
+"""The dictionary new input resources are compressed with (``scripts/train-audit-dictionary``).
+
+A resource is a few hundred bytes, too little for zstd to find its repeats alone: plain zstd
+keeps 63% of a 1,000-Observation chart, this 32 kB dictionary (trained on Synthea bundles,
+not on the benchmark's patients) 22%. Dictionaries are never replaced, only added: a row's
+codec names the one it needs."""
+
+_DICTIONARY_DIR = Path(__file__).with_name("data")
+_DICTIONARY_CODEC = "zstd+dict:"
+RESOURCE_CODEC = _DICTIONARY_CODEC + RESOURCE_DICTIONARY.removeprefix("resources-").removesuffix(".zdict")
 _LEVEL = 3
 _local = threading.local()
+
+
+@lru_cache
+def _dictionary(codec: str) -> zstandard.ZstdCompressionDict:
+    """The dictionary a ``zstd+dict:<id>`` codec names, checked against its id."""
+    name = codec.removeprefix(_DICTIONARY_CODEC)
+    path = _DICTIONARY_DIR / f"resources-{name}.zdict"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidAuditRecordError(f"audit content codec {codec!r} needs {path.name}, which is not installed") from exc
+    if hashlib.sha256(data).hexdigest()[:16] != name:
+        raise InvalidAuditRecordError(f"{path.name} does not hash to its name; it was altered")
+    return zstandard.ZstdCompressionDict(data)
 
 
 @dataclass(frozen=True)
@@ -115,31 +143,33 @@ def _may_hold_secrets(text: bytes) -> bool:
     return any(mark in lowered for mark in _SECRET_KEY_MARKS)
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    """One compressor per thread: zstandard's compressors must not be shared between threads."""
-    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
-    if compressor is None:
-        compressor = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL)
-    return compressor
+def _compressor(codec: str) -> zstandard.ZstdCompressor:
+    """One compressor per thread and codec: zstandard's must not be shared between threads."""
+    compressors: dict[str, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
+    if codec not in compressors:
+        dictionary = None if codec == CODEC else _dictionary(codec)
+        compressors[codec] = zstandard.ZstdCompressor(level=_LEVEL, dict_data=dictionary)
+    return compressors[codec]
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
-    decompressor: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
-    if decompressor is None:
-        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
-    return decompressor
+def _decompressor(codec: str) -> zstandard.ZstdDecompressor:
+    decompressors: dict[str, zstandard.ZstdDecompressor] = _local.__dict__.setdefault("decompressors", {})
+    if codec not in decompressors:
+        if codec != CODEC and not codec.startswith(_DICTIONARY_CODEC):
+            raise InvalidAuditRecordError(f"unknown audit content codec {codec!r}")
+        dictionary = None if codec == CODEC else _dictionary(codec)
+        decompressors[codec] = zstandard.ZstdDecompressor(dict_data=dictionary)
+    return decompressors[codec]
 
 
-def encode_body(text: bytes) -> tuple[str, bytes]:
+def encode_body(text: bytes, codec: str = CODEC) -> tuple[str, bytes]:
     """The codec name and the stored body of a document's canonical JSON."""
-    return CODEC, _compressor().compress(text)
+    return codec, _compressor(codec).compress(text)
 
 
 def decode_body(codec: str, body: bytes) -> bytes:
     """A stored body back to canonical JSON bytes; an unknown codec or corrupt body raises."""
-    if codec != CODEC:
-        raise InvalidAuditRecordError(f"unknown audit content codec {codec!r}")
     try:
-        return _decompressor().decompress(body)
+        return _decompressor(codec).decompress(body)
     except zstandard.ZstdError as exc:
         raise InvalidAuditRecordError(f"stored content does not decompress: {exc}") from exc

@@ -70,7 +70,7 @@ class AuditResource(AuditBase):
     __tablename__ = "audit_resource"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    codec: Mapped[str] = mapped_column(String(16))
+    codec: Mapped[str] = mapped_column(String(32))
     size: Mapped[int] = mapped_column(Integer)
     body: Mapped[bytes] = mapped_column(LargeBinary)
 
@@ -84,7 +84,7 @@ class AuditContent(AuditBase):
     __tablename__ = "audit_content"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    codec: Mapped[str] = mapped_column(String(16))
+    codec: Mapped[str] = mapped_column(String(32))
     size: Mapped[int] = mapped_column(Integer)
     body: Mapped[bytes] = mapped_column(LargeBinary)
 

@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import _counts, _verify
 from ._canonical import GENESIS_HASH, as_utc, canonical_json, chain_hash, parse_timestamp
-from ._content import Document, content_address, decode_body, encode_body
+from ._content import CODEC, RESOURCE_CODEC, Document, content_address, decode_body, encode_body
 from ._engine import create_audit_engine, describe_database_error
 from ._records import (
     DECISION_OUTCOMES,
@@ -275,7 +275,9 @@ class AuditStore:
             found.update(connection.execute(select(table.c.sha256).where(condition)).scalars())
         return found
 
-    def _insert_new(self, connection: Connection, table: Table, documents: Iterable[Document]) -> None:
+    def _insert_new(
+        self, connection: Connection, table: Table, documents: Iterable[Document], codec: str = CODEC
+    ) -> None:
         """Insert the documents not yet stored; one a concurrent writer adds meanwhile is skipped."""
         pending = {item.sha256: item for item in documents}
         for stored in self._stored_addresses(connection, table, list(pending)):
@@ -284,8 +286,8 @@ class AuditStore:
             return
         rows = []
         for item in pending.values():
-            codec, body = encode_body(item.text)
-            rows.append({"sha256": item.sha256, "codec": codec, "size": len(item.text), "body": body})
+            stored_codec, body = encode_body(item.text, codec)
+            rows.append({"sha256": item.sha256, "codec": stored_codec, "size": len(item.text), "body": body})
         if self._is_sqlite:
             statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
         else:
@@ -301,7 +303,7 @@ class AuditStore:
         with self._transaction(write=True) as connection:
             manifest = prepared.manifest
             if manifest is None or not self._stored_addresses(connection, _content_table, [manifest.sha256]):
-                self._insert_new(connection, _resource_table, prepared.resources)
+                self._insert_new(connection, _resource_table, prepared.resources, RESOURCE_CODEC)
             self._insert_new(connection, _content_table, prepared.contents)
 
     def append_decision(self, record: Mapping[str, Any]) -> str:

@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-import zstandard
 from sqlalchemy import delete, func, select, update
 
 from service.audit import AuditStore, MissingAuditContentError
+from service.audit._content import RESOURCE_CODEC, decode_body, encode_body
 from service.audit.export import export_ndjson, pseudonymise_record
 from service.audit.models import AuditContent, AuditRecord, AuditResource
 
@@ -62,11 +62,12 @@ def test_the_address_is_the_sha256_of_canonical_json(store: AuditStore, make_dec
     record = make_decision()
     store.append_decision(record)
     with store.engine.connect() as connection:
-        rows = connection.execute(select(AuditResource.sha256, AuditResource.body)).all()
+        rows = connection.execute(select(AuditResource.sha256, AuditResource.codec, AuditResource.body)).all()
     expected = {_address(resource) for resource in record["input_resources"]}
     assert {row.sha256 for row in rows} == expected
     for row in rows:
-        assert hashlib.sha256(zstandard.decompress(row.body)).hexdigest() == row.sha256
+        assert row.codec == RESOURCE_CODEC
+        assert hashlib.sha256(decode_body(row.codec, row.body)).hexdigest() == row.sha256
 
 
 def _observation_address(record: dict[str, Any]) -> str:
@@ -82,7 +83,7 @@ def test_verify_finds_an_altered_resource(store: AuditStore, make_decision: Deci
         connection.execute(
             update(AuditResource)
             .where(AuditResource.sha256 == address)
-            .values(body=zstandard.compress(orjson.dumps(altered, option=orjson.OPT_SORT_KEYS)))
+            .values(body=encode_body(orjson.dumps(altered, option=orjson.OPT_SORT_KEYS), RESOURCE_CODEC)[1])
         )
 
     report = store.verify()

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import zstandard
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select
 
 from service.audit import AuditStore, ExportFilters
+from service.audit._content import decode_body
 from service.audit.export import (
     EXPORT_FORMATS,
     export_csv,
@@ -170,7 +170,7 @@ def _readable(row: Any) -> str:
     """A row as text, with compressed document bodies decompressed so a secret would show."""
     values = row._asdict()
     if "body" in values:
-        values["body"] = zstandard.decompress(values["body"]).decode("utf-8")
+        values["body"] = decode_body(values["codec"], values["body"]).decode("utf-8")
     return repr(values)
 
 

@@ -25,7 +25,7 @@ def _blob_table(name: str) -> None:
     op.create_table(
         name,
         sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("codec", sa.String(length=16), nullable=False),
+        sa.Column("codec", sa.String(length=32), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("sha256"),
