@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from functools import lru_cache
-from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -60,7 +60,9 @@ def _dictionary(codec: str) -> zstandard.ZstdCompressionDict:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InvalidAuditRecordError(f"audit content codec {codec!r} needs {path.name}, which is not installed") from exc
+        raise InvalidAuditRecordError(
+            f"audit content codec {codec!r} needs {path.name}, which is not installed"
+        ) from exc
     if hashlib.sha256(data).hexdigest()[:16] != name:
         raise InvalidAuditRecordError(f"{path.name} does not hash to its name; it was altered")
     return zstandard.ZstdCompressionDict(data)

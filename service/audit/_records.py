@@ -93,7 +93,9 @@ def stored_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidAuditRecordError(f"the record's decision is not readable: {where}: {first['msg']}") from exc
+        raise InvalidAuditRecordError(
+            f"the record's decision is not readable: {where}: {first['msg']}"
+        ) from exc
 
 
 def suggested_trial_ids(decision: Decision) -> list[str]:
@@ -199,7 +201,11 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
     values["content_sha256"] = stored.sha256
     contents = [stored] if manifest is None else [manifest, stored]
     return PreparedDecision(
-        values=values, cards=list(card_rows.values()), resources=resources, contents=contents, manifest=manifest
+        values=values,
+        cards=list(card_rows.values()),
+        resources=resources,
+        contents=contents,
+        manifest=manifest,
     )
 
 

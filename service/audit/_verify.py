@@ -111,7 +111,11 @@ def walk_chain(connection: Connection, records: Select[Any]) -> tuple[int, list[
         checked += 1
         label = f"seq {row.seq} (record {row.record_id})"
         if row.seq != expected_seq:
-            missing = f"seq {expected_seq}" if row.seq == expected_seq + 1 else f"seqs {expected_seq}..{row.seq - 1}"
+            missing = (
+                f"seq {expected_seq}"
+                if row.seq == expected_seq + 1
+                else f"seqs {expected_seq}..{row.seq - 1}"
+            )
             problems.append(f"gap before {label}: {missing} missing (deleted record?)")
         if row.prev_hash != previous_hash:
             problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")

@@ -100,7 +100,9 @@ def replay_decision(store: AuditStore, decision_id: str, evaluate: Evaluate) -> 
         )
     recorded = stored_decision(content, snapshot)
     evaluated_at = recorded.evaluated_at.isoformat()
-    replayed = evaluate(snapshot, store.input_resources(decision), evaluated_at, dict(recorded.unavailable or {}))
+    replayed = evaluate(
+        snapshot, store.input_resources(decision), evaluated_at, dict(recorded.unavailable or {})
+    )
     return ReplayReport(
         decision_id=decision_id,
         criteria_fingerprint=fingerprint,

@@ -22,11 +22,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, String, Table, any_, bindparam, delete, func, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy import Text as TextType
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
@@ -34,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import _counts, _verify
-from ._canonical import GENESIS_HASH, as_utc, canonical_json, chain_hash, parse_timestamp
+from ._canonical import as_utc, canonical_json, chain_hash, parse_timestamp
 from ._content import CODEC, RESOURCE_CODEC, Document, content_address, decode_body, encode_body
 from ._engine import create_audit_engine, describe_database_error
 from ._records import (
@@ -75,8 +87,8 @@ _LOOKUP_BATCH = 500
 _T = TypeVar("_T")
 
 _record_table = AuditRecord.__table__
-_resource_table = AuditResource.__table__
-_content_table = AuditContent.__table__
+_resource_table = cast(Table, AuditResource.__table__)
+_content_table = cast(Table, AuditContent.__table__)
 
 
 def _records_query() -> Any:
@@ -268,6 +280,7 @@ class AuditStore:
         found: set[str] = set()
         for start in range(0, len(addresses), _LOOKUP_BATCH):
             batch = addresses[start : start + _LOOKUP_BATCH]
+            condition: ColumnElement[bool]
             if self._is_sqlite:
                 condition = table.c.sha256.in_(batch)
             else:
@@ -289,10 +302,11 @@ class AuditStore:
             stored_codec, body = encode_body(item.text, codec)
             rows.append({"sha256": item.sha256, "codec": stored_codec, "size": len(item.text), "body": body})
         if self._is_sqlite:
-            statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
+            connection.execute(sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"]), rows)
         else:
-            statement = postgresql.insert(table).on_conflict_do_nothing(index_elements=["sha256"])
-        connection.execute(statement, rows)
+            connection.execute(
+                postgresql.insert(table).on_conflict_do_nothing(index_elements=["sha256"]), rows
+            )
 
     def _store_documents(self, prepared: PreparedDecision) -> None:
         """Write a decision's documents before it is chained, outside the chain's lock.
@@ -427,7 +441,9 @@ class AuditStore:
                 found[row.sha256] = text
         missing = [address for address in wanted if address not in found]
         if missing:
-            raise MissingAuditContentError(f"{table.name} is missing {len(missing)} documents, e.g. {missing[0]}")
+            raise MissingAuditContentError(
+                f"{table.name} is missing {len(missing)} documents, e.g. {missing[0]}"
+            )
         return [found[address] for address in addresses]
 
     def iter_records(

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 __all__ = ["POSTGRES_BIN_GLOB", "PostgresServer", "find_postgres_bin", "free_port"]
 
@@ -99,5 +100,5 @@ class PostgresServer:
         with psycopg.connect(
             host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
         ) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"

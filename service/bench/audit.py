@@ -60,7 +60,9 @@ def _databases(audit_url: str | None) -> Iterator[Any]:
             name = f"bench_audit_{uuid.uuid4().hex[:12]}"
             with admin.connect() as connection:
                 connection.execute(text(f'CREATE DATABASE "{name}"'))
-            return url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+            return url.set(drivername="postgresql+psycopg", database=name).render_as_string(
+                hide_password=False
+            )
 
         try:
             yield create
@@ -117,7 +119,9 @@ async def _records(sizes_and_ids: list[tuple[int, str]]) -> tuple[list[dict[str,
             patient = sized_patient(date.today(), size, patient_id=patient_id)
             body = orjson.dumps(hook_request(patient, runtime.mappings))
             _, outcome = await serve_body(body, runtime)
-            records.append({**outcome.record, "client": "bench", "recorded_at": datetime.now(UTC).isoformat()})
+            records.append(
+                {**outcome.record, "client": "bench", "recorded_at": datetime.now(UTC).isoformat()}
+            )
     return records, runtime.criteria.fingerprint, dict(runtime.criteria.snapshot)
 
 

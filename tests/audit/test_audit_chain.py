@@ -123,7 +123,9 @@ def test_untouched_chain_verifies(store: AuditStore, make_decision: DecisionFact
 
 def _content_address(store: AuditStore, seq: int) -> str:
     with store.engine.begin() as connection:
-        address: str = connection.execute(select(AuditRecord.content_sha256).where(AuditRecord.seq == seq)).scalar_one()
+        address: str = connection.execute(
+            select(AuditRecord.content_sha256).where(AuditRecord.seq == seq)
+        ).scalar_one()
     return address
 
 
@@ -131,7 +133,9 @@ def test_edited_content_is_detected(store: AuditStore, make_decision: DecisionFa
     ids = _fill(store, make_decision, 5)
     address = _content_address(store, 3)
     with store.engine.begin() as connection:
-        body = connection.execute(select(AuditContent.body).where(AuditContent.sha256 == address)).scalar_one()
+        body = connection.execute(
+            select(AuditContent.body).where(AuditContent.sha256 == address)
+        ).scalar_one()
         edited = zstandard.decompress(body).replace(b"NCT05727904", b"NCT99999999")
         connection.execute(
             update(AuditContent).where(AuditContent.sha256 == address).values(body=zstandard.compress(edited))

@@ -32,7 +32,9 @@ def _address(resource: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def test_repeat_chart_opens_store_each_resource_once(store: AuditStore, make_decision: DecisionFactory) -> None:
+def test_repeat_chart_opens_store_each_resource_once(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
     first = make_decision()
     store.append_decision(first)
     after_first = _stored(store)
@@ -46,7 +48,9 @@ def test_repeat_chart_opens_store_each_resource_once(store: AuditStore, make_dec
     assert contents == 1 + 4, "one shared input manifest and one content per decision"
 
 
-def test_a_new_version_of_a_resource_is_one_more_row(store: AuditStore, make_decision: DecisionFactory) -> None:
+def test_a_new_version_of_a_resource_is_one_more_row(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
     store.append_decision(make_decision())
     changed = make_decision()
     changed["input_resources"][1] = {**changed["input_resources"][1], "meta": {"versionId": "2"}}
@@ -58,7 +62,9 @@ def test_a_new_version_of_a_resource_is_one_more_row(store: AuditStore, make_dec
     assert store.input_resources(stored) == changed["input_resources"]
 
 
-def test_the_address_is_the_sha256_of_canonical_json(store: AuditStore, make_decision: DecisionFactory) -> None:
+def test_the_address_is_the_sha256_of_canonical_json(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
     record = make_decision()
     store.append_decision(record)
     with store.engine.connect() as connection:
@@ -117,13 +123,17 @@ def test_verify_finds_a_missing_resource(store: AuditStore, make_decision: Decis
         store.input_resources(stored)
 
 
-def test_verify_finds_a_missing_manifest_and_content(store: AuditStore, make_decision: DecisionFactory) -> None:
+def test_verify_finds_a_missing_manifest_and_content(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
     ids = [store.append_decision(make_decision()) for _ in range(2)]
     first = store.get_decision(ids[0])
     assert first is not None
     manifest = first["content"]["input_manifest"]["sha256"]
     with store.engine.begin() as connection:
-        content = connection.execute(select(AuditRecord.content_sha256).where(AuditRecord.seq == 2)).scalar_one()
+        content = connection.execute(
+            select(AuditRecord.content_sha256).where(AuditRecord.seq == 2)
+        ).scalar_one()
         connection.execute(delete(AuditContent).where(AuditContent.sha256.in_([manifest, content])))
 
     assert store.verify().problems == [

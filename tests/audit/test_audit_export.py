@@ -177,7 +177,9 @@ def _readable(row: Any) -> str:
 def _database_text(store: AuditStore) -> str:
     with store.engine.connect() as connection:
         return "\n".join(
-            _readable(row) for table in AuditBase.metadata.sorted_tables for row in connection.execute(select(table))
+            _readable(row)
+            for table in AuditBase.metadata.sorted_tables
+            for row in connection.execute(select(table))
         )
 
 

@@ -55,7 +55,12 @@ def _old_postgres(tmp_path: Path, postgres_url: str) -> str:
         with old.connect() as source, store.engine.begin() as target:
             target.execute(delete(Table("audit_chain_head", MetaData(), autoload_with=target)))
             for name in OLD_TABLES:
-                rows = [_as_utc(dict(row)) for row in source.execute(Table(name, MetaData(), autoload_with=source).select()).mappings()]
+                rows = [
+                    _as_utc(dict(row))
+                    for row in source.execute(
+                        Table(name, MetaData(), autoload_with=source).select()
+                    ).mappings()
+                ]
                 target.execute(Table(name, MetaData(), autoload_with=target).insert(), rows)
     finally:
         old.dispose()
@@ -115,7 +120,10 @@ def test_new_records_chain_onto_old_ones_and_replay(migrated: AuditStore) -> Non
         "cards": [],
     }
 
-    new_ids = [migrated.append_decision(record), migrated.append_decision({**record, "decision_id": str(uuid.uuid4())})]
+    new_ids = [
+        migrated.append_decision(record),
+        migrated.append_decision({**record, "decision_id": str(uuid.uuid4())}),
+    ]
 
     report = migrated.verify()
     assert report.ok, report.problems
