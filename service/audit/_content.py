@@ -32,6 +32,7 @@ __all__ = [
     "document",
     "encode_body",
     "input_documents",
+    "inputs_key",
 ]
 
 CODEC = "zstd"
@@ -98,6 +99,11 @@ def document(value: Any, where: str = "audit document") -> Document:
     """The canonical JSON of ``value`` and its address."""
     text = _canonical_bytes(value, where)
     return Document(content_address(text), text)
+
+
+def inputs_key(resources: list[Any]) -> str:
+    """One hash of a whole input list, to recognise a repeat chart open before any per-resource work."""
+    return content_address(_canonical_bytes(resources, "decision.input_resources"))
 
 
 def _reference(resource: Mapping[str, Any], sha256: str) -> dict[str, Any]:

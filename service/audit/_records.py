@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
 from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
-from ._content import Document, content_address, document, input_documents
+from ._content import Document, content_address, document, input_documents, inputs_key
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -50,6 +50,8 @@ class PreparedDecision:
     resources: list[Document] = field(default_factory=list)
     contents: list[Document] = field(default_factory=list)
     manifest: Document | None = None
+    inputs_key: str | None = None
+    input_manifest: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,29 +128,43 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
-def _split_inputs(record: Mapping[str, Any]) -> tuple[dict[str, Any], list[Document], Document | None]:
-    """The record without ``input_resources``, the resources as documents, and their manifest.
+def _split_inputs(
+    record: Mapping[str, Any], known: Mapping[str, dict[str, Any]]
+) -> tuple[dict[str, Any], list[Document], Document | None, str | None]:
+    """The record without ``input_resources``, the resources as documents, their manifest, and
+    the key of the whole input list.
 
     The manifest is the list of references (type, id, versionId, sha256) in input order; a
-    repeat chart open reads the same resources, so it has the same manifest and stores nothing new.
+    repeat chart open reads the same resources, so it has the same manifest and stores nothing
+    new. ``known`` maps input-list keys to manifests already stored: a hit skips the work of
+    serialising and hashing each resource.
     """
     rest = {key: value for key, value in record.items() if key != "input_resources"}
     if "input_resources" not in record:
-        return rest, [], None
+        return rest, [], None, None
     resources = record["input_resources"]
     if not isinstance(resources, list):
         raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
+    key = inputs_key(resources)
+    if key in known:
+        rest["input_manifest"] = dict(known[key])
+        return rest, [], None, key
     documents, references = input_documents(list(resources), "decision.input_resources")
     manifest = document(references, "decision.input_manifest")
     rest["input_manifest"] = {"sha256": manifest.sha256, "count": len(references)}
-    return rest, documents, manifest
+    return rest, documents, manifest, key
 
 
-def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
-    """Check a decision record, drop secrets, split off its inputs and derive the indexed columns."""
+def prepare_decision(
+    record: Mapping[str, Any], known_inputs: Mapping[str, dict[str, Any]] | None = None
+) -> PreparedDecision:
+    """Check a decision record, drop secrets, split off its inputs and derive the indexed columns.
+
+    ``known_inputs``: input-list keys whose manifests are stored (see :func:`_split_inputs`).
+    """
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    clean, resources, manifest = _split_inputs(record)
+    clean, resources, manifest, key = _split_inputs(record, known_inputs or {})
     content = canonical_json(clean)
     if may_hold_secrets(content):
         clean = scrub_secrets(clean)

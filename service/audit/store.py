@@ -84,6 +84,9 @@ RECORD_KINDS = ("decision", "feedback")
 _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
 _LOOKUP_BATCH = 500
+_KNOWN_INPUTS = 1024
+"""Input lists remembered per store: a repeat chart open in this process then hashes one
+list, not each resource (an entry is a key and a manifest address, about 300 bytes)."""
 _T = TypeVar("_T")
 
 _record_table = AuditRecord.__table__
@@ -171,6 +174,7 @@ class AuditStore:
         self.engine = engine
         self._jti_calls = itertools.count(1)
         self._saved_fingerprints: set[str] = set()
+        self._known_inputs: dict[str, dict[str, Any]] = {}
         self.last_chain_lock_seconds: float | None = None
         """How long the last append held the chain lock (locked to committed), for the benchmark."""
 
@@ -320,10 +324,19 @@ class AuditStore:
                 self._insert_new(connection, _resource_table, prepared.resources, RESOURCE_CODEC)
             self._insert_new(connection, _content_table, prepared.contents)
 
+    def _remember_inputs(self, key: str, manifest: dict[str, Any]) -> None:
+        """Remember an input list whose manifest and resources are committed (the newest few)."""
+        self._known_inputs.pop(key, None)
+        self._known_inputs[key] = manifest
+        while len(self._known_inputs) > _KNOWN_INPUTS:
+            self._known_inputs.pop(next(iter(self._known_inputs)), None)
+
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
-        prepared = prepare_decision(record)
+        prepared = prepare_decision(record, self._known_inputs)
         self._store_documents(prepared)
+        if prepared.inputs_key is not None and prepared.input_manifest is not None:
+            self._remember_inputs(prepared.inputs_key, prepared.input_manifest)
 
         def write(connection: Connection, head: _ChainHead) -> str:
             return self._write_decision(connection, head, prepared)

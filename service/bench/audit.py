@@ -11,9 +11,10 @@ Measured:
 
 - bytes stored per decision for a first and a repeat open of one patient (growth of every
   table, index and TOAST relation of the database, averaged over several decisions);
-- decisions per second with 1, 2 and 4 writer processes, each appending repeat opens, and the
+- decisions per second with 1, 2 and 4 writer processes, each appending repeat opens, the
   time each append held the chain lock (``AuditStore.last_chain_lock_seconds``: from the
-  moment the head row is locked to the end of the commit that releases it);
+  moment the head row is locked to the end of the commit that releases it), and how busy the
+  lock was (decisions per second × mean hold: near 1 the one chain is the bottleneck);
 - the database's size after ``store_decisions`` decisions over ``store_patients`` patients.
 """
 
@@ -184,12 +185,14 @@ def _writers(url: str, record: dict[str, Any], processes: int, per_writer: int) 
         worker.join()
     elapsed = max(run["ended"] for run in runs) - min(run["started"] for run in runs)
     holds = [hold for run in runs for hold in run["holds"]]
+    per_second = processes * per_writer / elapsed
     return {
         "processes": processes,
         "decisions": processes * per_writer,
-        "decisions_per_second": round(processes * per_writer / elapsed, 1),
+        "decisions_per_second": round(per_second, 1),
         "append_ms": percentiles([a for run in runs for a in run["appends"]]),
         "chain_lock_hold_ms": percentiles(holds) if holds else None,
+        "chain_lock_busy": round(per_second * sum(holds) / len(holds), 3) if holds else None,
     }
 
 

@@ -147,7 +147,7 @@ def _audit_lines(audit: dict[str, Any]) -> list[str]:
         "",
     ]
     lines += _table(
-        ["writer processes", "decisions", "decisions/s", "append (ms)", "chain lock held (ms)"],
+        ["writer processes", "decisions", "decisions/s", "append (ms)", "chain lock held (ms)", "lock busy"],
         [
             [
                 str(run["processes"]),
@@ -155,6 +155,7 @@ def _audit_lines(audit: dict[str, Any]) -> list[str]:
                 f"{run['decisions_per_second']:.1f}",
                 _ms(run["append_ms"]),
                 _ms(run["chain_lock_hold_ms"]) if run["chain_lock_hold_ms"] else "-",
+                f"{run['chain_lock_busy']:.0%}" if run.get("chain_lock_busy") is not None else "-",
             ]
             for run in audit["writers"]
         ],

@@ -48,6 +48,22 @@ def test_repeat_chart_opens_store_each_resource_once(
     assert contents == 1 + 4, "one shared input manifest and one content per decision"
 
 
+def test_another_instance_finds_the_stored_manifest(
+    store: AuditStore, database_url: str, make_decision: DecisionFactory
+) -> None:
+    store.append_decision(make_decision())
+    stored = _stored(store)
+    other = AuditStore.from_url(database_url)
+    try:
+        decision_id = other.append_decision(make_decision())
+        assert _stored(other) == stored
+        record = other.get_decision(decision_id)
+        assert record is not None and len(other.input_resources(record)) == 2
+    finally:
+        other.close()
+    assert store.verify().ok
+
+
 def test_a_new_version_of_a_resource_is_one_more_row(
     store: AuditStore, make_decision: DecisionFactory
 ) -> None:
