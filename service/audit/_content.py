@@ -82,6 +82,15 @@ def content_address(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
+_STRICT_SORTED = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+"""Sorted keys, and plain JSON types only: a datetime or dataclass is refused, not converted."""
+
+
 def _canonical_bytes(value: Any, where: str) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the bytes a document's address is taken over.
 
@@ -90,7 +99,7 @@ def _canonical_bytes(value: Any, where: str) -> bytes:
     texts match :func:`~service.audit._canonical.canonical_json` for what hooks send.
     """
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(value, option=_STRICT_SORTED)
     except orjson.JSONEncodeError as exc:
         raise InvalidAuditRecordError(f"{where} is not plain JSON: {exc}") from exc
 

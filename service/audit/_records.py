@@ -46,9 +46,9 @@ class PreparedDecision:
     documents to store before the row is chained: input resources, the manifest, the content."""
 
     values: dict[str, Any]
+    content: Document
     cards: list[dict[str, Any]] = field(default_factory=list)
     resources: list[Document] = field(default_factory=list)
-    contents: list[Document] = field(default_factory=list)
     manifest: Document | None = None
     inputs_key: str | None = None
     input_manifest: dict[str, Any] | None = None
@@ -215,13 +215,14 @@ def prepare_decision(
     }
     stored = Document(content_address(content.encode("utf-8")), content.encode("utf-8"))
     values["content_sha256"] = stored.sha256
-    contents = [stored] if manifest is None else [manifest, stored]
     return PreparedDecision(
         values=values,
         cards=list(card_rows.values()),
         resources=resources,
-        contents=contents,
+        content=stored,
         manifest=manifest,
+        inputs_key=key,
+        input_manifest=clean.get("input_manifest"),
     )
 
 

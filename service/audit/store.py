@@ -293,11 +293,21 @@ class AuditStore:
         return found
 
     def _insert_new(
-        self, connection: Connection, table: Table, documents: Iterable[Document], codec: str = CODEC
+        self,
+        connection: Connection,
+        table: Table,
+        documents: Iterable[Document],
+        codec: str = CODEC,
+        *,
+        lookup: bool = True,
     ) -> None:
-        """Insert the documents not yet stored; one a concurrent writer adds meanwhile is skipped."""
+        """Insert the documents not yet stored; one a concurrent writer adds meanwhile is skipped.
+
+        ``lookup=False`` skips compressing-and-sending only what is stored, for documents that
+        are new by construction (a decision's content holds its own id).
+        """
         pending = {item.sha256: item for item in documents}
-        for stored in self._stored_addresses(connection, table, list(pending)):
+        for stored in self._stored_addresses(connection, table, list(pending)) if lookup else ():
             del pending[stored]
         if not pending:
             return
@@ -320,9 +330,12 @@ class AuditStore:
         """
         with self._transaction(write=True) as connection:
             manifest = prepared.manifest
-            if manifest is None or not self._stored_addresses(connection, _content_table, [manifest.sha256]):
+            if manifest is not None and not self._stored_addresses(
+                connection, _content_table, [manifest.sha256]
+            ):
                 self._insert_new(connection, _resource_table, prepared.resources, RESOURCE_CODEC)
-            self._insert_new(connection, _content_table, prepared.contents)
+                self._insert_new(connection, _content_table, [manifest])
+            self._insert_new(connection, _content_table, [prepared.content], lookup=False)
 
     def _remember_inputs(self, key: str, manifest: dict[str, Any]) -> None:
         """Remember an input list whose manifest and resources are committed (the newest few)."""
