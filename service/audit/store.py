@@ -17,23 +17,18 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
-    String,
-    Table,
-    any_,
-    bindparam,
     delete,
     func,
     insert,
@@ -42,12 +37,10 @@ from sqlalchemy import (
 from sqlalchemy import Text as TextType
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from . import _counts, _verify
+from . import _counts, _documents, _verify
 from ._canonical import as_utc, canonical_json, chain_hash, parse_timestamp
-from ._content import CODEC, RESOURCE_CODEC, Document, content_address, decode_body, encode_body
 from ._engine import create_audit_engine, describe_database_error
 from ._records import (
     DECISION_OUTCOMES,
@@ -57,22 +50,18 @@ from ._records import (
     hash_document,
     prepare_decision,
     prepare_feedback,
-    record_view,
 )
 from .errors import (
     AuditUnavailableError,
     DuplicateRecordError,
     InvalidAuditRecordError,
-    MissingAuditContentError,
     UnknownCardError,
 )
 from .models import (
     CHAIN_HEAD_ID,
     AuditCard,
     AuditChainHead,
-    AuditContent,
     AuditRecord,
-    AuditResource,
     CriteriaVersion,
     SeenJti,
 )
@@ -83,35 +72,12 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 RECORD_KINDS = ("decision", "feedback")
 _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
-_LOOKUP_BATCH = 500
 _KNOWN_INPUTS = 1024
 """Input lists remembered per store: a repeat chart open in this process then hashes one
 list, not each resource (an entry is a key and a manifest address, about 300 bytes)."""
 _T = TypeVar("_T")
 
 _record_table = AuditRecord.__table__
-_resource_table = cast(Table, AuditResource.__table__)
-_content_table = cast(Table, AuditContent.__table__)
-
-
-def _records_query() -> Any:
-    """Every record column, plus the codec and body of its content document where kept apart."""
-    return select(
-        _record_table,
-        _content_table.c.codec.label("content_codec"),
-        _content_table.c.body.label("content_body"),
-    ).outerjoin(_content_table, _content_table.c.sha256 == _record_table.c.content_sha256)
-
-
-def _view(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A record row (from :func:`_records_query`) as a plain dict with its content parsed."""
-    if values["content_sha256"] is None:
-        return record_view(values)
-    if values["content_body"] is None:
-        raise MissingAuditContentError(
-            f"record {values['record_id']}: its content {values['content_sha256']} is missing"
-        )
-    return record_view(values, decode_body(values["content_codec"], values["content_body"]))
 
 
 @dataclass(frozen=True)
@@ -279,64 +245,6 @@ class AuditStore:
             .values(last_seq=row["seq"], last_hash=row["hash"])
         )
 
-    def _stored_addresses(self, connection: Connection, table: Table, addresses: list[str]) -> set[str]:
-        """Which of ``addresses`` the table holds (one array parameter on PostgreSQL)."""
-        found: set[str] = set()
-        for start in range(0, len(addresses), _LOOKUP_BATCH):
-            batch = addresses[start : start + _LOOKUP_BATCH]
-            condition: ColumnElement[bool]
-            if self._is_sqlite:
-                condition = table.c.sha256.in_(batch)
-            else:
-                condition = table.c.sha256 == any_(bindparam(None, batch, type_=postgresql.ARRAY(String)))
-            found.update(connection.execute(select(table.c.sha256).where(condition)).scalars())
-        return found
-
-    def _insert_new(
-        self,
-        connection: Connection,
-        table: Table,
-        documents: Iterable[Document],
-        codec: str = CODEC,
-        *,
-        lookup: bool = True,
-    ) -> None:
-        """Insert the documents not yet stored; one a concurrent writer adds meanwhile is skipped.
-
-        ``lookup=False`` skips compressing-and-sending only what is stored, for documents that
-        are new by construction (a decision's content holds its own id).
-        """
-        pending = {item.sha256: item for item in documents}
-        for stored in self._stored_addresses(connection, table, list(pending)) if lookup else ():
-            del pending[stored]
-        if not pending:
-            return
-        rows = []
-        for item in pending.values():
-            stored_codec, body = encode_body(item.text, codec)
-            rows.append({"sha256": item.sha256, "codec": stored_codec, "size": len(item.text), "body": body})
-        if self._is_sqlite:
-            connection.execute(sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"]), rows)
-        else:
-            connection.execute(
-                postgresql.insert(table).on_conflict_do_nothing(index_elements=["sha256"]), rows
-            )
-
-    def _store_documents(self, prepared: PreparedDecision) -> None:
-        """Write a decision's documents before it is chained, outside the chain's lock.
-
-        A manifest is written in the same transaction as its resources, so a stored manifest
-        means every resource it lists is stored: a repeat chart open checks one address.
-        """
-        with self._transaction(write=True) as connection:
-            manifest = prepared.manifest
-            if manifest is not None and not self._stored_addresses(
-                connection, _content_table, [manifest.sha256]
-            ):
-                self._insert_new(connection, _resource_table, prepared.resources, RESOURCE_CODEC)
-                self._insert_new(connection, _content_table, [manifest])
-            self._insert_new(connection, _content_table, [prepared.content], lookup=False)
-
     def _remember_inputs(self, key: str, manifest: dict[str, Any]) -> None:
         """Remember an input list whose manifest and resources are committed (the newest few)."""
         self._known_inputs.pop(key, None)
@@ -347,7 +255,8 @@ class AuditStore:
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
         prepared = prepare_decision(record, self._known_inputs)
-        self._store_documents(prepared)
+        with self._transaction(write=True) as connection:
+            _documents.store_documents(connection, prepared)
         if prepared.inputs_key is not None and prepared.input_manifest is not None:
             self._remember_inputs(prepared.inputs_key, prepared.input_manifest)
 
@@ -409,31 +318,33 @@ class AuditStore:
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         """The decision record with this id (metadata plus ``content``), or None."""
-        query = _records_query().where(
+        query = _documents.records_query().where(
             _record_table.c.record_id == decision_id, _record_table.c.kind == "decision"
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else _view(row._asdict())
+        return None if row is None else _documents.record_from_row(row._asdict())
 
     def find_decision_by_card(self, card_uuid: str) -> dict[str, Any] | None:
         """The latest decision that showed the card with this uuid, or None."""
         query = (
-            _records_query()
+            _documents.records_query()
             .join(AuditCard, AuditCard.record_id == _record_table.c.record_id)
             .where(AuditCard.card_uuid == card_uuid)
             .order_by(_record_table.c.seq.desc())
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else _view(row._asdict())
+        return None if row is None else _documents.record_from_row(row._asdict())
 
     def verify(self) -> VerifyReport:
         """Walk the chain in one snapshot: edited records, broken links and gaps are problems,
         and so is a record whose content or input resources are missing or do not match their
         addresses."""
         with self._transaction(write=False, snapshot=True) as connection:
-            checked, problems = _verify.walk_chain(connection, _records_query().order_by(_record_table.c.seq))
+            checked, problems = _verify.walk_chain(
+                connection, _documents.records_query().order_by(_record_table.c.seq)
+            )
         return VerifyReport(ok=not problems, records_checked=checked, problems=problems)
 
     def input_resources(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -449,28 +360,7 @@ class AuditStore:
         if manifest is None:
             return []
         with self._transaction(write=False, snapshot=True) as connection:
-            references = json.loads(self._load(connection, _content_table, [manifest["sha256"]])[0])
-            texts = self._load(connection, _resource_table, [ref["sha256"] for ref in references])
-        return [json.loads(text) for text in texts]
-
-    def _load(self, connection: Connection, table: Table, addresses: list[str]) -> list[bytes]:
-        """Documents by address, in the order asked, each checked against its address."""
-        found: dict[str, bytes] = {}
-        wanted = list(dict.fromkeys(addresses))
-        for start in range(0, len(wanted), _LOOKUP_BATCH):
-            batch = wanted[start : start + _LOOKUP_BATCH]
-            query = select(table.c.sha256, table.c.codec, table.c.body).where(table.c.sha256.in_(batch))
-            for row in connection.execute(query):
-                text = decode_body(row.codec, row.body)
-                if content_address(text) != row.sha256:
-                    raise MissingAuditContentError(f"{table.name} {row.sha256} does not match its address")
-                found[row.sha256] = text
-        missing = [address for address in wanted if address not in found]
-        if missing:
-            raise MissingAuditContentError(
-                f"{table.name} is missing {len(missing)} documents, e.g. {missing[0]}"
-            )
-        return [found[address] for address in addresses]
+            return _documents.load_inputs(connection, manifest["sha256"])
 
     def iter_records(
         self, filters: ExportFilters | None = None, *, with_inputs: bool = False
@@ -481,7 +371,7 @@ class AuditStore:
         ``input_resources`` (loaded from the store), for exports that must stand alone.
         """
         filters = filters or ExportFilters()
-        query = _records_query().order_by(_record_table.c.seq)
+        query = _documents.records_query().order_by(_record_table.c.seq)
         if filters.since is not None:
             query = query.where(_record_table.c.recorded_at >= as_utc(filters.since))
         if filters.until is not None:
@@ -503,7 +393,7 @@ class AuditStore:
         with self._transaction(write=False) as connection:
             rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(query)
             for row in rows:
-                view = _view(row._asdict())
+                view = _documents.record_from_row(row._asdict())
                 if filters.trial_id is not None and filters.trial_id not in view["trial_ids"]:
                     continue
                 if per_trial_outcome and not _counts.trial_outcome_matches(
