@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import zstandard
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from service.audit import AuditStore, ExportFilters
-from service.audit.models import AuditCard, AuditContent, AuditRecord
+from service.audit.models import AuditCard, AuditContent, AuditRecord, AuditResource
 
 DecisionFactory = Callable[..., dict[str, Any]]
 
@@ -81,6 +81,9 @@ _WRITER = textwrap.dedent(
             "decision_id": str(uuid.uuid4()), "recorded_at": "2024-05-14T09:30:00Z",
             "hook": "patient-view", "service_id": "til-trials", "patient_ref": writer,
             "user_ref": None, "cards": [],
+            "input_resources": [{"resourceType": "Patient", "id": "shared", "meta": {"versionId": "1"}},
+                                {"resourceType": "Observation", "id": writer.replace("/", "-"), "status": "final"},
+                                {"resourceType": "Observation", "id": "n", "valueInteger": n}],
             "decision": {"evaluated_at": "2024-05-14T09:30:00Z", "criteria_fingerprint": "sha256:c",
                          "input_fingerprint": "sha256:i", "patient": {"reference": writer}},
         })
@@ -112,6 +115,9 @@ def test_concurrent_processes_extend_one_chain(database_url: str, tmp_path: Path
         authors = [record["patient_ref"] for record in records]
         switches = sum(1 for before, after in pairwise(authors) if before != after)
         assert switches > 1, "the two writers never interleaved; the test proved nothing"
+        with store.engine.connect() as connection:
+            resources = connection.execute(select(func.count()).select_from(AuditResource)).scalar_one()
+        assert resources == 1 + 2 + PROCESS_APPENDS, "each resource once, whichever writer stored it first"
     finally:
         store.close()
 
