@@ -139,8 +139,8 @@ def criteria_schema(
 @app.command()
 def bench(
     parts: Annotated[
-        str, typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory.")
-    ] = "prefetch,fetch,throughput,memory",
+        str, typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory, audit.")
+    ] = "prefetch,fetch,throughput,memory,audit",
     sizes: Annotated[
         str | None, typer.Option(help="Observations per patient, e.g. 10,100,1000,5000.")
     ] = None,

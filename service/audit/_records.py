@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
 from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
+from ._content import Document, content_address, document, input_documents, inputs_key
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -41,10 +42,16 @@ FEEDBACK_OUTCOMES = ("accepted", "overridden")
 
 @dataclass(frozen=True)
 class PreparedDecision:
-    """Column values of a decision row (without seq and hashes) and the cards it showed."""
+    """Column values of a decision row (without seq and hashes), the cards it showed, and the
+    documents to store before the row is chained: input resources, the manifest, the content."""
 
     values: dict[str, Any]
+    content: Document
     cards: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[Document] = field(default_factory=list)
+    manifest: Document | None = None
+    inputs_key: str | None = None
+    input_manifest: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,16 +128,47 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
-def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
-    """Check a decision record, drop secrets and derive the indexed columns."""
+def _split_inputs(
+    record: Mapping[str, Any], known: Mapping[str, dict[str, Any]]
+) -> tuple[dict[str, Any], list[Document], Document | None, str | None]:
+    """The record without ``input_resources``, the resources as documents, their manifest, and
+    the key of the whole input list.
+
+    The manifest is the list of references (type, id, versionId, sha256) in input order; a
+    repeat chart open reads the same resources, so it has the same manifest and stores nothing
+    new. ``known`` maps input-list keys to manifests already stored: a hit skips the work of
+    serialising and hashing each resource.
+    """
+    rest = {key: value for key, value in record.items() if key != "input_resources"}
+    if "input_resources" not in record:
+        return rest, [], None, None
+    resources = record["input_resources"]
+    if not isinstance(resources, list):
+        raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
+    key = inputs_key(resources)
+    if key in known:
+        rest["input_manifest"] = dict(known[key])
+        return rest, [], None, key
+    documents, references = input_documents(list(resources), "decision.input_resources")
+    manifest = document(references, "decision.input_manifest")
+    rest["input_manifest"] = {"sha256": manifest.sha256, "count": len(references)}
+    return rest, documents, manifest, key
+
+
+def prepare_decision(
+    record: Mapping[str, Any], known_inputs: Mapping[str, dict[str, Any]] | None = None
+) -> PreparedDecision:
+    """Check a decision record, drop secrets, split off its inputs and derive the indexed columns.
+
+    ``known_inputs``: input-list keys whose manifests are stored (see :func:`_split_inputs`).
+    """
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    content = canonical_json(record)
+    clean, resources, manifest, key = _split_inputs(record, known_inputs or {})
+    content = canonical_json(clean)
     if may_hold_secrets(content):
-        clean: dict[str, Any] = scrub_secrets(record)
+        clean = scrub_secrets(clean)
         content = canonical_json(clean)
-    else:
-        clean = dict(record)
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)
     try:
@@ -173,9 +211,19 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
         "trial_ids": trial_ids,
         "outcome": "suggested" if decision.suggested else "not_suggested",
         "dedupe_key": None,
-        "content": content,
+        "content": "",
     }
-    return PreparedDecision(values=values, cards=list(card_rows.values()))
+    stored = Document(content_address(content.encode("utf-8")), content.encode("utf-8"))
+    values["content_sha256"] = stored.sha256
+    return PreparedDecision(
+        values=values,
+        cards=list(card_rows.values()),
+        resources=resources,
+        content=stored,
+        manifest=manifest,
+        inputs_key=key,
+        input_manifest=clean.get("input_manifest"),
+    )
 
 
 def prepare_feedback(feedback: Mapping[str, Any]) -> PreparedFeedback:
@@ -220,6 +268,7 @@ def feedback_values(
         "outcome": prepared.outcome,
         "dedupe_key": prepared.dedupe_key,
         "content": canonical_json(content),
+        "content_sha256": None,
     }
 
 
@@ -238,19 +287,25 @@ HASHED_FIELDS = (
     "dedupe_key",
     "content",
 )
-"""Every column but the two hashes: ``prev_hash`` is appended to the hashed text instead."""
+"""Every column but the two hashes: ``prev_hash`` is appended to the hashed text instead.
+``content_sha256`` joins them when set, so records written before it existed hash as they did."""
 
 
 def hash_document(values: Mapping[str, Any]) -> dict[str, Any]:
     """The fields a record's hash covers, with the timestamp in its one canonical text form."""
-    document = {name: values[name] for name in HASHED_FIELDS}
-    document["recorded_at"] = utc_iso(values["recorded_at"])
-    document["trial_ids"] = list(values["trial_ids"])
-    return document
+    hashed = {name: values[name] for name in HASHED_FIELDS}
+    hashed["recorded_at"] = utc_iso(values["recorded_at"])
+    hashed["trial_ids"] = list(values["trial_ids"])
+    if values.get("content_sha256") is not None:
+        hashed["content_sha256"] = values["content_sha256"]
+    return hashed
 
 
-def record_view(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored row as a plain dict: metadata columns plus the parsed ``content``."""
+def record_view(values: Mapping[str, Any], content: str | bytes | None = None) -> dict[str, Any]:
+    """A stored row as a plain dict: metadata columns plus the parsed content.
+
+    ``content`` is the row's content document when it is kept apart (``content_sha256``).
+    """
     return {
         "seq": values["seq"],
         "record_id": values["record_id"],
@@ -263,7 +318,7 @@ def record_view(values: Mapping[str, Any]) -> dict[str, Any]:
         "decision_id": values["decision_id"],
         "trial_ids": list(values["trial_ids"]),
         "outcome": values["outcome"],
-        "content": json.loads(values["content"]),
+        "content": json.loads(values["content"] if content is None else content),
         "prev_hash": values["prev_hash"],
         "hash": values["hash"],
     }

@@ -21,7 +21,7 @@ from service.settings import (
 )
 
 from .errors import AuditError
-from .export import EXPORT_FORMATS, pseudonym_key_from_settings
+from .export import EXPORT_FORMATS, exports_inputs, pseudonym_key_from_settings
 from .replay import Evaluate, replay_decision
 from .store import AuditStore, ExportFilters
 
@@ -142,7 +142,8 @@ def export(
             raise typer.Exit(2) from exc
     _media_type, exporter = EXPORT_FORMATS[export_format]
     with _open_store(database_url) as store, _output(output) as handle:
-        for chunk in exporter(store.iter_records(filters), pseudonym_key=key):
+        records = store.iter_records(filters, with_inputs=exports_inputs(export_format, key))
+        for chunk in exporter(records, pseudonym_key=key):
             handle.write(chunk)
 
 

@@ -8,6 +8,7 @@ TilCdsError
     ├── DuplicateRecordError       a decision id is already in the trail
     ├── UnknownCardError           feedback names a card no recorded decision showed
     ├── UnknownDecisionError       replay asked for a decision that is not in the trail
+    ├── MissingAuditContentError   a record's content or input resource is gone or altered
     └── MissingCriteriaVersionError  replay needs a criteria snapshot that was never saved
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "AuditUnavailableError",
     "DuplicateRecordError",
     "InvalidAuditRecordError",
+    "MissingAuditContentError",
     "MissingCriteriaVersionError",
     "UnknownCardError",
     "UnknownDecisionError",
@@ -53,6 +55,10 @@ class UnknownCardError(AuditError):
 
 class UnknownDecisionError(AuditError):
     """No recorded decision has this id."""
+
+
+class MissingAuditContentError(AuditError):
+    """A stored document a record refers to is missing or does not hash to its address."""
 
 
 class MissingCriteriaVersionError(AuditError):

@@ -36,6 +36,7 @@ __all__ = [
     "export_csv",
     "export_fhir_bundle",
     "export_ndjson",
+    "exports_inputs",
     "pseudonym",
     "pseudonym_key_from_settings",
     "pseudonymise_record",
@@ -104,14 +105,29 @@ def pseudonymise_record(record: Mapping[str, Any], key: bytes) -> dict[str, Any]
     references = {record.get("patient_ref"), record.get("user_ref")}
     replacements = {ref: pseudonym(key, ref) for ref in references if isinstance(ref, str) and ref}
     content = dict(record["content"])
-    if "input_resources" in content:
-        content["input_resources_omitted"] = len(content.pop("input_resources") or [])
+    omitted = len(content.pop("input_resources", None) or [])
+    manifest = content.pop("input_manifest", None)
+    if manifest is not None:
+        omitted = int(manifest["count"])
+    if manifest is not None or "input_resources" in record["content"]:
+        content["input_resources_omitted"] = omitted
     if not replacements:
         return {**record, "content": content, "pseudonymised": True}
     pattern = _reference_pattern(replacements)
     result: dict[str, Any] = _replace_references({**record, "content": content}, replacements, pattern)
     result["pseudonymised"] = True
     return result
+
+
+def exports_inputs(export_format: str, pseudonym_key: bytes | None) -> bool:
+    """Whether an export carries each decision's input resources: NDJSON, not pseudonymised.
+
+    The store keeps each resource once and a decision names its inputs by hash; an NDJSON
+    export puts them back (as ``input_resources``, beside the ``input_manifest`` the chain
+    proves), so it can be read and replayed without the database, as exports before were.
+    CSV and AuditEvent exports never carried resources; pseudonymised ones leave them out.
+    """
+    return export_format == "ndjson" and pseudonym_key is None
 
 
 def _prepared(records: Iterable[Mapping[str, Any]], key: bytes | None) -> Iterator[dict[str, Any]]:

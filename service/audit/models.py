@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -16,7 +16,9 @@ __all__ = [
     "AuditBase",
     "AuditCard",
     "AuditChainHead",
+    "AuditContent",
     "AuditRecord",
+    "AuditResource",
     "CriteriaVersion",
     "SeenJti",
 ]
@@ -39,6 +41,8 @@ class AuditRecord(AuditBase):
     __tablename__ = "audit_record"
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Records written since revision 0002 keep ``content`` empty and name their content
+    # (in ``audit_content``) by ``content_sha256``; older records hold it inline.
     record_id: Mapped[str] = mapped_column(String(36), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -51,8 +55,38 @@ class AuditRecord(AuditBase):
     outcome: Mapped[str] = mapped_column(String(32))
     dedupe_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     content: Mapped[str] = mapped_column(Text)
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditResource(AuditBase):
+    """One FHIR input resource, stored once however many decisions read it.
+
+    Keyed by the SHA-256 of the resource's canonical JSON; decisions refer to it through
+    their input manifest. Rows are only ever inserted (``ON CONFLICT DO NOTHING``).
+    """
+
+    __tablename__ = "audit_resource"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    codec: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditContent(AuditBase):
+    """A decision's content or an input manifest, keyed by the SHA-256 of its canonical JSON.
+
+    Written before the chain is locked, so the chained ``audit_record`` row stays small.
+    """
+
+    __tablename__ = "audit_content"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    codec: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AuditCard(AuditBase):

@@ -101,7 +101,7 @@ def replay_decision(store: AuditStore, decision_id: str, evaluate: Evaluate) -> 
     recorded = stored_decision(content, snapshot)
     evaluated_at = recorded.evaluated_at.isoformat()
     replayed = evaluate(
-        snapshot, list(content.get("input_resources", [])), evaluated_at, dict(recorded.unavailable or {})
+        snapshot, store.input_resources(decision), evaluated_at, dict(recorded.unavailable or {})
     )
     return ReplayReport(
         decision_id=decision_id,

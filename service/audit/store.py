@@ -1,15 +1,22 @@
 """The append-only, hash-chained audit store (SQLite file or PostgreSQL).
 
-Every append locks the single chain-head row (``SELECT ... FOR UPDATE`` on PostgreSQL,
-``BEGIN IMMEDIATE`` on SQLite), so writers in any number of threads or processes extend one
-linear chain. Database failures surface as :class:`AuditUnavailableError`, never as a silent
-drop, so the caller can refuse to answer a hook it could not record.
+A decision is written in two transactions. First its documents — each input resource, the
+manifest listing them, and the decision's content — go into content-addressed tables
+(``INSERT ... ON CONFLICT DO NOTHING``; a resource already stored by an earlier chart open is
+not written again). Then the chain-head row is locked (``SELECT ... FOR UPDATE`` on
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link a small row that names the content by
+its hash, so writers in any number of threads or processes extend one linear chain without
+waiting for each other's large writes. A crash between the two leaves unreferenced documents,
+never a record without its content. Database failures surface as
+:class:`AuditUnavailableError`, never as a silent drop, so the caller can refuse to answer a
+hook it could not record.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,14 +26,21 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    delete,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy import Text as TextType
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from . import _counts
-from ._canonical import GENESIS_HASH, as_utc, canonical_json, chain_hash, parse_timestamp
+from . import _counts, _documents, _verify
+from ._canonical import as_utc, canonical_json, chain_hash, parse_timestamp
 from ._engine import create_audit_engine, describe_database_error
 from ._records import (
     DECISION_OUTCOMES,
@@ -36,7 +50,6 @@ from ._records import (
     hash_document,
     prepare_decision,
     prepare_feedback,
-    record_view,
 )
 from .errors import (
     AuditUnavailableError,
@@ -44,7 +57,14 @@ from .errors import (
     InvalidAuditRecordError,
     UnknownCardError,
 )
-from .models import CHAIN_HEAD_ID, AuditCard, AuditChainHead, AuditRecord, CriteriaVersion, SeenJti
+from .models import (
+    CHAIN_HEAD_ID,
+    AuditCard,
+    AuditChainHead,
+    AuditRecord,
+    CriteriaVersion,
+    SeenJti,
+)
 
 __all__ = ["AuditStore", "ExportFilters", "VerifyReport"]
 
@@ -52,6 +72,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 RECORD_KINDS = ("decision", "feedback")
 _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
+_KNOWN_INPUTS = 1024
+"""Input lists remembered per store: a repeat chart open in this process then hashes one
+list, not each resource (an entry is a key and a manifest address, about 300 bytes)."""
 _T = TypeVar("_T")
 
 _record_table = AuditRecord.__table__
@@ -117,6 +140,9 @@ class AuditStore:
         self.engine = engine
         self._jti_calls = itertools.count(1)
         self._saved_fingerprints: set[str] = set()
+        self._known_inputs: dict[str, dict[str, Any]] = {}
+        self.last_chain_lock_seconds: float | None = None
+        """How long the last append held the chain lock (locked to committed), for the benchmark."""
 
     @classmethod
     def from_url(cls, url: str) -> AuditStore:
@@ -153,15 +179,15 @@ class AuditStore:
         except SQLAlchemyError as exc:
             raise AuditUnavailableError(f"audit store unavailable: {describe_database_error(exc)}") from exc
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision; safe to run from every instance."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (the newest by default); safe to run from every instance."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self._transaction(write=True) as connection:
             if not self._is_sqlite:
                 connection.execute(select(func.pg_advisory_xact_lock(0x7A11C_D5A)))
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
     def save_criteria_version(self, fingerprint: str, snapshot: Mapping[str, Any]) -> None:
         """Keep the criteria snapshot a decision used; saving a fingerprint again is a no-op.
@@ -203,7 +229,10 @@ class AuditStore:
                 .where(AuditChainHead.id == CHAIN_HEAD_ID)
                 .with_for_update()
             ).one()
-            return write(connection, _ChainHead(head.last_seq, head.last_hash))
+            locked_at = time.perf_counter()
+            result = write(connection, _ChainHead(head.last_seq, head.last_hash))
+        self.last_chain_lock_seconds = time.perf_counter() - locked_at
+        return result
 
     @staticmethod
     def _insert_record(connection: Connection, head: _ChainHead, values: dict[str, Any]) -> None:
@@ -216,9 +245,20 @@ class AuditStore:
             .values(last_seq=row["seq"], last_hash=row["hash"])
         )
 
+    def _remember_inputs(self, key: str, manifest: dict[str, Any]) -> None:
+        """Remember an input list whose manifest and resources are committed (the newest few)."""
+        self._known_inputs.pop(key, None)
+        self._known_inputs[key] = manifest
+        while len(self._known_inputs) > _KNOWN_INPUTS:
+            self._known_inputs.pop(next(iter(self._known_inputs)), None)
+
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
-        prepared = prepare_decision(record)
+        prepared = prepare_decision(record, self._known_inputs)
+        with self._transaction(write=True) as connection:
+            _documents.store_documents(connection, prepared)
+        if prepared.inputs_key is not None and prepared.input_manifest is not None:
+            self._remember_inputs(prepared.inputs_key, prepared.input_manifest)
 
         def write(connection: Connection, head: _ChainHead) -> str:
             return self._write_decision(connection, head, prepared)
@@ -278,61 +318,60 @@ class AuditStore:
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         """The decision record with this id (metadata plus ``content``), or None."""
-        query = select(_record_table).where(
+        query = _documents.records_query().where(
             _record_table.c.record_id == decision_id, _record_table.c.kind == "decision"
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else record_view(row._asdict())
+        return None if row is None else _documents.record_from_row(row._asdict())
 
     def find_decision_by_card(self, card_uuid: str) -> dict[str, Any] | None:
         """The latest decision that showed the card with this uuid, or None."""
         query = (
-            select(_record_table)
+            _documents.records_query()
             .join(AuditCard, AuditCard.record_id == _record_table.c.record_id)
             .where(AuditCard.card_uuid == card_uuid)
             .order_by(_record_table.c.seq.desc())
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else record_view(row._asdict())
+        return None if row is None else _documents.record_from_row(row._asdict())
 
     def verify(self) -> VerifyReport:
-        """Walk the chain in one snapshot: edited records, broken links and gaps are problems."""
-        problems: list[str] = []
-        checked = 0
-        expected_seq, previous_hash = 1, GENESIS_HASH
+        """Walk the chain in one snapshot: edited records, broken links and gaps are problems,
+        and so is a record whose content or input resources are missing or do not match their
+        addresses."""
         with self._transaction(write=False, snapshot=True) as connection:
-            head = connection.execute(select(AuditChainHead.last_seq, AuditChainHead.last_hash)).one()
-            rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(
-                select(_record_table).order_by(_record_table.c.seq)
-            )
-            for row in rows:
-                checked += 1
-                label = f"seq {row.seq} (record {row.record_id})"
-                if row.seq != expected_seq:
-                    missing = (
-                        f"seq {expected_seq}"
-                        if row.seq == expected_seq + 1
-                        else f"seqs {expected_seq}..{row.seq - 1}"
-                    )
-                    problems.append(f"gap before {label}: {missing} missing (deleted record?)")
-                if row.prev_hash != previous_hash:
-                    problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")
-                if chain_hash(hash_document(row._asdict()), row.prev_hash) != row.hash:
-                    problems.append(f"edited content at {label}: hash does not match the record")
-                expected_seq, previous_hash = row.seq + 1, row.hash
-        if head.last_seq != expected_seq - 1 or head.last_hash != previous_hash:
-            problems.append(
-                f"chain head names seq {head.last_seq} but the last record is seq "
-                f"{expected_seq - 1} (records deleted at the end?)"
+            checked, problems = _verify.walk_chain(
+                connection, _documents.records_query().order_by(_record_table.c.seq)
             )
         return VerifyReport(ok=not problems, records_checked=checked, problems=problems)
 
-    def iter_records(self, filters: ExportFilters | None = None) -> Iterator[dict[str, Any]]:
-        """Stream matching records in chain order, fetching a batch at a time."""
+    def input_resources(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The FHIR resources a decision read, in input order, from a record view.
+
+        Records written before resources were stored apart hold them inline; newer ones name
+        them in a manifest. A missing or altered resource raises :class:`MissingAuditContentError`.
+        """
+        content = record["content"]
+        if "input_resources" in content:
+            return list(content["input_resources"] or [])
+        manifest = content.get("input_manifest")
+        if manifest is None:
+            return []
+        with self._transaction(write=False, snapshot=True) as connection:
+            return _documents.load_inputs(connection, manifest["sha256"])
+
+    def iter_records(
+        self, filters: ExportFilters | None = None, *, with_inputs: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Stream matching records in chain order, fetching a batch at a time.
+
+        ``with_inputs`` puts each decision's input resources back into its content as
+        ``input_resources`` (loaded from the store), for exports that must stand alone.
+        """
         filters = filters or ExportFilters()
-        query = select(_record_table).order_by(_record_table.c.seq)
+        query = _documents.records_query().order_by(_record_table.c.seq)
         if filters.since is not None:
             query = query.where(_record_table.c.recorded_at >= as_utc(filters.since))
         if filters.until is not None:
@@ -354,13 +393,15 @@ class AuditStore:
         with self._transaction(write=False) as connection:
             rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(query)
             for row in rows:
-                view = record_view(row._asdict())
+                view = _documents.record_from_row(row._asdict())
                 if filters.trial_id is not None and filters.trial_id not in view["trial_ids"]:
                     continue
                 if per_trial_outcome and not _counts.trial_outcome_matches(
                     view, str(filters.trial_id), str(filters.outcome)
                 ):
                     continue
+                if with_inputs and view["kind"] == "decision" and "input_manifest" in view["content"]:
+                    view["content"]["input_resources"] = self.input_resources(view)
                 yield view
 
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:

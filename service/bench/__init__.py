@@ -4,7 +4,9 @@ Parts (choose with ``parts``): ``prefetch`` (in process and over HTTP, per patie
 next to the time orjson takes to parse the same body), ``fetch`` (no prefetch, against
 a real HAPI FHIR server, next to the slowest single search the service issues),
 ``throughput`` (1, 8 and 32 concurrent clients against one uvicorn worker per core) and
-``memory`` (a worker's RSS after start and after many calls).  Everything runs on
+``memory`` (a worker's RSS after start and after many calls) and ``audit`` (the audit
+store on PostgreSQL: bytes per first and repeat chart open, decisions per second with 1, 2
+and 4 writer processes, the chain lock's hold time, the store's size after many decisions).  Everything runs on
 loopback, in loops bounded by a call count and a time budget.
 """
 
@@ -20,7 +22,7 @@ from service.bench.report import format_report
 
 __all__ = ["PARTS", "BenchOptions", "format_report", "run_benchmarks"]
 
-PARTS = ("prefetch", "fetch", "throughput", "memory")
+PARTS = ("prefetch", "fetch", "throughput", "memory", "audit")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class BenchOptions:
     memory_calls: int = 10_000
     memory_size: int = 100
     memory_seconds: float = 600.0
+    audit_size: int = 1000
+    audit_writers: tuple[int, ...] = (1, 2, 4)
+    audit_decisions_per_writer: int = 200
+    audit_store_decisions: int = 10_000
+    audit_store_patients: int = 100
     audit_url: str | None = None
     fhir_url: str | None = None
     uvicorn_args: tuple[str, ...] = ()
@@ -58,6 +65,10 @@ class BenchOptions:
             "throughput_seconds": 5.0,
             "memory_calls": 500,
             "memory_seconds": 60.0,
+            "audit_size": 100,
+            "audit_decisions_per_writer": 20,
+            "audit_store_decisions": 200,
+            "audit_store_patients": 10,
         }
         values.update(overrides)
         return cls(**values)
@@ -69,6 +80,7 @@ class BenchOptions:
 
 
 async def _run(options: BenchOptions) -> dict[str, Any]:
+    from service.bench.audit import bench_audit
     from service.bench.fetch import bench_fetch
     from service.bench.inprocess import bench_in_process
     from service.bench.load import bench_http, bench_memory, bench_throughput
@@ -101,6 +113,15 @@ async def _run(options: BenchOptions) -> dict[str, Any]:
     if "memory" in options.parts:
         result["memory"] = await bench_memory(
             options.memory_calls, options.memory_size, options.memory_seconds, mappings, options.audit_url
+        )
+    if "audit" in options.parts:
+        result["audit"] = await bench_audit(
+            options.audit_url,
+            size=options.audit_size,
+            writers=options.audit_writers,
+            decisions_per_writer=options.audit_decisions_per_writer,
+            store_decisions=options.audit_store_decisions,
+            store_patients=options.audit_store_patients,
         )
     result["machine"]["load_average_at_end"] = load_average()
     return result

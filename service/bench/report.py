@@ -128,4 +128,36 @@ def format_report(result: dict[str, Any]) -> str:
             f"({memory['observations']} Observations each); growth after warm-up "
             f"{mib(memory['growth_after_warm_up_kib'])}.",
         ]
+    audit = result.get("audit")
+    if audit:
+        lines += _audit_lines(audit)
     return "\n".join(lines)
+
+
+def _audit_lines(audit: dict[str, Any]) -> list[str]:
+    stored, store = audit["per_decision"], audit["store"]
+    lines = [
+        "",
+        f"**Audit store** on PostgreSQL (fsync on): a {audit['observations']:,}-Observation chart "
+        f"({audit['input_resources']:,} input resources) stores {stored['first_open_bytes'] / 1e3:,.1f} kB "
+        f"on a first open and {stored['repeat_open_bytes'] / 1e3:,.1f} kB on a repeat open "
+        f"({stored['repeat_to_first']:.1%} of a first); {store['decisions']:,} decisions over "
+        f"{store['patients']} patients of {store['observations_per_patient']} Observations take "
+        f"{store['bytes'] / 1e6:,.1f} MB.",
+        "",
+    ]
+    lines += _table(
+        ["writer processes", "decisions", "decisions/s", "append (ms)", "chain lock held (ms)", "lock busy"],
+        [
+            [
+                str(run["processes"]),
+                str(run["decisions"]),
+                f"{run['decisions_per_second']:.1f}",
+                _ms(run["append_ms"]),
+                _ms(run["chain_lock_hold_ms"]) if run["chain_lock_hold_ms"] else "-",
+                f"{run['chain_lock_busy']:.0%}" if run.get("chain_lock_busy") is not None else "-",
+            ]
+            for run in audit["writers"]
+        ],
+    )
+    return lines

@@ -114,7 +114,7 @@ async def test_a_decision_made_with_data_missing_replays_with_the_same_verdicts(
     assert report.agrees, [d.describe() for d in report.differences]
     without = evaluate_recorded(
         store.get_criteria_version(content["decision"]["criteria_fingerprint"]) or {},
-        content["input_resources"],
+        store.input_resources(record),
         content["decision"]["evaluated_at"],
         {},
     )

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, text, update
+import zstandard
+from sqlalchemy import delete, func, select, update
 
 from service.audit import AuditStore, ExportFilters
-from service.audit.models import AuditCard, AuditRecord
+from service.audit.models import AuditCard, AuditContent, AuditRecord, AuditResource
 
 DecisionFactory = Callable[..., dict[str, Any]]
 
@@ -80,6 +81,9 @@ _WRITER = textwrap.dedent(
             "decision_id": str(uuid.uuid4()), "recorded_at": "2024-05-14T09:30:00Z",
             "hook": "patient-view", "service_id": "til-trials", "patient_ref": writer,
             "user_ref": None, "cards": [],
+            "input_resources": [{"resourceType": "Patient", "id": "shared", "meta": {"versionId": "1"}},
+                                {"resourceType": "Observation", "id": writer.replace("/", "-"), "status": "final"},
+                                {"resourceType": "Observation", "id": "n", "valueInteger": n}],
             "decision": {"evaluated_at": "2024-05-14T09:30:00Z", "criteria_fingerprint": "sha256:c",
                          "input_fingerprint": "sha256:i", "patient": {"reference": writer}},
         })
@@ -111,6 +115,9 @@ def test_concurrent_processes_extend_one_chain(database_url: str, tmp_path: Path
         authors = [record["patient_ref"] for record in records]
         switches = sum(1 for before, after in pairwise(authors) if before != after)
         assert switches > 1, "the two writers never interleaved; the test proved nothing"
+        with store.engine.connect() as connection:
+            resources = connection.execute(select(func.count()).select_from(AuditResource)).scalar_one()
+        assert resources == 1 + 2 + PROCESS_APPENDS, "each resource once, whichever writer stored it first"
     finally:
         store.close()
 
@@ -120,18 +127,41 @@ def test_untouched_chain_verifies(store: AuditStore, make_decision: DecisionFact
     assert store.verify().ok
 
 
+def _content_address(store: AuditStore, seq: int) -> str:
+    with store.engine.begin() as connection:
+        address: str = connection.execute(
+            select(AuditRecord.content_sha256).where(AuditRecord.seq == seq)
+        ).scalar_one()
+    return address
+
+
 def test_edited_content_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
     ids = _fill(store, make_decision, 5)
+    address = _content_address(store, 3)
     with store.engine.begin() as connection:
+        body = connection.execute(
+            select(AuditContent.body).where(AuditContent.sha256 == address)
+        ).scalar_one()
+        edited = zstandard.decompress(body).replace(b"NCT05727904", b"NCT99999999")
         connection.execute(
-            update(AuditRecord)
-            .where(AuditRecord.seq == 3)
-            .values(content=text("replace(content, 'NCT05727904', 'NCT99999999')"))
+            update(AuditContent).where(AuditContent.sha256 == address).values(body=zstandard.compress(edited))
         )
 
     report = store.verify()
 
     assert not report.ok
+    assert report.problems == [f"seq 3 (record {ids[2]}): content {address} does not match its address"]
+
+
+def test_content_swapped_for_another_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
+    ids = _fill(store, make_decision, 5)
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(AuditRecord).where(AuditRecord.seq == 3).values(content_sha256=_content_address(store, 4))
+        )
+
+    report = store.verify()
+
     assert report.problems == [f"edited content at seq 3 (record {ids[2]}): hash does not match the record"]
 
 

@@ -15,6 +15,7 @@ from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select
 
 from service.audit import AuditStore, ExportFilters
+from service.audit._content import decode_body
 from service.audit.export import (
     EXPORT_FORMATS,
     export_csv,
@@ -185,10 +186,18 @@ def test_pseudonyms_are_keyed_and_stable() -> None:
     assert len(pseudonym(b"k", "Patient/1")) == len("pseudo:") + 32
 
 
+def _readable(row: Any) -> str:
+    """A row as text, with compressed document bodies decompressed so a secret would show."""
+    values = row._asdict()
+    if "body" in values:
+        values["body"] = decode_body(values["codec"], values["body"]).decode("utf-8")
+    return repr(values)
+
+
 def _database_text(store: AuditStore) -> str:
     with store.engine.connect() as connection:
         return "\n".join(
-            repr(row)
+            _readable(row)
             for table in AuditBase.metadata.sorted_tables
             for row in connection.execute(select(table))
         )
@@ -207,6 +216,7 @@ def test_access_tokens_are_never_stored_or_exported(
         jwt=ACCESS_TOKEN,
     )
     record["cards"][0]["access_token"] = ACCESS_TOKEN
+    record["input_resources"][1]["extension"] = [{"url": "urn:x", "jwt": ACCESS_TOKEN}]
     store.append_decision(record)
     store.append_feedback(
         "til-trials",
@@ -219,9 +229,11 @@ def test_access_tokens_are_never_stored_or_exported(
         },
     )
 
-    assert "SECRET-ACCESS-TOKEN" not in _database_text(store)
+    database = _database_text(store)
+    assert "SECRET-ACCESS-TOKEN" not in database
+    assert '"url":"urn:x"' in database, "the input resource was not stored, so the test proved nothing"
     for _media_type, exporter in EXPORT_FORMATS.values():
-        assert "SECRET-ACCESS-TOKEN" not in _text(exporter(store.iter_records()))
+        assert "SECRET-ACCESS-TOKEN" not in _text(exporter(store.iter_records(with_inputs=True)))
     stored = store.get_decision(record["decision_id"])
     assert stored is not None and "fhirAuthorization" not in stored["content"]
     assert stored["content"]["request_headers"] == {}

@@ -66,6 +66,9 @@ def test_decision_round_trip(store: AuditStore, make_decision: DecisionFactory) 
     assert stored["recorded_at"] == "2024-05-14T09:30:00.250000Z"
     assert stored["trial_ids"] == ["NCT05727904"]
     assert stored["outcome"] == "suggested"
+    inputs = record.pop("input_resources")
+    assert store.input_resources(stored) == inputs
+    assert stored["content"].pop("input_manifest")["count"] == len(inputs)
     assert stored["content"] == record
     assert store.get_decision(str(uuid.uuid4())) is None
 

@@ -69,3 +69,23 @@ def test_quick_fetch_against_hapi(tmp_path: Path) -> None:
     result = run_benchmarks(options, tmp_path / "bench.json")
     (row,) = result["fetch"]["sizes"]
     assert {"service_ms", "slowest_query_ms", "slowest_query", "ratio_p50", "resources_read"} <= set(row)
+
+
+@pytest.mark.postgres
+def test_quick_audit_bench_writes_every_key(tmp_path: Path, postgres_url: str) -> None:
+    options = BenchOptions.quick(
+        parts=("audit",),
+        audit_size=10,
+        audit_writers=(1, 2),
+        audit_decisions_per_writer=3,
+        audit_store_decisions=6,
+        audit_store_patients=2,
+        audit_url=postgres_url,
+    )
+    result = run_benchmarks(options, tmp_path / "bench.json")
+    audit = result["audit"]
+    assert {"first_open_bytes", "repeat_open_bytes", "repeat_to_first"} <= set(audit["per_decision"])
+    assert [run["processes"] for run in audit["writers"]] == [1, 2]
+    assert set(audit["writers"][0]["chain_lock_hold_ms"]) == STATS
+    assert audit["store"]["decisions"] == 6 and audit["store"]["bytes"] > 0
+    assert "Audit store" in format_report(result)

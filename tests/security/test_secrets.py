@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from service.audit._content import decode_body
 from service.sandbox.synthetic import SyntheticPatient
 from tests.api.conftest import started
 from tests.security.conftest import (
@@ -72,8 +73,15 @@ class MisbehavingFhir:
 
 
 def _dump_sqlite(url: str) -> str:
+    """Every statement of the database, and the audit store's compressed documents as text."""
     with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
-        return "\n".join(connection.iterdump())
+        documents = [
+            decode_body(codec, body).decode("utf-8")
+            for table in ("audit_resource", "audit_content")
+            for codec, body in connection.execute(f"SELECT codec, body FROM {table}")
+        ]
+        assert documents, "no audit documents were written, so the search would prove nothing"
+        return "\n".join([*connection.iterdump(), *documents])
 
 
 async def test_the_access_token_and_the_jwt_reach_no_output(

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from service.api.deps import SettingsDep
 from service.audit import AuditError, AuditStore, AuditUnavailableError, ExportFilters
-from service.audit.export import EXPORT_FORMATS, pseudonym_key_from_settings
+from service.audit.export import EXPORT_FORMATS, exports_inputs, pseudonym_key_from_settings
 
 __all__ = ["OverrideReasonCount", "TrialMonthCounts", "router"]
 
@@ -141,7 +141,8 @@ async def export_audit_records(
     except AuditError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     media_type, exporter = EXPORT_FORMATS[export_format]
-    chunks = exporter(_store(request).iter_records(filters), pseudonym_key=key)
+    records = _store(request).iter_records(filters, with_inputs=exports_inputs(export_format, key))
+    chunks = exporter(records, pseudonym_key=key)
     try:
         first = await run_in_threadpool(next, chunks, "")
     except AuditUnavailableError as exc:
