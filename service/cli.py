@@ -119,6 +119,44 @@ def criteria_schema(
 
 
 @app.command()
+def prescreen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for worklist.parquet, worklist.csv, summary.html.")],
+    source: Annotated[
+        Path | None, typer.Option("--from", help="Folder of Bulk Data NDJSON files (one per resource type).")
+    ] = None,
+    fhir: Annotated[
+        str | None, typer.Option("--fhir", help="Instead of --from: run a Bulk Data $export on this FHIR server.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Evaluation time, ISO 8601 with zone (default: now, UTC).")
+    ] = None,
+    master: Annotated[
+        str, typer.Option("--master", help="Spark master: local[*] (embedded) or e.g. spark://host:7077.")
+    ] = "local[*]",
+    criteria_dir: Annotated[Path, typer.Option(help="Folder of trial files.")] = Path("criteria"),
+    mappings_dir: Annotated[Path, typer.Option(help="Folder of mapping files.")] = Path("mappings"),
+    audit_url: Annotated[
+        str | None, typer.Option(help="Audit database for the run record (default: the service's).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show Spark's stage progress bar.")] = True,
+) -> None:
+    """Pre-screen every patient of a Bulk FHIR export against every trial, on Spark."""
+    from service.prescreen.cli import run_command
+
+    run_command(
+        out=out,
+        source=source,
+        fhir=fhir,
+        at=at,
+        master=master,
+        criteria_dir=criteria_dir,
+        mappings_dir=mappings_dir,
+        audit_url=audit_url,
+        progress=progress,
+    )
+
+
+@app.command()
 def bench(
     parts: Annotated[
         str, typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory.")

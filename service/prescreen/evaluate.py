@@ -1,0 +1,101 @@
+"""One patient's resources -> one worklist row per trial, through the hook's own engine path.
+
+This is the only module of the pre-screen that calls the engine or reads its result
+type, so switching to another engine API changes this file alone.  The input is what
+the hook gives the engine for a fully prefetched patient: its resources de-duplicated
+by type and id (first seen wins), then ``build_facts`` and ``evaluate_trials`` at one
+evaluation time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from service.criteria import CriteriaSet
+from service.engine import CriterionResult, State, TrialResult, evaluate_trials
+from service.facts import build_facts
+from service.mappings import Mappings
+
+__all__ = ["WORKLIST_COLUMNS", "dedupe", "evaluate_patient"]
+
+WORKLIST_COLUMNS = (
+    "patient",
+    "trial",
+    "suggested",
+    "state",
+    "cohorts",
+    "not_before",
+    "near_miss",
+    "near_miss_detail",
+    "unknowns",
+    "needs_review",
+    "reason",
+)
+"""The worklist's columns, in order; ``cohorts``, ``unknowns`` and ``needs_review`` are lists."""
+
+
+def dedupe(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One resource per type and id, the first one seen kept (as the hook's pipeline does)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for resource in resources:
+        seen.setdefault((str(resource.get("resourceType")), str(resource.get("id"))), resource)
+    return list(seen.values())
+
+
+def _unmet(result: TrialResult) -> list[CriterionResult]:
+    """The criteria that keep the trial from being suggested."""
+    blocking = [c for c in result.criteria if c.state is State.NOT_MET]
+    if blocking or not result.arms:
+        return blocking
+    per_arm = [[c for c in arm.criteria if c.state is State.NOT_MET] for arm in result.arms]
+    return min(per_arm, key=len)
+
+
+def _near_miss(result: TrialResult) -> str | None:
+    """Exactly one computable criterion not met: its id and reason, which state value and limit."""
+    if result.status != "ruled_out":
+        return None
+    unmet = _unmet(result)
+    if len(unmet) != 1:
+        return None
+    criterion = unmet[0]
+    arm = f" ({criterion.arm})" if criterion.arm else ""
+    return f"{criterion.id}{arm}: {criterion.reason}"
+
+
+def _line(criterion: CriterionResult) -> str:
+    hint = f" → {criterion.resolve_hint}" if criterion.resolve_hint else ""
+    return f"{criterion.id}: {criterion.reason}{hint}"
+
+
+def _row(patient_id: str, result: TrialResult) -> dict[str, Any]:
+    considered = result.suggested
+    not_yet = result.in_state(State.NOT_YET) if considered else []
+    dates = [c.until for c in not_yet if c.until is not None]
+    near_miss = _near_miss(result)
+    return {
+        "patient": f"Patient/{patient_id}",
+        "trial": result.trial_id,
+        "suggested": result.suggested,
+        "state": result.status,
+        "cohorts": [arm.title for arm in result.arms if arm.possible] if considered else [],
+        "not_before": max(dates) if dates else None,
+        "near_miss": near_miss is not None,
+        "near_miss_detail": near_miss,
+        "unknowns": [_line(c) for c in result.in_state(State.UNKNOWN)] if considered else [],
+        "needs_review": [c.id for c in result.in_state(State.NEEDS_REVIEW)] if considered else [],
+        "reason": result.reason,
+    }
+
+
+def evaluate_patient(
+    patient_id: str,
+    resources: list[dict[str, Any]],
+    criteria: CriteriaSet,
+    mappings: Mappings,
+    evaluated_at: datetime,
+) -> list[dict[str, Any]]:
+    """Worklist rows, one per trial, for one patient's resources (already in gathering order)."""
+    facts = build_facts(patient_id, dedupe(resources), mappings)
+    return [_row(patient_id, r) for r in evaluate_trials(criteria, mappings, facts, evaluated_at)]
