@@ -8,9 +8,11 @@ so nothing but PySpark and our dependencies must be installed on the workers.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -90,6 +92,14 @@ def _session(options: JobOptions) -> Any:
     return session
 
 
+def _stop(session: Any) -> None:
+    """Stop Spark; the sockets py4j leaves to the collector are closed here, not warned about later."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        session.stop()
+        gc.collect()
+
+
 def _evaluate_partition(
     groups: Iterable[tuple[str, Iterable[tuple[int, int, int, bytes]]]],
     shared: Any,
@@ -145,7 +155,7 @@ def run_job(
                 .collect()
             )
     finally:
-        session.stop()
+        _stop(session)
     rows = [item for kind, item in evaluated if kind == "row"]
     rows.sort(key=lambda row: (row["patient"], row["trial"]))
     counts: Counter[tuple[str, str]] = Counter()
