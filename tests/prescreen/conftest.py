@@ -25,6 +25,15 @@ from service.sandbox.synthetic import generate_patients
 REPO = Path(__file__).resolve().parents[2]
 SYNTHEA = REPO.parent / "shared" / "synthea" / "data"
 AT = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+BAD_LINES = (
+    b'{"resourceType": "Observation", "id": "cut-off", "subject": {"refer\n'  # line 1: not JSON
+    b'{"resourceType": "Claim", "id": "claim-1", "patient": {"reference": "Patient/til-no-data"}}\n'
+    b"\n"
+    b'{"resourceType": "Observation", "id": "no-subject", "status": "final"}\n'  # line 4
+    b'{"resourceType": "Condition", "id": "orphan", "subject": {"reference": "Patient/not-exported"}}\n'
+    b"[1, 2]\n"  # line 6: JSON, not a resource
+)
+"""One file with each kind of bad input (and a blank line, which is no problem)."""
 
 
 def synthea_patients() -> list[list[dict[str, Any]]]:
@@ -52,6 +61,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("export")
     resources = [r for rs in exported_patients().values() for r in rs]
     write_ndjson(sorted(resources, key=lambda r: str(r["resourceType"])), directory)
+    (directory / "Mixed.ndjson").write_bytes(BAD_LINES)
     return directory
 
 
