@@ -53,11 +53,12 @@ def _unmet(result: TrialResult) -> list[CriterionResult]:
 
 
 def _near_miss(result: TrialResult) -> str | None:
-    """Exactly one computable criterion not met: its id and reason, which state value and limit."""
+    """Exactly one criterion not met, and it is a measurement against a limit: its reason, which
+    states the value and the limit ("Platelet count 92 10*9/L on 2026-11-20; needs ≥ 100 10*9/L")."""
     if result.status != "ruled_out":
         return None
     unmet = _unmet(result)
-    if len(unmet) != 1:
+    if len(unmet) != 1 or not any(isinstance(e.value, float | int) for e in unmet[0].evidence):
         return None
     criterion = unmet[0]
     arm = f" ({criterion.arm})" if criterion.arm else ""

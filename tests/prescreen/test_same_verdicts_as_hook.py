@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -79,3 +81,25 @@ def test_the_export_holds_both_populations(prescreen_rows: list[dict[str, Any]])
         pytest.skip(f"real-data bundles not found at {SYNTHEA}: only the synthetic patients were compared")
     assert len(patients) == 48 + len(list(SYNTHEA.glob("*.json.gz")))
     assert any(row["suggested"] for row in prescreen_rows if not row["patient"].startswith("Patient/til-"))
+
+
+def test_a_near_miss_is_one_measurement_short_of_its_limit(prescreen_rows: list[dict[str, Any]]) -> None:
+    rows = {(row["patient"], row["trial"]): row for row in prescreen_rows}
+    low_anc = rows[("Patient/til-low-anc", "NCT06538012")]
+    assert low_anc["near_miss"] is True
+    assert low_anc["near_miss_detail"].startswith("absolute-neutrophil-count: ")
+    assert "needs ≥ 1.5" in low_anc["near_miss_detail"]
+    transplant = rows[("Patient/til-kidney-transplant", "NCT06538012")]
+    assert transplant["state"] == "ruled_out" and transplant["near_miss"] is False  # not a measurement
+    assert not any(row["near_miss"] for row in prescreen_rows if row["suggested"])
+
+
+def test_a_washout_gives_the_date_it_ends(prescreen_rows: list[dict[str, Any]], prescreen_out: Path) -> None:
+    """Docetaxel ended 10 days ago: the card is shown, and the worklist says from when the trial is possible."""
+    rows = {(row["patient"], row["trial"]): row for row in prescreen_rows}
+    washout = rows[("Patient/til-recent-docetaxel", "NCT06538012")]
+    assert washout["suggested"] is True
+    assert AT.date() < washout["not_before"] <= AT.date() + timedelta(days=30)
+    summary = (prescreen_out / "summary.html").read_text(encoding="utf-8")
+    washouts = summary[summary.index("Washouts ending") : summary.index("Near misses:")]
+    assert f"<td>{washout['not_before'].isoformat()}</td><td>Patient/til-recent-docetaxel</td>" in washouts
