@@ -151,8 +151,42 @@ def patient_of(resource: dict[str, Any]) -> str | None:
     return parts[-1]
 
 
-def read_range(file: InputFile, start: int, end: int) -> Iterator[tuple[str, LineRecord | Problem]]:
-    """``("resource", record)`` or ``("problem", problem)`` for every non-blank line of the range."""
+def _names_a_code(observation: dict[str, Any], codes: frozenset[str]) -> bool:
+    """Whether the Observation's code, or a component's (a panel of results), is one of ``codes``."""
+    concepts = [observation.get("code")]
+    components = observation.get("component")
+    if isinstance(components, list):
+        concepts += [c.get("code") for c in components if isinstance(c, dict)]
+    for concept in concepts:
+        codings = concept.get("coding") if isinstance(concept, dict) else None
+        for coding in codings if isinstance(codings, list) else []:
+            if isinstance(coding, dict) and coding.get("code") in codes:
+                return True
+    return False
+
+
+def _reference_only(observation: dict[str, Any]) -> bytes:
+    """An Observation the criteria cannot read, cut down to what still reaches the facts: its reference.
+
+    The facts list every input resource (the audit's input fingerprint), and read nothing
+    else of an Observation whose codes no mapping names; so the engine sees the same.
+    """
+    stub: dict[str, Any] = {"resourceType": "Observation", "id": observation["id"]}
+    meta = observation.get("meta")
+    if isinstance(meta, dict) and "versionId" in meta:
+        stub["meta"] = {"versionId": meta["versionId"]}
+    return orjson.dumps(stub)
+
+
+def read_range(
+    file: InputFile, start: int, end: int, observation_codes: frozenset[str] | None = None
+) -> Iterator[tuple[str, LineRecord | Problem]]:
+    """``("resource", record)`` or ``("problem", problem)`` for every non-blank line of the range.
+
+    With ``observation_codes`` (the codes the hook's prefetch asks for), an Observation naming
+    none of them is passed on as its reference alone: most of a record's Observations are
+    vital signs and the like, and this keeps them out of the shuffle.
+    """
     for offset, raw in _lines(file, start, end):
         line = raw.strip()
         if not line:
@@ -176,17 +210,23 @@ def read_range(file: InputFile, start: int, end: int) -> Iterator[tuple[str, Lin
         if patient is None:
             yield "problem", (file.name, "no_subject", offset, f"{kind}/{resource['id']}")
             continue
+        if (
+            observation_codes is not None
+            and kind == "Observation"
+            and not _names_a_code(resource, observation_codes)
+        ):
+            line = _reference_only(resource)
         yield "resource", (patient, (TYPE_RANK[kind], file.index, offset, line))
 
 
 def read_ranges(
-    ranges: Iterable[tuple[InputFile, int, int]],
+    ranges: Iterable[tuple[InputFile, int, int]], observation_codes: frozenset[str] | None = None
 ) -> Iterator[tuple[str, Any]]:
     """A partition's resources keyed by patient, then one ``(PROBLEMS_KEY, (counts, examples))``."""
     counts: dict[tuple[str, str], int] = {}
     examples: list[Problem] = []
     for file, start, end in ranges:
-        for kind, item in read_range(file, start, end):
+        for kind, item in read_range(file, start, end, observation_codes):
             if kind == "resource":
                 yield item[0], item[1]
                 continue
