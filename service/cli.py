@@ -159,10 +159,13 @@ def prescreen(
 @app.command()
 def bench(
     parts: Annotated[
-        str, typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory.")
+        str, typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory, prescreen.")
     ] = "prefetch,fetch,throughput,memory",
     sizes: Annotated[
         str | None, typer.Option(help="Observations per patient, e.g. 10,100,1000,5000.")
+    ] = None,
+    patients: Annotated[
+        str | None, typer.Option(help="Pre-screen population sizes, e.g. 10000,100000.")
     ] = None,
     output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("var/bench.json"),
     quick: Annotated[
@@ -198,6 +201,8 @@ def bench(
     overrides: dict[str, object] = {"parts": tuple(p.strip() for p in parts.split(",") if p.strip())}
     if sizes:
         overrides["sizes"] = overrides["fetch_sizes"] = tuple(int(s) for s in sizes.split(","))
+    if patients:
+        overrides["prescreen_sizes"] = tuple(int(n) for n in patients.split(","))
     for name, value in (
         ("calls", calls),
         ("memory_calls", memory_calls),

@@ -4,7 +4,8 @@ Parts (choose with ``parts``): ``prefetch`` (in process and over HTTP, per patie
 next to the time orjson takes to parse the same body), ``fetch`` (no prefetch, against
 a real HAPI FHIR server, next to the slowest single search the service issues),
 ``throughput`` (1, 8 and 32 concurrent clients against one uvicorn worker per core) and
-``memory`` (a worker's RSS after start and after many calls).  Everything runs on
+``memory`` (a worker's RSS after start and after many calls) and, when asked for,
+``prescreen`` (generated populations through the Spark pre-screen at 1 and 2 cores).  Everything runs on
 loopback, in loops bounded by a call count and a time budget.
 """
 
@@ -20,14 +21,15 @@ from service.bench.report import format_report
 
 __all__ = ["PARTS", "BenchOptions", "format_report", "run_benchmarks"]
 
-PARTS = ("prefetch", "fetch", "throughput", "memory")
+PARTS = ("prefetch", "fetch", "throughput", "memory", "prescreen")
+DEFAULT_PARTS = ("prefetch", "fetch", "throughput", "memory")
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     """What to run and how much; ``quick()`` gives a run of a minute or so."""
 
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = DEFAULT_PARTS
     sizes: tuple[int, ...] = (10, 100, 1000, 5000)
     fetch_sizes: tuple[int, ...] = (10, 100, 1000, 5000)
     calls: int = 200
@@ -44,6 +46,9 @@ class BenchOptions:
     audit_url: str | None = None
     fhir_url: str | None = None
     uvicorn_args: tuple[str, ...] = ()
+    prescreen_sizes: tuple[int, ...] = (10_000, 100_000)
+    prescreen_cores: tuple[int, ...] = (1, 2)
+    prescreen_dir: str = "var/bench/prescreen"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -58,6 +63,7 @@ class BenchOptions:
             "throughput_seconds": 5.0,
             "memory_calls": 500,
             "memory_seconds": 60.0,
+            "prescreen_sizes": (200,),
         }
         values.update(overrides)
         return cls(**values)
@@ -101,6 +107,12 @@ async def _run(options: BenchOptions) -> dict[str, Any]:
     if "memory" in options.parts:
         result["memory"] = await bench_memory(
             options.memory_calls, options.memory_size, options.memory_seconds, mappings, options.audit_url
+        )
+    if "prescreen" in options.parts:
+        from service.bench.prescreen import bench_prescreen
+
+        result["prescreen"] = bench_prescreen(
+            list(options.prescreen_sizes), list(options.prescreen_cores), Path(options.prescreen_dir)
         )
     result["machine"]["load_average_at_end"] = load_average()
     return result
