@@ -120,12 +120,15 @@ def criteria_schema(
 
 @app.command()
 def prescreen(
-    out: Annotated[Path, typer.Option("--out", help="Folder for worklist.parquet, worklist.csv, summary.html.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for worklist.parquet, worklist.csv, summary.html.")
+    ],
     source: Annotated[
         Path | None, typer.Option("--from", help="Folder of Bulk Data NDJSON files (one per resource type).")
     ] = None,
     fhir: Annotated[
-        str | None, typer.Option("--fhir", help="Instead of --from: run a Bulk Data $export on this FHIR server.")
+        str | None,
+        typer.Option("--fhir", help="Instead of --from: run a Bulk Data $export on this FHIR server."),
     ] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="Evaluation time, ISO 8601 with zone (default: now, UTC).")

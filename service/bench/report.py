@@ -136,7 +136,16 @@ def format_report(result: dict[str, Any]) -> str:
             "",
         ]
         lines += _table(
-            ["patients", "resources", "input", "cores", "wall s", "patients/s", "patients/s/core (evaluation)", "peak worker RSS"],
+            [
+                "patients",
+                "resources",
+                "input",
+                "cores",
+                "wall s",
+                "patients/s",
+                "patients/s/core (evaluation)",
+                "peak worker RSS",
+            ],
             [
                 [
                     f"{run['patients']:,}",

@@ -90,7 +90,7 @@ async def _kick_off(
     location = response.headers.get("content-location")
     if not location:
         raise FhirResponseError(f"{_shown(url)} accepted the bulk export but named no Content-Location")
-    return urljoin(base_url, location)
+    return str(urljoin(base_url, location))
 
 
 async def _poll(
@@ -177,10 +177,14 @@ async def bulk_export(
                 if kind not in READ_TYPES:
                     raise FhirResponseError(f"the export manifest lists a file of type {kind!r}")
                 url = _checked_url(base_url, item.get("url"))
-                files.append(await _download(http, url, directory / f"{kind}.{index:04d}.ndjson", headers, limits))
+                files.append(
+                    await _download(http, url, directory / f"{kind}.{index:04d}.ndjson", headers, limits)
+                )
             for index, item in enumerate(manifest.get("error") or []):
                 url = _checked_url(base_url, item.get("url") if isinstance(item, dict) else None)
-                errors.append(await _download(http, url, directory / f"errors.{index:04d}.json", headers, limits))
+                errors.append(
+                    await _download(http, url, directory / f"errors.{index:04d}.json", headers, limits)
+                )
         except FhirServerError as exc:
             if token:
                 raise type(exc)(str(exc).replace(token, "[redacted]")) from None

@@ -62,6 +62,13 @@ def run_command(
     except ConfigurationError as exc:
         typer.echo(f"invalid criteria or mappings: {exc}", err=True)
         raise typer.Exit(2) from exc
+    # the audit store first: a run that cannot be recorded is refused before it starts
+    try:
+        store = AuditStore.from_url(audit_url or Settings(dev=True).audit_database_url)
+        store.migrate()
+    except AuditError as exc:
+        typer.echo(f"the audit trail is unavailable, so the run would not be recorded: {exc}", err=True)
+        raise typer.Exit(2) from exc
     directory, described = (source, str(source)) if source is not None else (out / "export", "")
     if fhir is not None:
         try:
@@ -69,23 +76,32 @@ def run_command(
         except FhirServerError as exc:
             typer.echo(f"bulk export from {fhir} failed: {exc}", err=True)
             raise typer.Exit(2) from exc
-        typer.echo(f"exported {len(export.files)} files from {fhir} (transaction time {export.transaction_time})")
+        typer.echo(
+            f"exported {len(export.files)} files from {fhir} (transaction time {export.transaction_time})"
+        )
         described = f"{fhir} $export at {export.transaction_time}"
     try:
         result = run_prescreen(
-            directory, out, criteria, mappings, evaluated_at, JobOptions(master=master, progress=progress), source=described
+            directory,
+            out,
+            criteria,
+            mappings,
+            evaluated_at,
+            JobOptions(master=master, progress=progress),
+            source=described,
         )
     except FileNotFoundError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
     try:
-        store = AuditStore.from_url(audit_url or Settings().audit_database_url)
-        store.migrate()
         record_id = store.append_prescreen_run(result.record)
-        store.close()
     except AuditError as exc:
-        typer.echo(f"the worklist is written, but the run could not be recorded in the audit trail: {exc}", err=True)
+        typer.echo(
+            f"the worklist is written, but the run could not be recorded in the audit trail: {exc}", err=True
+        )
         raise typer.Exit(1) from exc
+    finally:
+        store.close()
     counts = result.record["counts"]
     typer.echo(
         f"{counts['patients']} patients x {len(criteria.trials)} trials at {evaluated_at.isoformat()}: "

@@ -121,9 +121,13 @@ def _evaluate_partition(
         yield "resources", len(ordered)
         if ordered[0][0] != 0:  # the rank of Patient: a group without one has no Patient resource
             detail = f"Patient/{patient_id}: {len(ordered)} resources"
-            yield "problems", {"counts": [[MISSING_PATIENT_FILE, "patient_missing", 1]], "examples": [
-                [MISSING_PATIENT_FILE, "patient_missing", 0, detail]
-            ]}
+            yield (
+                "problems",
+                {
+                    "counts": [[MISSING_PATIENT_FILE, "patient_missing", 1]],
+                    "examples": [[MISSING_PATIENT_FILE, "patient_missing", 0, detail]],
+                },
+            )
             continue
         resources = [orjson.loads(r[3]) for r in ordered]
         for row in evaluate_patient(patient_id, resources, criteria, mappings, at):

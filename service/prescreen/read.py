@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -98,9 +98,7 @@ def input_files(directory: Path) -> list[InputFile]:
     paths = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(_SUFFIXES))
     if not paths:
         raise FileNotFoundError(f"{directory} holds no .ndjson files")
-    return [
-        InputFile(i, str(p.resolve()), p.name, p.stat().st_size, _sha256(p)) for i, p in enumerate(paths)
-    ]
+    return [InputFile(i, str(p.resolve()), p.name, p.stat().st_size, _sha256(p)) for i, p in enumerate(paths)]
 
 
 def split_ranges(files: list[InputFile], target_bytes: int) -> list[tuple[InputFile, int, int]]:
@@ -228,10 +226,15 @@ def read_ranges(
     for file, start, end in ranges:
         for kind, item in read_range(file, start, end, observation_codes):
             if kind == "resource":
-                yield item[0], item[1]
+                record = cast(LineRecord, item)
+                yield record[0], record[1]
                 continue
-            key = (item[0], item[1])
+            problem = cast(Problem, item)
+            key = (problem[0], problem[1])
             counts[key] = counts.get(key, 0) + 1
             if counts[key] <= EXAMPLES_KEPT:
-                examples.append(item)  # type: ignore[arg-type]
-    yield PROBLEMS_KEY, (0, 0, 0, orjson.dumps({"counts": [[*k, n] for k, n in counts.items()], "examples": examples}))
+                examples.append(problem)
+    yield (
+        PROBLEMS_KEY,
+        (0, 0, 0, orjson.dumps({"counts": [[*k, n] for k, n in counts.items()], "examples": examples})),
+    )

@@ -30,9 +30,7 @@ def run_record(
         "source": source,
         "spark_master": master,
         "trial_ids": [trial.id for trial in criteria.trials],
-        "input_manifest": [
-            {"file": f.name, "size": f.size, "sha256": f"sha256:{f.sha256}"} for f in files
-        ],
+        "input_manifest": [{"file": f.name, "size": f.size, "sha256": f"sha256:{f.sha256}"} for f in files],
         "counts": counts,
         "outputs": outputs,
     }

@@ -7,7 +7,6 @@ real export alike.
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -78,7 +77,9 @@ def _resolve_references(value: Any, full_urls: dict[str, str]) -> Any:
 
 def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     """A transaction Bundle's resources with ``urn:uuid:`` references made ``Type/id``, as a server stores them."""
-    entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    entries = [
+        e for e in bundle.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
     full_urls = {
         str(e["fullUrl"]): f"{e['resource']['resourceType']}/{e['resource']['id']}"
         for e in entries
@@ -108,7 +109,9 @@ def _background(patient_id: str, today: date, rng: random.Random) -> list[dict[s
             "id": f"{patient_id}-cond-1",
             "clinicalStatus": {"coding": [{"code": "active"}]},
             "code": {
-                "coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]
+                "coding": [
+                    {"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}
+                ]
             },
             "subject": reference,
             "onsetDateTime": (today - timedelta(days=rng.randint(100, 3000))).isoformat(),
@@ -170,6 +173,3 @@ def write_population(directory: Path, count: int, today: date, seed: int = 18) -
     """Write ``count`` generated patients as NDJSON files (same count, day and seed: same bytes)."""
     return write_ndjson(population_resources(count, today, seed), directory)
 
-
-def _deepcopy(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return copy.deepcopy(resources)

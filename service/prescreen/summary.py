@@ -92,9 +92,7 @@ def write_summary(
         states=_STATES,
         state_labels=_STATE_LABELS,
         titles=titles,
-        trials=[
-            {"title": titles[t], "counts": counts[t], "near_misses": near[t]} for t in sorted(counts)
-        ],
+        trials=[{"title": titles[t], "counts": counts[t], "near_misses": near[t]} for t in sorted(counts)],
         washouts=washouts,
         near_misses=near_misses[:NEAR_MISSES_SHOWN],
         near_misses_left=max(0, len(near_misses) - NEAR_MISSES_SHOWN),

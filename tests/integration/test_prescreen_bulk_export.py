@@ -20,8 +20,18 @@ def test_prescreen_from_a_bulk_export_of_hapi(hapi_server: HapiServer, tmp_path:
     assert not report.failed
     out = tmp_path / "out"
     done = run_cli(
-        "prescreen", "--fhir", hapi_server.base_url, "--out", out, "--at", at.isoformat(), "--no-progress",
-        "--master", "local[2]", "--audit-url", f"sqlite:///{tmp_path / 'audit.sqlite3'}",
+        "prescreen",
+        "--fhir",
+        hapi_server.base_url,
+        "--out",
+        out,
+        "--at",
+        at.isoformat(),
+        "--no-progress",
+        "--master",
+        "local[2]",
+        "--audit-url",
+        f"sqlite:///{tmp_path / 'audit.sqlite3'}",
         timeout=600,
     )
     assert done.returncode == 0, done.stderr

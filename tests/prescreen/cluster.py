@@ -67,7 +67,12 @@ def standalone_cluster(directory: Path, workers: int = 2, timeout: float = 120) 
         master = _start(
             directory / "master.log",
             "org.apache.spark.deploy.master.Master",
-            "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui_port),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui_port),
         )
         stack.callback(_stop, master)
         for number in range(workers):
@@ -75,15 +80,26 @@ def standalone_cluster(directory: Path, workers: int = 2, timeout: float = 120) 
             work_dir.mkdir()
             worker = _start(
                 directory / f"worker-{number}.log",
-                "org.apache.spark.deploy.worker.Worker", master_url,
-                "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-                "--webui-port", str(free_port()), "--work-dir", str(work_dir),
+                "org.apache.spark.deploy.worker.Worker",
+                master_url,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                "1g",
+                "--webui-port",
+                str(free_port()),
+                "--work-dir",
+                str(work_dir),
             )
             stack.callback(_stop, worker)
         deadline = time.monotonic() + timeout
         while _alive_workers(ui_port) < workers:
             if time.monotonic() > deadline or master.poll() is not None:
-                logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(directory.glob("*.log")))
+                logs = "\n".join(
+                    p.read_text(errors="replace")[-2000:] for p in sorted(directory.glob("*.log"))
+                )
                 raise RuntimeError(f"the Spark cluster did not come up within {timeout:g} s:\n{logs}")
             time.sleep(1)
         yield master_url

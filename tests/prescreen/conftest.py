@@ -81,8 +81,19 @@ def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProc
 def prescreen(source: Path, out: Path, *extra: str | Path) -> subprocess.CompletedProcess[str]:
     """``til-cds prescreen`` at the tests' evaluation time on two local cores; fails loudly."""
     done = run_cli(
-        "prescreen", "--from", source, "--out", out, "--at", AT.isoformat(), "--no-progress",
-        "--master", "local[2]", "--audit-url", f"sqlite:///{out.parent / (out.name + '-audit.sqlite3')}", *extra,
+        "prescreen",
+        "--from",
+        source,
+        "--out",
+        out,
+        "--at",
+        AT.isoformat(),
+        "--no-progress",
+        "--master",
+        "local[2]",
+        "--audit-url",
+        f"sqlite:///{out.parent / (out.name + '-audit.sqlite3')}",
+        *extra,
     )
     if done.returncode != 0:
         raise AssertionError(f"til-cds prescreen failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

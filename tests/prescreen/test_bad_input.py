@@ -33,8 +33,8 @@ def test_each_kind_of_bad_line_is_counted_for_its_file(prescreen_out: Path) -> N
     assert "1 × resources of a patient with no Patient resource in the export" in _cells(
         summary, "(every file)"
     )
-    assert "<tr><td>Mixed.ndjson</td><td class=\"n\">1</td><td>not JSON</td>" in summary  # line 1
-    assert "<tr><td>Mixed.ndjson</td><td class=\"n\">4</td><td>no subject" in summary
+    assert '<tr><td>Mixed.ndjson</td><td class="n">1</td><td>not JSON</td>' in summary  # line 1
+    assert '<tr><td>Mixed.ndjson</td><td class="n">4</td><td>no subject' in summary
     assert "none" in _cells(summary, "Patient.ndjson")
 
 
