@@ -172,4 +172,3 @@ def population_resources(count: int, today: date, seed: int = 18) -> Iterator[di
 def write_population(directory: Path, count: int, today: date, seed: int = 18) -> list[Path]:
     """Write ``count`` generated patients as NDJSON files (same count, day and seed: same bytes)."""
     return write_ndjson(population_resources(count, today, seed), directory)
-
