@@ -65,14 +65,14 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str | Path, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """``til-cds`` in a child process (Spark's JVM and its sockets end with it)."""
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"},
         check=False,
     )
