@@ -46,7 +46,7 @@ def write_summary(
     resources: int,
 ) -> None:
     """Write ``summary.html``; its content depends only on the run's inputs, so reruns match."""
-    titles = {trial.id: trial.title for trial in criteria.trials}
+    titles = {trial.id: f"{trial.short_title} ({trial.id})" for trial in criteria.trials}
     counts: dict[str, Counter[str]] = {trial.id: Counter() for trial in criteria.trials}
     near: Counter[str] = Counter()
     for row in rows:
