@@ -137,12 +137,57 @@ def criteria_schema(
 
 
 @app.command()
+def prescreen(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for worklist.parquet, worklist.csv, summary.html.")
+    ],
+    source: Annotated[
+        Path | None, typer.Option("--from", help="Folder of Bulk Data NDJSON files (one per resource type).")
+    ] = None,
+    fhir: Annotated[
+        str | None,
+        typer.Option("--fhir", help="Instead of --from: run a Bulk Data $export on this FHIR server."),
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Evaluation time, ISO 8601 with zone (default: now, UTC).")
+    ] = None,
+    master: Annotated[
+        str, typer.Option("--master", help="Spark master: local[*] (embedded) or e.g. spark://host:7077.")
+    ] = "local[*]",
+    criteria_dir: Annotated[Path, typer.Option(help="Folder of trial files.")] = Path("criteria"),
+    mappings_dir: Annotated[Path, typer.Option(help="Folder of mapping files.")] = Path("mappings"),
+    audit_url: Annotated[
+        str | None, typer.Option(help="Audit database for the run record (default: the service's).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show Spark's stage progress bar.")] = True,
+) -> None:
+    """Pre-screen every patient of a Bulk FHIR export against every trial, on Spark."""
+    from service.prescreen.cli import run_command
+
+    run_command(
+        out=out,
+        source=source,
+        fhir=fhir,
+        at=at,
+        master=master,
+        criteria_dir=criteria_dir,
+        mappings_dir=mappings_dir,
+        audit_url=audit_url,
+        progress=progress,
+    )
+
+
+@app.command()
 def bench(
     parts: Annotated[
-        str, typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory, audit.")
+        str,
+        typer.Option(help="Comma-separated parts: prefetch, fetch, throughput, memory, audit, prescreen."),
     ] = "prefetch,fetch,throughput,memory,audit",
     sizes: Annotated[
         str | None, typer.Option(help="Observations per patient, e.g. 10,100,1000,5000.")
+    ] = None,
+    patients: Annotated[
+        str | None, typer.Option(help="Pre-screen population sizes, e.g. 10000,100000.")
     ] = None,
     output: Annotated[Path, typer.Option(help="Where to write the JSON result.")] = Path("var/bench.json"),
     quick: Annotated[
@@ -179,6 +224,8 @@ def bench(
     overrides: dict[str, object] = {"parts": tuple(p.strip() for p in parts.split(",") if p.strip())}
     if sizes:
         overrides["sizes"] = overrides["fetch_sizes"] = tuple(int(s) for s in sizes.split(","))
+    if patients:
+        overrides["prescreen_sizes"] = tuple(int(n) for n in patients.split(","))
     for name, value in (
         ("calls", calls),
         ("memory_calls", memory_calls),

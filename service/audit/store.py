@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -313,6 +314,36 @@ class AuditStore:
             )
             self._insert_record(connection, head, values)
             return str(values["record_id"]), True
+
+        return self._append(write)
+
+    def append_prescreen_run(self, record: Mapping[str, Any]) -> str:
+        """Record one population pre-screen run as a single record of kind ``prescreen``.
+
+        The record holds what the run read and wrote (manifest, fingerprints, counts, the
+        worklist's hash), not the verdicts; it links to no card, patient or user.
+        """
+        if not isinstance(record, Mapping) or not isinstance(record.get("trial_ids"), list):
+            raise InvalidAuditRecordError("a prescreen run record must be an object with trial_ids")
+        record_id = str(uuid.uuid4())
+        values = {
+            "record_id": record_id,
+            "kind": "prescreen",
+            "recorded_at": datetime.now(UTC),
+            "service_id": str(record.get("service_id") or "til-trials"),
+            "hook": "prescreen",
+            "patient_ref": None,
+            "user_ref": None,
+            "decision_id": record_id,
+            "trial_ids": [str(t) for t in record["trial_ids"]],
+            "outcome": "completed",
+            "dedupe_key": None,
+            "content": canonical_json(dict(record)),
+        }
+
+        def write(connection: Connection, head: _ChainHead) -> str:
+            self._insert_record(connection, head, values)
+            return record_id
 
         return self._append(write)
 

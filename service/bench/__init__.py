@@ -6,7 +6,8 @@ a real HAPI FHIR server, next to the slowest single search the service issues),
 ``throughput`` (1, 8 and 32 concurrent clients against one uvicorn worker per core) and
 ``memory`` (a worker's RSS after start and after many calls) and ``audit`` (the audit
 store on PostgreSQL: bytes per first and repeat chart open, decisions per second with 1, 2
-and 4 writer processes, the chain lock's hold time, the store's size after many decisions).  Everything runs on
+and 4 writer processes, the chain lock's hold time, the store's size after many decisions);
+when asked for, ``prescreen`` (generated populations through the Spark pre-screen at 1 and 2 cores).  Everything runs on
 loopback, in loops bounded by a call count and a time budget.
 """
 
@@ -22,14 +23,15 @@ from service.bench.report import format_report
 
 __all__ = ["PARTS", "BenchOptions", "format_report", "run_benchmarks"]
 
-PARTS = ("prefetch", "fetch", "throughput", "memory", "audit")
+PARTS = ("prefetch", "fetch", "throughput", "memory", "audit", "prescreen")
+DEFAULT_PARTS = ("prefetch", "fetch", "throughput", "memory", "audit")
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     """What to run and how much; ``quick()`` gives a run of a minute or so."""
 
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = DEFAULT_PARTS
     sizes: tuple[int, ...] = (10, 100, 1000, 5000)
     fetch_sizes: tuple[int, ...] = (10, 100, 1000, 5000)
     calls: int = 200
@@ -51,6 +53,9 @@ class BenchOptions:
     audit_url: str | None = None
     fhir_url: str | None = None
     uvicorn_args: tuple[str, ...] = ()
+    prescreen_sizes: tuple[int, ...] = (10_000, 100_000)
+    prescreen_cores: tuple[int, ...] = (1, 2)
+    prescreen_dir: str = "var/bench/prescreen"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -69,6 +74,7 @@ class BenchOptions:
             "audit_decisions_per_writer": 20,
             "audit_store_decisions": 200,
             "audit_store_patients": 10,
+            "prescreen_sizes": (200,),
         }
         values.update(overrides)
         return cls(**values)
@@ -122,6 +128,12 @@ async def _run(options: BenchOptions) -> dict[str, Any]:
             decisions_per_writer=options.audit_decisions_per_writer,
             store_decisions=options.audit_store_decisions,
             store_patients=options.audit_store_patients,
+        )
+    if "prescreen" in options.parts:
+        from service.bench.prescreen import bench_prescreen
+
+        result["prescreen"] = bench_prescreen(
+            list(options.prescreen_sizes), list(options.prescreen_cores), Path(options.prescreen_dir)
         )
     result["machine"]["load_average_at_end"] = load_average()
     return result

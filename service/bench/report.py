@@ -131,6 +131,38 @@ def format_report(result: dict[str, Any]) -> str:
     audit = result.get("audit")
     if audit:
         lines += _audit_lines(audit)
+    prescreen = result.get("prescreen")
+    if prescreen:
+        lines += [
+            "",
+            "**Pre-screen** (Spark local[cores]; wall = end to end incl. JVM start and reading; per core = patients / CPU seconds of the evaluating tasks)",
+            "",
+        ]
+        lines += _table(
+            [
+                "patients",
+                "resources",
+                "input",
+                "cores",
+                "wall s",
+                "patients/s",
+                "patients/s/core (evaluation)",
+                "peak worker RSS",
+            ],
+            [
+                [
+                    f"{run['patients']:,}",
+                    f"{run['resources']:,}",
+                    f"{run['input_mb']:,} MB",
+                    str(run["cores"]),
+                    f"{run['wall_seconds']}",
+                    f"{run['patients_per_second']}",
+                    f"{run['patients_per_second_per_core']}",
+                    f"{run['peak_worker_rss_mb']} MB",
+                ]
+                for run in prescreen["runs"]
+            ],
+        )
     return "\n".join(lines)
 
 

@@ -122,11 +122,31 @@ def load(
 @sandbox_app.command()
 def generate(
     output: Annotated[Path, typer.Argument(help="Folder to write into.")] = Path("var/synthetic"),
+    ndjson: Annotated[
+        bool,
+        typer.Option("--ndjson", help="Write Bulk Data NDJSON files (one per resource type) instead."),
+    ] = False,
+    patients: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --ndjson: this many generated patients (5% lung, 2% gastro-esophageal cancer, "
+            "50-2,000 Observations each) instead of the synthetic cases.",
+        ),
+    ] = None,
 ) -> None:
-    """Write each synthetic patient as a transaction Bundle and a full-prefetch request body."""
-    from service.sandbox.synthetic import write_samples
+    """Write each synthetic patient as a transaction Bundle and a full-prefetch request body (or NDJSON)."""
+    today = datetime.now(UTC).date()
+    if patients is not None and not ndjson:
+        raise typer.BadParameter("--patients writes NDJSON; add --ndjson", param_hint="--patients")
+    if ndjson:
+        from service.prescreen.samples import write_population, write_synthetic
 
-    written = write_samples(output, datetime.now(UTC).date(), _mappings())
+        written = write_population(output, patients, today) if patients else write_synthetic(output, today)
+    else:
+        from service.sandbox.synthetic import write_samples
+
+        written = write_samples(output, today, _mappings())
     typer.echo(f"wrote {len(written)} files to {output}")
 
 

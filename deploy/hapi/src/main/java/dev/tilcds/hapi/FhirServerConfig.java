@@ -1,5 +1,7 @@
 package dev.tilcds.hapi;
 
+import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
+import ca.uhn.fhir.batch2.maintenance.JobMaintenanceServiceImpl;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.jpa.api.IDaoRegistry;
@@ -37,6 +39,7 @@ import org.hl7.fhir.r4.model.Bundle;
 import org.hl7.fhir.r4.model.Meta;
 import org.springframework.beans.factory.annotation.Qualifier;
 import org.springframework.beans.factory.annotation.Value;
+import org.springframework.beans.factory.config.BeanPostProcessor;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.autoconfigure.orm.jpa.JpaProperties;
 import org.springframework.boot.context.properties.EnableConfigurationProperties;
@@ -86,7 +89,28 @@ public class FhirServerConfig {
 		settings.setAllowMultipleDelete(true);
 		settings.setExpungeEnabled(true);
 		settings.setDeleteExpungeEnabled(true);
+		// a Bulk Data export's steps follow each other at once, not at the next maintenance pass
+		settings.setJobFastTrackingEnabled(true);
 		return settings;
+	}
+
+	/**
+	 * Batch2's maintenance pass (which advances jobs such as a Bulk Data export) runs every
+	 * {@code sandbox.batch2-maintenance-millis} instead of HAPI's minute, so an export of a
+	 * test's patients finishes in seconds.
+	 */
+	@Bean
+	public static BeanPostProcessor batch2MaintenanceFrequency(
+			@Value("${sandbox.batch2-maintenance-millis:2000}") long millis) {
+		return new BeanPostProcessor() {
+			@Override
+			public Object postProcessAfterInitialization(Object bean, String beanName) {
+				if (bean instanceof JobMaintenanceServiceImpl maintenance) {
+					maintenance.setScheduledJobFrequencyMillis(millis);
+				}
+				return bean;
+			}
+		};
 	}
 
 	@Bean
@@ -183,7 +207,11 @@ public class FhirServerConfig {
 		return ResourceCountCacheUtil.newResourceCountCache(systemDao);
 	}
 
-	/** The FHIR REST endpoint: every R4 resource type, transactions at the base URL, paging. */
+	/**
+	 * The FHIR REST endpoint: every R4 resource type, transactions at the base URL, paging,
+	 * and the Bulk Data {@code $export} operations (run as Batch2 jobs, output kept as
+	 * Binary resources) that {@code til-cds prescreen --fhir} uses.
+	 */
 	@Bean
 	public RestfulServer restfulServer(
 			FhirContext fhirContext,
@@ -193,10 +221,12 @@ public class FhirServerConfig {
 			JpaStorageSettings storageSettings,
 			ISearchParamRegistry searchParamRegistry,
 			@Qualifier(JpaConfig.JPA_VALIDATION_SUPPORT_CHAIN) IValidationSupport validationSupport,
-			DatabaseBackedPagingProvider pagingProvider) {
+			DatabaseBackedPagingProvider pagingProvider,
+			BulkDataExportProvider bulkDataExportProvider) {
 		RestfulServer server = new RestfulServer(fhirContext);
 		server.registerProviders(resourceProviderFactory.createProviders());
 		server.registerProvider(systemProvider);
+		server.registerProvider(bulkDataExportProvider);
 		server.setPagingProvider(pagingProvider);
 		server.setDefaultResponseEncoding(EncodingEnum.JSON);
 		JpaCapabilityStatementProvider capabilities = new JpaCapabilityStatementProvider(
