@@ -64,7 +64,7 @@ async def test_every_patient_and_trial_gets_the_hooks_verdict(
         runtime = Runtime(mappings, criteria, prefetch_templates(mappings), http, FetchLimits())
         for patient_id, resources in patients.items():
             outcome = await run_hook(_request(patient_id, resources, mappings), runtime, AT, may_fetch=False)
-            for result in outcome.results:
+            for result in outcome.decision.trials:
                 row = rows[(f"Patient/{patient_id}", result.trial_id)]
                 assert (row["suggested"], row["state"], row["reason"]) == (
                     result.suggested,
@@ -87,7 +87,7 @@ def test_a_near_miss_is_one_measurement_short_of_its_limit(prescreen_rows: list[
     rows = {(row["patient"], row["trial"]): row for row in prescreen_rows}
     low_anc = rows[("Patient/til-low-anc", "NCT06538012")]
     assert low_anc["near_miss"] is True
-    assert low_anc["near_miss_detail"].startswith("absolute-neutrophil-count: ")
+    assert low_anc["near_miss_detail"].startswith("Absolute neutrophil count: "), "labels, not ids"
     assert "needs ≥ 1.5" in low_anc["near_miss_detail"]
     transplant = rows[("Patient/til-kidney-transplant", "NCT06538012")]
     assert transplant["state"] == "ruled_out" and transplant["near_miss"] is False  # not a measurement
