@@ -94,6 +94,22 @@ def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]
     return lost
 
 
+def _without_review_token(card: dict[str, Any], review_url: str | None) -> dict[str, Any]:
+    """The card as the audit trail keeps it: the review link without its access token.
+
+    The token opens the review page for days; an audit record (and every export of it)
+    must not carry a working credential.  The decision id in the path still says which
+    page it was.
+    """
+    if review_url is None or "?token=" not in review_url:
+        return card
+    bare = review_url.split("?token=", 1)[0]
+    links = [
+        {**link, "url": bare} if link.get("url") == review_url else link for link in card.get("links", [])
+    ]
+    return {**card, "links": links} if links else card
+
+
 def _dedupe(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for resource in resources:
@@ -178,7 +194,9 @@ async def run_hook(
         "decision": decision_json(decision),
         "input_resources": resources,
         "data_sources": data.sources,
-        "cards": [c.model_dump(mode="json", exclude_none=True) for c in cards],
+        "cards": [
+            _without_review_token(c.model_dump(mode="json", exclude_none=True), review_url) for c in cards
+        ],
         "card_problems": card_problems,
         "timing_ms": round((time.perf_counter() - started) * 1000, 2),
     }

@@ -188,3 +188,24 @@ async def test_a_suggestion_that_does_not_validate_is_left_off_and_the_record_sa
         store.close()
     assert record is not None
     assert any("Order the missing tests' left off" in p for p in record["content"]["card_problems"])
+
+
+async def test_the_audit_record_keeps_no_working_review_token(
+    client: httpx.AsyncClient, request_for: Callable[..., Any], settings: Settings
+) -> None:
+    """The card's review link carries a signed token valid for days; the trail keeps the bare link."""
+    response = await client.post(SERVICE_URL, json=request_for("til-lung-eligible"))
+    card = response.json()["cards"][0]
+    review = next(link["url"] for link in card["links"] if "/review/" in link["url"])
+    assert "?token=" in review, "the clinician's card opens the page"
+    token = review.split("?token=", 1)[1]
+    store = AuditStore.from_url(settings.audit_database_url)
+    try:
+        record = store.find_decision_by_card(card["uuid"])
+        exported = "".join(store_text for store_text in (str(r) for r in store.iter_records()))
+    finally:
+        store.close()
+    assert record is not None
+    stored = [link["url"] for c in record["content"]["cards"] for link in c.get("links", [])]
+    assert review.split("?token=", 1)[0] in stored
+    assert token not in str(record) and token not in exported
