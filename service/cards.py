@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from service.cdshooks import Action, Card, Coding, Link, Source, Suggestion
 from service.criteria import Trial
-from service.engine import CriterionVerdict, State, TrialVerdict
+from service.engine import State, TrialVerdict
 
 __all__ = [
     "CONFIRMATION",
@@ -87,14 +87,9 @@ class CardDraft:
     problems: list[str] = field(default_factory=list)
 
 
-def _open_criteria(verdict: TrialVerdict, state: State) -> list[CriterionVerdict]:
-    """Trial-level criteria in ``state`` first, then those of the cohorts that may still fit."""
-    return verdict.in_state(state)
-
-
 def next_steps(verdict: TrialVerdict) -> list[str]:
     """At most three next steps, the one resolving most unknowns first, as verbs."""
-    unknown = _open_criteria(verdict, State.UNKNOWN)
+    unknown = verdict.in_state(State.UNKNOWN)
     hints = Counter(_sentence(c.resolve_hint) for c in unknown if c.resolve_hint)
     order = {
         hint: index
@@ -124,9 +119,9 @@ def _status_line(trial: Trial) -> str:
 
 
 def _counts_line(verdict: TrialVerdict) -> str:
-    met = len(_open_criteria(verdict, State.MET))
-    review = len(_open_criteria(verdict, State.NEEDS_REVIEW))
-    unknown = len(_open_criteria(verdict, State.UNKNOWN))
+    met = len(verdict.in_state(State.MET))
+    review = len(verdict.in_state(State.NEEDS_REVIEW))
+    unknown = len(verdict.in_state(State.UNKNOWN))
     parts = [f"{met} criteria met from the record"]
     if unknown:
         parts.append(f"{unknown} unknown")
@@ -145,7 +140,7 @@ def _cohorts_line(verdict: TrialVerdict) -> str | None:
 
 def _detail(trial: Trial, verdict: TrialVerdict, data_problems: tuple[str, ...]) -> str:
     lines = []
-    for criterion in _open_criteria(verdict, State.NOT_YET)[:2]:
+    for criterion in verdict.in_state(State.NOT_YET)[:2]:
         lines.append(
             f"**Not before {criterion.until}:** {_md(criterion.label)} ({_md(_shorten(criterion.reason, 70))})"
         )
@@ -171,8 +166,8 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _summary(trial: Trial, verdict: TrialVerdict) -> str:
-    unknown = len(_open_criteria(verdict, State.UNKNOWN))
-    review = len(_open_criteria(verdict, State.NEEDS_REVIEW))
+    unknown = len(verdict.in_state(State.UNKNOWN))
+    review = len(verdict.in_state(State.NEEDS_REVIEW))
     parts = [f"{unknown} unknown, {review} to review" if unknown else f"{review} to review"]
     not_before = verdict.not_before()
     if not_before is not None:
@@ -209,7 +204,7 @@ def _suggestions(
     """Order the missing tests (when a lab or serology resolves an unknown), and refer."""
     suggestions: list[Suggestion] = []
     problems: list[str] = []
-    orders = list(dict.fromkeys(o for c in _open_criteria(verdict, State.UNKNOWN) for o in c.orders))
+    orders = list(dict.fromkeys(o for c in verdict.in_state(State.UNKNOWN) for o in c.orders))
     note = f"To check eligibility for {trial.short_title} ({trial.id})"
     try:
         actions = [

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import ConfigurationError
+from service.units import number_text
 
 __all__ = [
     "Analyte",
@@ -289,7 +290,7 @@ class Mappings:
     def quantity_text(self, value: float, unit: str | None) -> str:
         """A value as a lab report prints it: three significant figures, the unit as clinicians
         write it (``units.yaml`` ``display``), nothing for unitless ratios such as the INR."""
-        number = f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+        number = number_text(value)
         shown = self.unit_display.get(unit or "", unit or "")
         return f"{number} {shown}" if shown else number
 

@@ -95,3 +95,8 @@ def convert(value: float, source: str, target: str, molar_mass_g_per_mol: float 
     1.5
     """
     return value * _factor(source, target, molar_mass_g_per_mol)
+
+
+def number_text(value: float) -> str:
+    """A measured value as a lab report prints it: three significant figures, thousands grouped."""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"

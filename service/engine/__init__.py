@@ -55,10 +55,6 @@ def input_fingerprint(facts: PatientFacts) -> str:
     return "sha256:" + hashlib.sha256("\n".join(refs).encode()).hexdigest()
 
 
-def _label(criterion: Criterion) -> str:
-    return criterion.label
-
-
 def _evaluate_criterion(
     criterion: Criterion, context: EvaluationContext, arm: str | None = None
 ) -> CriterionVerdict:
@@ -73,7 +69,7 @@ def _evaluate_criterion(
         orders = _orders(criterion.rule, context.mappings)
     return CriterionVerdict(
         id=criterion.id,
-        label=_label(criterion),
+        label=criterion.label,
         type=criterion.type,
         text=criterion.text,
         source=criterion.source,

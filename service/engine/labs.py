@@ -8,7 +8,7 @@ from service.criteria import LabRule, NoResultRule
 from service.engine.context import EvaluationContext
 from service.engine.results import Evidence, RuleOutcome, State, window_text
 from service.facts import LabResult, age_in_years
-from service.units import UnitConversionError, convert
+from service.units import UnitConversionError, convert, number_text
 
 __all__ = ["evaluate_lab", "evaluate_no_result", "older_than_text"]
 
@@ -48,10 +48,6 @@ def _bounded_state(bound: str, value: float, comparison: str, limit: float) -> S
     return State.MET if passes else None
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-
-
 def _evidence(
     result: LabResult, uln: float | None = None, uln_source: str | None = None, *, shown: str | None = None
 ) -> Evidence:
@@ -82,7 +78,11 @@ def older_than_text(result: LabResult | None, name: str, lookback_days: int) -> 
     """What is on record and why it was not used: "weight 88.2 kg of 2026-08-28 is older than 90 days"."""
     if result is None or result.when is None:
         return ""
-    value = f"{_fmt(result.value)} {result.unit or ''}".strip() if result.value is not None else "(no value)"
+    value = (
+        f"{number_text(result.value)} {result.unit or ''}".strip()
+        if result.value is not None
+        else "(no value)"
+    )
     return f"{name} {value} of {result.when.date().isoformat()} is older than {lookback_days} days"
 
 
@@ -130,7 +130,7 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
         missing.append("the sex")
     if creatinine is not None and creatinine.comparator:
         missing.append(
-            f"a measured creatinine (it is reported as {creatinine.comparator}{_fmt(creatinine.value or 0)})"
+            f"a measured creatinine (it is reported as {creatinine.comparator}{number_text(creatinine.value or 0)})"
         )
     if missing or creatinine is None or weight is None or facts.birth_date is None:
         return (
@@ -157,8 +157,8 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
         code="cockcroft-gault",
         display="Creatinine clearance",
         derivation=(
-            f"Cockcroft-Gault from creatinine {_fmt(creatinine_mg_dl)} mg/dL, "
-            f"weight {_fmt(weight_kg)} kg, age {age}, {facts.sex}"
+            f"Cockcroft-Gault from creatinine {number_text(creatinine_mg_dl)} mg/dL, "
+            f"weight {number_text(weight_kg)} kg, age {age}, {facts.sex}"
         ),
     )
 
@@ -214,7 +214,7 @@ def _clearance_bounded_by_weight(
     text = (
         f"{context.mappings.analytes[rule.analyte].display}: {no_weight}; "
         f"with creatinine {context.mappings.quantity_text(creatinine.value or 0, creatinine.unit)} on {when}, reaching "
-        f"{_fmt(rule.value)} mL/min would need a weight of at least {weight_needed:.0f} kg"
+        f"{number_text(rule.value)} mL/min would need a weight of at least {weight_needed:.0f} kg"
     )
     if weight_needed > rule.max_plausible_weight_kg:
         return RuleOutcome(
@@ -237,7 +237,10 @@ def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) ->
             )
         except UnitConversionError:
             return f"the reference range unit '{high_unit}' does not convert to '{result.unit}'"
-        return converted, f"the result's own reference range (high {_fmt(high)} {high_unit or result.unit})"
+        return (
+            converted,
+            f"the result's own reference range (high {number_text(high)} {high_unit or result.unit})",
+        )
     if definition.default_uln is None:
         return "the result has no reference range and there is no documented default ULN"
     try:
@@ -251,7 +254,7 @@ def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) ->
         return f"the default ULN unit does not convert to '{result.unit}'"
     return (
         converted,
-        f"default ULN {_fmt(definition.default_uln.value)} {definition.default_uln.unit} ({definition.default_uln.source}); no reference range on the result",
+        f"default ULN {number_text(definition.default_uln.value)} {definition.default_uln.unit} ({definition.default_uln.source}); no reference range on the result",
     )
 
 
@@ -323,14 +326,14 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             )
         uln, uln_source = found
         value, limit, unit = latest.value, times_uln * uln, latest.unit
-        limit_text = f"{_fmt(times_uln)}× ULN = {context.mappings.quantity_text(limit, unit)}"
+        limit_text = f"{number_text(times_uln)}× ULN = {context.mappings.quantity_text(limit, unit)}"
     elif fixed_value is not None and rule.unit is not None:
         try:
             value = convert(latest.value, latest.unit, rule.unit, definition.molar_mass_g_per_mol)
         except UnitConversionError as exc:
             return RuleOutcome(
                 State.UNKNOWN,
-                f"{definition.display} {_fmt(latest.value)} {latest.unit}: unit cannot be converted to {rule.unit} ({exc})",
+                f"{definition.display} {number_text(latest.value)} {latest.unit}: unit cannot be converted to {rule.unit} ({exc})",
                 (_evidence(latest),),
                 resolve_hint=hint,
             )

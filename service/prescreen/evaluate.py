@@ -72,8 +72,6 @@ def _line(criterion: CriterionVerdict) -> str:
 
 def _row(patient_id: str, result: TrialVerdict) -> dict[str, Any]:
     considered = result.suggested
-    not_yet = result.in_state(State.NOT_YET) if considered else []
-    dates = [c.until for c in not_yet if c.until is not None]
     near_miss = _near_miss(result)
     return {
         "patient": f"Patient/{patient_id}",
@@ -81,7 +79,7 @@ def _row(patient_id: str, result: TrialVerdict) -> dict[str, Any]:
         "suggested": result.suggested,
         "state": result.status,
         "cohorts": [cohort.title for cohort in result.cohorts if cohort.possible] if considered else [],
-        "not_before": max(dates) if dates else None,
+        "not_before": result.not_before() if considered else None,
         "near_miss": near_miss is not None,
         "near_miss_detail": near_miss,
         "unknowns": [_line(c) for c in result.in_state(State.UNKNOWN)] if considered else [],
