@@ -37,6 +37,7 @@ __all__ = [
     "concept_codings",
     "concept_text",
     "draft_order_exposures",
+    "unique_resources",
     "medication_concept",
     "parse_fhir_datetime",
 ]
@@ -910,3 +911,12 @@ def draft_order_exposures(draft_orders: Any, selections: list[str]) -> list[Drug
         if codings or text:
             exposures.append(DrugExposure(tuple(codings), text, "draft", None, None, source))
     return exposures
+
+
+def unique_resources(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One resource per type and id, the first one seen kept: the same resource may arrive
+    under two prefetch keys or searches, and must count once (hook and pre-screen alike)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for resource in resources:
+        seen.setdefault((str(resource.get("resourceType")), str(resource.get("id"))), resource)
+    return list(seen.values())

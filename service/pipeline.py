@@ -29,6 +29,7 @@ from service.facts import (
     PROCEDURES,
     build_facts,
     draft_order_exposures,
+    unique_resources,
 )
 from service.gather import REQUIRED_KEYS, FetchLimits, GatheredData, gather
 from service.mappings import Mappings
@@ -110,13 +111,6 @@ def _without_review_token(card: dict[str, Any], review_url: str | None) -> dict[
     return {**card, "links": links} if links else card
 
 
-def _dedupe(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for resource in resources:
-        seen.setdefault((str(resource.get("resourceType")), str(resource.get("id"))), resource)
-    return list(seen.values())
-
-
 def _cards(
     request: HookRequest, decision: Decision, runtime: Runtime, review_url: str | None
 ) -> tuple[list[Card], list[str]]:
@@ -172,7 +166,7 @@ async def run_hook(
         raise PreconditionFailedError(
             "cannot obtain required data: " + "; ".join(f"{k}: {v}" for k, v in missing.items())
         )
-    resources = _dedupe(data.resources)
+    resources = unique_resources(data.resources)
     facts = build_facts(context.patientId, resources, runtime.mappings)
     facts.unavailable = _unavailable_facts(data, runtime.mappings)
     facts.data_problems.extend(data.problems)

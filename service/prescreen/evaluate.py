@@ -14,10 +14,10 @@ from typing import Any
 
 from service.criteria import CriteriaSet
 from service.engine import CriterionVerdict, State, TrialVerdict, decide
-from service.facts import build_facts
+from service.facts import build_facts, unique_resources
 from service.mappings import Mappings
 
-__all__ = ["WORKLIST_COLUMNS", "dedupe", "evaluate_patient"]
+__all__ = ["WORKLIST_COLUMNS", "evaluate_patient"]
 
 WORKLIST_COLUMNS = (
     "patient",
@@ -33,14 +33,6 @@ WORKLIST_COLUMNS = (
     "reason",
 )
 """The worklist's columns, in order; ``cohorts``, ``unknowns`` and ``needs_review`` are lists."""
-
-
-def dedupe(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One resource per type and id, the first one seen kept (as the hook's pipeline does)."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for resource in resources:
-        seen.setdefault((str(resource.get("resourceType")), str(resource.get("id"))), resource)
-    return list(seen.values())
 
 
 def _unmet(result: TrialVerdict) -> list[CriterionVerdict]:
@@ -96,5 +88,5 @@ def evaluate_patient(
     evaluated_at: datetime,
 ) -> list[dict[str, Any]]:
     """Worklist rows, one per trial, for one patient's resources (already in gathering order)."""
-    facts = build_facts(patient_id, dedupe(resources), mappings)
+    facts = build_facts(patient_id, unique_resources(resources), mappings)
     return [_row(patient_id, r) for r in decide(facts, criteria, mappings, evaluated_at).trials]
