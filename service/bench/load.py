@@ -17,7 +17,7 @@ from service.bench.server import start_service
 from service.mappings import Mappings
 from service.sandbox.synthetic import hook_request
 
-__all__ = ["bench_http", "bench_memory", "bench_throughput", "request_body"]
+__all__ = ["bench_http", "bench_memory", "bench_throughput", "first_open_body", "request_body"]
 
 _HEADERS = {"Content-Type": "application/json"}
 
@@ -25,6 +25,13 @@ _HEADERS = {"Content-Type": "application/json"}
 def request_body(size: int, mappings: Mappings) -> bytes:
     """The full-prefetch request body of the sized patient."""
     return orjson.dumps(hook_request(sized_patient(date.today(), size), mappings))
+
+
+def first_open_body(body: bytes, size: int, call: int) -> bytes:
+    """The same chart as another patient: the patient id, and with it every resource id and
+    reference, renamed, so the audit store has stored none of its resources yet."""
+    patient_id = f"bench-{size}".encode()
+    return body.replace(patient_id, patient_id + b"x" + str(call).encode())
 
 
 async def _post(client: httpx.AsyncClient, url: str, body: bytes) -> None:
@@ -36,7 +43,11 @@ async def _post(client: httpx.AsyncClient, url: str, body: bytes) -> None:
 async def bench_http(
     sizes: list[int], calls: int, max_seconds: float, mappings: Mappings, audit_url: str | None = None
 ) -> list[dict[str, Any]]:
-    """Sequential calls to one worker: client-side latency per size, next to the orjson floor."""
+    """Sequential calls to one worker: client-side latency per size, next to the orjson floor.
+
+    The timed calls repeat one chart open (as an oncologist reopening a chart, whose
+    resources the audit store already holds); a second loop opens a new chart each call.
+    """
     rows = []
     with start_service(audit_url=audit_url) as service:
         async with httpx.AsyncClient(timeout=120) as client:
@@ -54,7 +65,15 @@ async def bench_http(
                     await _post(client, service.hook_url, body)
                     floor.append(parsed - started)
                     latency.append(time.perf_counter() - parsed)
+                first_open: list[float] = []
+                loop = Loop(calls, max_seconds)
+                while loop.more():
+                    new_chart = first_open_body(body, size, len(first_open))
+                    started = time.perf_counter()
+                    await _post(client, service.hook_url, new_chart)
+                    first_open.append(time.perf_counter() - started)
                 floor_ms, latency_ms = percentiles(floor), percentiles(latency)
+                first_open_ms = percentiles(first_open)
                 rows.append(
                     {
                         "observations": size,
@@ -62,6 +81,8 @@ async def bench_http(
                         "floor_ms": floor_ms,
                         "latency_ms": latency_ms,
                         "ratio_p50": round(latency_ms["p50"] / floor_ms["p50"], 2),
+                        "first_open_latency_ms": first_open_ms,
+                        "first_open_ratio_p50": round(first_open_ms["p50"] / floor_ms["p50"], 2),
                     }
                 )
     return rows

@@ -50,6 +50,8 @@ def format_report(result: dict[str, Any]) -> str:
                     _ms(row["audit_write_ms"]),
                     _ms(over_http["latency_ms"]) if over_http else "-",
                     f"{over_http['ratio_p50']:.1f}" if over_http else "-",
+                    _ms(over_http["first_open_latency_ms"]) if over_http else "-",
+                    f"{over_http['first_open_ratio_p50']:.1f}" if over_http else "-",
                 ]
             )
         lines += _table(
@@ -61,8 +63,10 @@ def format_report(result: dict[str, Any]) -> str:
                 "of which parse / validation / pipeline / response (p50)",
                 "ratio",
                 "audit write",
-                "HTTP (incl. audit)",
+                "HTTP, repeat open (incl. audit)",
                 "HTTP ratio",
+                "HTTP, first open (incl. audit)",
+                "first-open ratio",
             ],
             rows,
         )
