@@ -82,7 +82,11 @@ def sized_patient(today: date, observations: int, patient_id: str | None = None)
     for index in range(max(0, observations // 10 - 2)):
         code, display = _COMORBIDITIES[index % len(_COMORBIDITIES)]
         history.append(
-            Entry(condition=Condition(system="icd10", code=code, display=display, onset_days_ago=400 + index * 7))
+            Entry(
+                condition=Condition(
+                    system="icd10", code=code, display=display, onset_days_ago=400 + index * 7
+                )
+            )
         )
     for index in range(max(0, observations // 20 - 2)):
         name, rxnorm = _COMEDICATIONS[index % len(_COMEDICATIONS)]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from service.errors import ConfigurationError
 from service.settings import REPO_ROOT
@@ -166,7 +166,19 @@ class Entry(_Strict):
         return self
 
 
-Item = Annotated[BlockUse | Entry, Field(union_mode="left_to_right")]
+# Which model reads an item is decided by its ``block`` key, so an error names one model's field.
+_BLOCK_USE, _ENTRY = "<block use>", "<entry>"
+
+
+def _item_kind(raw: Any) -> str:
+    if isinstance(raw, BlockUse) or (isinstance(raw, dict) and "block" in raw):
+        return _BLOCK_USE
+    return _ENTRY
+
+
+Item = Annotated[
+    Annotated[BlockUse, Tag(_BLOCK_USE)] | Annotated[Entry, Tag(_ENTRY)], Discriminator(_item_kind)
+]
 
 
 class TrialExpectation(_Strict):
@@ -206,8 +218,10 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _problems(exc: ValidationError) -> str:
+    """``resources.3.observation.days_ago: Field required``; the union's tags are left out."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(str(p) for p in err['loc'] if p not in (_BLOCK_USE, _ENTRY)) or '(top level)'}: {err['msg']}"
+        for err in exc.errors()
     )
 
 
@@ -225,21 +239,28 @@ def load_blocks(path: Path = BLOCKS_FILE) -> dict[str, Block]:
     return blocks
 
 
-def read_patient_files(directory: Path = PATIENTS_DIR) -> list[PatientFile]:
-    """Every ``*.yaml`` patient file, in file-name order; a broken one names file and field."""
+def patient_paths(directory: Path = PATIENTS_DIR) -> dict[str, Path]:
+    """Each patient file by patient id (its file name), in file-name order."""
     paths = sorted(directory.glob("*.yaml"))
     if not paths:
         raise ConfigurationError(f"{directory}: no synthetic patient files (*.yaml)")
-    patients = []
-    for path in paths:
-        try:
-            patient = PatientFile.model_validate(_read_yaml(path))
-        except ValidationError as exc:
-            raise ConfigurationError(f"{path}: {_problems(exc)}") from exc
-        if patient.id != path.stem:
-            raise ConfigurationError(f"{path}: id: '{patient.id}' differs from the file name '{path.stem}'")
-        patients.append(patient)
-    return patients
+    return {path.stem: path for path in paths}
+
+
+def read_patient_file(path: Path) -> PatientFile:
+    """One patient file, validated; a broken one raises naming the file and the field."""
+    try:
+        patient = PatientFile.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigurationError(f"{path}: {_problems(exc)}") from exc
+    if patient.id != path.stem:
+        raise ConfigurationError(f"{path}: id: '{patient.id}' differs from the file name '{path.stem}'")
+    return patient
+
+
+def read_patient_files(directory: Path = PATIENTS_DIR) -> list[PatientFile]:
+    """Every ``*.yaml`` patient file, in file-name order."""
+    return [read_patient_file(path) for path in patient_paths(directory).values()]
 
 
 def _changed(entry: Entry, block: BlockUse, where: str) -> Entry:
@@ -304,7 +325,10 @@ class _Writer:
         coding = {"system": SYSTEMS["loinc"], "code": spec.loinc}
         if spec.display:
             coding["display"] = spec.display
-        category = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": spec.category}
+        category = {
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": spec.category,
+        }
         resource: dict[str, Any] = {
             "resourceType": "Observation",
             "id": self.next_id("obs"),
@@ -334,7 +358,9 @@ class _Writer:
         resource: dict[str, Any] = {
             "resourceType": "Condition",
             "id": self.next_id("cond"),
-            "clinicalStatus": {"coding": [{"system": terminology + "condition-clinical", "code": spec.status}]},
+            "clinicalStatus": {
+                "coding": [{"system": terminology + "condition-clinical", "code": spec.status}]
+            },
             "verificationStatus": {
                 "coding": [{"system": terminology + "condition-ver-status", "code": "confirmed"}]
             },
@@ -350,7 +376,9 @@ class _Writer:
         return resource
 
     def medication(self, spec: Medication) -> dict[str, Any]:
-        coding = [{"system": SYSTEMS["rxnorm"], "code": spec.rxnorm, "display": spec.name}] if spec.rxnorm else []
+        coding = (
+            [{"system": SYSTEMS["rxnorm"], "code": spec.rxnorm, "display": spec.name}] if spec.rxnorm else []
+        )
         period = {"start": self.when(spec.start_days_ago)}
         if spec.end_days_ago is not None:
             period["end"] = self.when(spec.end_days_ago)
@@ -358,7 +386,9 @@ class _Writer:
             "resourceType": "MedicationStatement",
             "id": self.next_id("med"),
             "status": spec.status,
-            "medicationCodeableConcept": {"coding": coding, "text": spec.name} if coding else {"text": spec.name},
+            "medicationCodeableConcept": {"coding": coding, "text": spec.name}
+            if coding
+            else {"text": spec.name},
             "subject": self.subject,
             "effectivePeriod": period,
         }
@@ -383,7 +413,10 @@ class _Writer:
         if spec.until_days_ago is None:
             resource["performedDateTime"] = self.when(spec.days_ago)
         else:
-            resource["performedPeriod"] = {"start": self.when(spec.days_ago), "end": self.when(spec.until_days_ago)}
+            resource["performedPeriod"] = {
+                "start": self.when(spec.days_ago),
+                "end": self.when(spec.until_days_ago),
+            }
         return resource
 
     def immunization(self, spec: Immunization) -> dict[str, Any]:
@@ -391,7 +424,9 @@ class _Writer:
             "resourceType": "Immunization",
             "id": self.next_id("imm"),
             "status": "completed",
-            "vaccineCode": {"coding": [{"system": SYSTEMS["cvx"], "code": spec.cvx, "display": spec.display}]},
+            "vaccineCode": {
+                "coding": [{"system": SYSTEMS["cvx"], "code": spec.cvx, "display": spec.display}]
+            },
             "patient": self.subject,
             "occurrenceDateTime": self.when(spec.days_ago),
         }
@@ -456,7 +491,9 @@ def build_resources(
     return resources
 
 
-def patient_resources(patient: PatientFile, today: date, blocks: dict[str, Block], where: str) -> list[dict[str, Any]]:
+def patient_resources(
+    patient: PatientFile, today: date, blocks: dict[str, Block], where: str
+) -> list[dict[str, Any]]:
     """A patient file's resources, dated relative to ``today``."""
     return build_resources(
         patient.id,

@@ -20,16 +20,20 @@ from typing import Any
 from service.mappings import Mappings
 from service.sandbox.patient_files import (
     PATIENTS_DIR,
+    Block,
+    PatientFile,
     TrialExpectation,
     load_blocks,
+    patient_paths,
     patient_resources,
-    read_patient_files,
+    read_patient_file,
 )
 
 __all__ = [
     "DRAFT_DRUG_CLASS",
     "SyntheticPatient",
     "draft_order_context",
+    "find_patient",
     "generate_patients",
     "hook_request",
     "transaction_bundle",
@@ -49,19 +53,33 @@ class SyntheticPatient:
     expected_trials: dict[str, TrialExpectation] = field(default_factory=dict)
 
 
+def _patient(spec: PatientFile, today: date, blocks: dict[str, Block], where: Path) -> SyntheticPatient:
+    return SyntheticPatient(
+        spec.id,
+        spec.description,
+        set(spec.expected.cards),
+        patient_resources(spec, today, blocks, where=str(where)),
+        dict(spec.expected.trials),
+    )
+
+
 def generate_patients(today: date, directory: Path = PATIENTS_DIR) -> list[SyntheticPatient]:
     """Every patient file of ``directory``, its dates relative to ``today``, in file-name order."""
     blocks = load_blocks()
     return [
-        SyntheticPatient(
-            spec.id,
-            spec.description,
-            set(spec.expected.cards),
-            patient_resources(spec, today, blocks, where=str(directory / f"{spec.id}.yaml")),
-            dict(spec.expected.trials),
-        )
-        for spec in read_patient_files(directory)
+        _patient(read_patient_file(path), today, blocks, path) for path in patient_paths(directory).values()
     ]
+
+
+def find_patient(patient_id: str, today: date, directory: Path = PATIENTS_DIR) -> SyntheticPatient:
+    """The patient of one file, its dates relative to ``today``.
+
+    Raises :class:`LookupError` naming the known ids when there is no such file.
+    """
+    paths = patient_paths(directory)
+    if patient_id not in paths:
+        raise LookupError(f"unknown patient '{patient_id}'; one of: {', '.join(paths)}")
+    return _patient(read_patient_file(paths[patient_id]), today, load_blocks(), paths[patient_id])
 
 
 def transaction_bundle(patient: SyntheticPatient) -> dict[str, Any]:
