@@ -154,3 +154,13 @@ def test_the_blocks_file_is_checked(tmp_path: Path) -> None:
         ConfigurationError, match=r"blocks.yaml: block 'labs': entries.0.observation.days_ago"
     ):
         load_blocks(path)
+
+
+def test_the_format_readme_example_is_the_real_file(tmp_path: Path) -> None:
+    """``deploy/sandbox/README.md`` shows til-low-anc's file: it must read to the same patient."""
+    readme = (PATIENTS_DIR.parent / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```yaml\n")[1].split("```")[0]
+    (tmp_path / "til-low-anc.yaml").write_text(example, encoding="utf-8")
+    (shown,) = generate_patients(EVALUATED_AT.date(), tmp_path)
+    real = find_patient("til-low-anc", EVALUATED_AT.date())
+    assert shown == real
