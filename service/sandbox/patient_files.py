@@ -14,7 +14,7 @@ raises :class:`ConfigurationError` naming the file and the field path.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,37 +22,35 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from service.errors import ConfigurationError
+from service.sandbox._resources import ResourceWriter
 from service.settings import REPO_ROOT
 
 __all__ = [
     "BLOCKS_FILE",
     "PATIENTS_DIR",
     "Block",
+    "BlockUse",
+    "Condition",
+    "Entry",
     "Expected",
+    "Immunization",
+    "Medication",
+    "Observation",
     "PatientFile",
+    "Procedure",
+    "Series",
     "TrialExpectation",
     "build_resources",
-    "patient_resources",
     "load_blocks",
+    "patient_paths",
+    "patient_resources",
+    "read_patient_file",
     "read_patient_files",
 ]
 
 PATIENTS_DIR = REPO_ROOT / "deploy" / "sandbox" / "patients"
 BLOCKS_FILE = REPO_ROOT / "deploy" / "sandbox" / "blocks.yaml"
 
-SYSTEMS = {
-    "loinc": "http://loinc.org",
-    "snomed": "http://snomed.info/sct",
-    "icd10": "http://hl7.org/fhir/sid/icd-10-cm",
-    "cpt": "http://www.ama-assn.org/go/cpt",
-    "cvx": "http://hl7.org/fhir/sid/cvx",
-    "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
-}
-UCUM = "http://unitsofmeasure.org"
-_ANSWERS = {
-    "positive": {"system": SYSTEMS["loinc"], "code": "LA6576-8", "display": "Positive"},
-    "negative": {"system": SYSTEMS["loinc"], "code": "LA6577-6", "display": "Negative"},
-}
 System = Literal["loinc", "snomed", "icd10", "cpt", "cvx", "rxnorm"]
 Number = int | float  # an int stays an int in the resource: 240, not 240.0
 
@@ -83,9 +81,13 @@ class Observation(_Strict):
     value_text: str | None = None
 
     @model_validator(mode="after")
-    def _unit_with_value(self) -> Observation:
+    def _one_value(self) -> Observation:
         if (self.value is None) != (self.unit is None):
             raise ValueError("value and unit go together")
+        forms = ("value", "value_integer", "result", "value_coding", "value_text")
+        given = [form for form in forms if getattr(self, form) is not None]
+        if len(given) > 1:
+            raise ValueError(f"one value at most, found {', '.join(given)}")
         return self
 
 
@@ -164,6 +166,17 @@ class Entry(_Strict):
         if len(given) != 1:
             raise ValueError(f"an entry is exactly one of {', '.join(_KINDS)} or block; found {given}")
         return self
+
+    def kind(self) -> tuple[str, BaseModel]:
+        """The entry's kind and its fields."""
+        kind = next(k for k in _KINDS if getattr(self, k) is not None)
+        spec: BaseModel = getattr(self, kind)
+        return kind, spec
+
+    def code(self) -> str:
+        """What ``change`` finds the entry by: its LOINC, its code or its CVX code."""
+        spec = self.kind()[1]
+        return str(getattr(spec, "loinc", None) or getattr(spec, "code", None) or getattr(spec, "cvx", ""))
 
 
 # Which model reads an item is decided by its ``block`` key, so an error names one model's field.
@@ -263,199 +276,53 @@ def read_patient_files(directory: Path = PATIENTS_DIR) -> list[PatientFile]:
     return [read_patient_file(path) for path in patient_paths(directory).values()]
 
 
-def _changed(entry: Entry, block: BlockUse, where: str) -> Entry:
+def _changed(entry: Entry, use: BlockUse, where: str) -> Entry:
     """The block's entry with the use's ``days_ago`` and its ``change`` for the entry's code."""
-    kind = next(k for k in _KINDS if getattr(entry, k) is not None)
-    spec: BaseModel = getattr(entry, kind)
+    kind, spec = entry.kind()
     fields = spec.model_dump(exclude_unset=True)
-    if block.days_ago is not None and "days_ago" in type(spec).model_fields:
-        fields["days_ago"] = block.days_ago
-    code = fields.get("loinc") or fields.get("code") or fields.get("cvx")
-    fields.update(block.change.get(str(code), {}))
+    if use.days_ago is not None and "days_ago" in type(spec).model_fields:
+        fields["days_ago"] = use.days_ago
+    fields.update(use.change.get(entry.code(), {}))
     try:
         return Entry.model_validate({kind: fields})
     except ValidationError as exc:
-        raise ConfigurationError(f"{where}: change of '{code}': {_problems(exc)}") from exc
+        raise ConfigurationError(f"{where}: change of '{entry.code()}': {_problems(exc)}") from exc
 
 
-def _flatten(items: Iterable[BlockUse | Entry], blocks: dict[str, Block], where: str) -> list[Entry]:
+def _series(series: Series) -> list[Entry]:
+    return [
+        Entry(
+            observation=Observation(
+                loinc=series.loinc,
+                value=series.values[index % len(series.values)],
+                unit=series.unit,
+                days_ago=series.first_days_ago + index * series.every_days,
+            )
+        )
+        for index in range(series.count)
+    ]
+
+
+def _flatten(
+    items: Iterable[BlockUse | Entry], blocks: dict[str, Block], where: str, within: tuple[str, ...] = ()
+) -> list[Entry]:
+    """The entries with every block used replaced by its (changed) entries, and series expanded."""
     flat: list[Entry] = []
     for item in items:
         if isinstance(item, Entry):
-            flat.append(item)
+            flat += _series(item.series) if item.series else [item]
             continue
         if item.block not in blocks:
-            raise ConfigurationError(
-                f"{where}: block: unknown block '{item.block}'; one of: {', '.join(sorted(blocks))}"
-            )
-        inner = _flatten(blocks[item.block].entries, blocks, where)
+            known = ", ".join(sorted(blocks))
+            raise ConfigurationError(f"{where}: block: unknown block '{item.block}'; one of: {known}")
+        if item.block in within:
+            raise ConfigurationError(f"{where}: block: '{item.block}' uses itself ({' > '.join(within)})")
+        inner = _flatten(blocks[item.block].entries, blocks, where, (*within, item.block))
         for code in item.change:
-            if not any(_entry_code(e) == code for e in inner):
+            if not any(entry.code() == code for entry in inner):
                 raise ConfigurationError(f"{where}: change: block '{item.block}' has no entry coded '{code}'")
         flat += [_changed(entry, item, where) for entry in inner]
     return flat
-
-
-def _entry_code(entry: Entry) -> str | None:
-    for kind in _KINDS:
-        spec = getattr(entry, kind)
-        if spec is not None:
-            return getattr(spec, "loinc", None) or getattr(spec, "code", None) or getattr(spec, "cvx", None)
-    return None
-
-
-class _Writer:
-    """Turns entries into FHIR R4 resources with ids ``<patient>-<kind>-<n>`` in entry order."""
-
-    def __init__(self, patient_id: str, today: date) -> None:
-        self.id = patient_id
-        self.today = today
-        self.counter = 0
-        self.subject = {"reference": f"Patient/{patient_id}"}
-
-    def next_id(self, kind: str) -> str:
-        self.counter += 1
-        return f"{self.id}-{kind}-{self.counter}"
-
-    def when(self, days_ago: float) -> str:
-        moment = datetime.combine(self.today, time(9, 0), tzinfo=UTC) - timedelta(days=days_ago)
-        return moment.isoformat().replace("+00:00", "Z")
-
-    def observation(self, spec: Observation) -> dict[str, Any]:
-        coding = {"system": SYSTEMS["loinc"], "code": spec.loinc}
-        if spec.display:
-            coding["display"] = spec.display
-        category = {
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": spec.category,
-        }
-        resource: dict[str, Any] = {
-            "resourceType": "Observation",
-            "id": self.next_id("obs"),
-            "status": spec.status,
-            "category": [{"coding": [category]}],
-            "code": {"coding": [coding]},
-            "subject": self.subject,
-            "effectiveDateTime": self.when(spec.days_ago),
-        }
-        if spec.value is not None:
-            resource["valueQuantity"] = _quantity(spec.value, spec.unit)
-        if spec.value_integer is not None:
-            resource["valueInteger"] = spec.value_integer
-        if spec.result is not None:
-            resource["valueCodeableConcept"] = {"coding": [_ANSWERS[spec.result]]}
-        if spec.value_coding is not None:
-            coded = {"system": SYSTEMS[spec.value_coding.system], "code": spec.value_coding.code}
-            resource["valueCodeableConcept"] = {"coding": [coded]}
-        if spec.value_text is not None:
-            resource["valueCodeableConcept"] = {"text": spec.value_text}
-        if spec.ref_high is not None:
-            resource["referenceRange"] = [{"high": _quantity(spec.ref_high, spec.unit)}]
-        return resource
-
-    def condition(self, spec: Condition) -> dict[str, Any]:
-        terminology = "http://terminology.hl7.org/CodeSystem/"
-        resource: dict[str, Any] = {
-            "resourceType": "Condition",
-            "id": self.next_id("cond"),
-            "clinicalStatus": {
-                "coding": [{"system": terminology + "condition-clinical", "code": spec.status}]
-            },
-            "verificationStatus": {
-                "coding": [{"system": terminology + "condition-ver-status", "code": "confirmed"}]
-            },
-            "category": [
-                {"coding": [{"system": terminology + "condition-category", "code": "problem-list-item"}]}
-            ],
-            "code": _concept(spec.system, spec.code, spec.display),
-            "subject": self.subject,
-            "onsetDateTime": self.when(spec.onset_days_ago),
-        }
-        if spec.abatement_days_ago is not None:
-            resource["abatementDateTime"] = self.when(spec.abatement_days_ago)
-        return resource
-
-    def medication(self, spec: Medication) -> dict[str, Any]:
-        coding = (
-            [{"system": SYSTEMS["rxnorm"], "code": spec.rxnorm, "display": spec.name}] if spec.rxnorm else []
-        )
-        period = {"start": self.when(spec.start_days_ago)}
-        if spec.end_days_ago is not None:
-            period["end"] = self.when(spec.end_days_ago)
-        resource: dict[str, Any] = {
-            "resourceType": "MedicationStatement",
-            "id": self.next_id("med"),
-            "status": spec.status,
-            "medicationCodeableConcept": {"coding": coding, "text": spec.name}
-            if coding
-            else {"text": spec.name},
-            "subject": self.subject,
-            "effectivePeriod": period,
-        }
-        if spec.dose_mg is not None:
-            dosage: dict[str, Any] = {
-                "timing": {"repeat": {"frequency": spec.per_day, "period": 1, "periodUnit": "d"}},
-                "doseAndRate": [{"doseQuantity": _quantity(spec.dose_mg, "mg")}],
-            }
-            if spec.route:
-                dosage["route"] = {"text": spec.route}
-            resource["dosage"] = [dosage]
-        return resource
-
-    def procedure(self, spec: Procedure) -> dict[str, Any]:
-        resource: dict[str, Any] = {
-            "resourceType": "Procedure",
-            "id": self.next_id("proc"),
-            "status": spec.status,
-            "code": _concept(spec.system, spec.code, spec.display),
-            "subject": self.subject,
-        }
-        if spec.until_days_ago is None:
-            resource["performedDateTime"] = self.when(spec.days_ago)
-        else:
-            resource["performedPeriod"] = {
-                "start": self.when(spec.days_ago),
-                "end": self.when(spec.until_days_ago),
-            }
-        return resource
-
-    def immunization(self, spec: Immunization) -> dict[str, Any]:
-        return {
-            "resourceType": "Immunization",
-            "id": self.next_id("imm"),
-            "status": "completed",
-            "vaccineCode": {
-                "coding": [{"system": SYSTEMS["cvx"], "code": spec.cvx, "display": spec.display}]
-            },
-            "patient": self.subject,
-            "occurrenceDateTime": self.when(spec.days_ago),
-        }
-
-    def series(self, spec: Series) -> list[dict[str, Any]]:
-        return [
-            self.observation(
-                Observation(
-                    loinc=spec.loinc,
-                    value=spec.values[index % len(spec.values)],
-                    unit=spec.unit,
-                    days_ago=spec.first_days_ago + index * spec.every_days,
-                )
-            )
-            for index in range(spec.count)
-        ]
-
-
-def _quantity(value: Number, unit: str | None) -> dict[str, Any]:
-    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
-
-
-def _concept(system: System, code: str, display: str) -> dict[str, Any]:
-    return {"coding": [{"system": SYSTEMS[system], "code": code, "display": display}], "text": display}
-
-
-def birth_date(today: date, age: int) -> date:
-    """``age`` years and 40 days before ``today`` (the 28th at most, so every month has the day)."""
-    return date(today.year - age, today.month, min(today.day, 28)) - timedelta(days=40)
 
 
 def build_resources(
@@ -470,24 +337,11 @@ def build_resources(
     where: str = "",
 ) -> list[dict[str, Any]]:
     """The FHIR resources of a record, dated relative to ``today``: the Patient, then the entries."""
-    writer = _Writer(patient_id, today)
-    person: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": patient_id,
-        "gender": gender,
-        "birthDate": birth_date(today, age).isoformat(),
-        "name": [{"family": "Synthetic", "given": [patient_id]}],
-    }
-    if deceased_days_ago is not None:
-        person["deceasedDateTime"] = writer.when(deceased_days_ago)
-    resources = [person]
+    writer = ResourceWriter(patient_id, today)
+    resources = [writer.patient(gender, age, deceased_days_ago)]
     for entry in _flatten(items, blocks, where or patient_id):
-        if entry.series is not None:
-            resources += writer.series(entry.series)
-        for kind in ("observation", "condition", "medication", "procedure", "immunization"):
-            spec = getattr(entry, kind)
-            if spec is not None:
-                resources.append(getattr(writer, kind)(spec))
+        kind, spec = entry.kind()
+        resources.append(getattr(writer, kind)(spec))
     return resources
 
 

@@ -15,7 +15,7 @@ from service.engine import State
 from service.errors import ConfigurationError
 from service.mappings import Mappings
 from service.pipeline import Runtime, run_hook
-from service.sandbox.patient_files import PATIENTS_DIR, load_blocks
+from service.sandbox.patient_files import PATIENTS_DIR, BlockUse, build_resources, load_blocks
 from service.sandbox.synthetic import SyntheticPatient, find_patient, generate_patients, hook_request
 from service.settings import Settings
 from tests.conftest import EVALUATED_AT
@@ -114,6 +114,11 @@ resources:
             "resources.1.observation: Value error, value and unit go together",
         ),
         ("age: 60", "age: [60", "cannot be read as YAML"),
+        (
+            "unit: 10*3/uL,",
+            "unit: 10*3/uL, result: positive,",
+            "observation: Value error, one value at most, found value, result",
+        ),
     ],
 )
 def test_a_broken_file_is_refused_naming_the_file_and_the_field(
@@ -145,6 +150,22 @@ def test_the_good_file_reads(tmp_path: Path) -> None:
 def test_an_empty_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="no synthetic patient files"):
         generate_patients(EVALUATED_AT.date(), tmp_path)
+
+
+def test_a_block_that_uses_itself_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.yaml"
+    path.write_text("blocks:\n  a: [{block: b}]\n  b: [{block: a}]\n", encoding="utf-8")
+    uses = [BlockUse(block="a")]
+    with pytest.raises(ConfigurationError, match=r"til-test.yaml: block: 'a' uses itself \(a > b\)"):
+        build_resources(
+            "til-test",
+            EVALUATED_AT.date(),
+            uses,
+            load_blocks(path),
+            age=60,
+            gender="male",
+            where="til-test.yaml",
+        )
 
 
 def test_the_blocks_file_is_checked(tmp_path: Path) -> None:
