@@ -1,6 +1,7 @@
 """Synthetic patients of a chosen size, for the benchmarks.
 
-Built with the sandbox's synthetic builder: an eligible NSCLC patient (so every
+Built from the sandbox's data: the ``eligible_nsclc`` block of ``deploy/sandbox/blocks.yaml``
+(an eligible NSCLC patient, so every
 trial is evaluated in full and cards are written) whose chart also holds a long
 history — ``n`` Observations spread over the lab codes the service reads (some in
 other units), about one Condition per 10 Observations and one MedicationStatement
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 from datetime import date
 
-from service.sandbox.synthetic import (
-    ICD10,
-    SyntheticPatient,
-    _Builder,
-    _eligible_nsclc,
-    _years_ago,
+from service.sandbox.patient_files import (
+    BlockUse,
+    Condition,
+    Entry,
+    Medication,
+    Observation,
+    build_resources,
+    load_blocks,
 )
+from service.sandbox.synthetic import SyntheticPatient
 
 __all__ = ["sized_patient"]
 
@@ -61,22 +65,45 @@ _COMEDICATIONS: tuple[tuple[str, str], ...] = (
 def sized_patient(today: date, observations: int, patient_id: str | None = None) -> SyntheticPatient:
     """An eligible NSCLC patient with ``observations`` Observations (and proportional history)."""
     patient_id = patient_id or f"bench-{observations}"
-    builder = _Builder(patient_id, today, _years_ago(today, 61), "male")
-    _eligible_nsclc(builder)
-    base = [r for r in builder.resources if r["resourceType"] == "Observation"]
-    if len(base) > observations:
-        dropped = {id(r) for r in base[observations:]}
-        builder.resources = [r for r in builder.resources if id(r) not in dropped]
-    history = max(0, observations - len(base))
-    for index in range(history):
+    blocks = load_blocks()
+    eligible = [BlockUse(block="eligible_nsclc")]
+    base = build_resources(patient_id, today, eligible, blocks, age=61, gender="male")
+    base_observations = sum(r["resourceType"] == "Observation" for r in base)
+    history: list[Entry] = []
+    for index in range(max(0, observations - base_observations)):
         code, value, unit = _HISTORY_LABS[index % len(_HISTORY_LABS)]
-        builder.observation(code, value * (1 + (index % 5 - 2) / 50), unit, days_ago=35 + index * 0.5)
+        history.append(
+            Entry(
+                observation=Observation(
+                    loinc=code, value=value * (1 + (index % 5 - 2) / 50), unit=unit, days_ago=35 + index * 0.5
+                )
+            )
+        )
     for index in range(max(0, observations // 10 - 2)):
         code, display = _COMORBIDITIES[index % len(_COMORBIDITIES)]
-        builder.condition(ICD10, code, display, onset_days_ago=400 + index * 7)
+        history.append(
+            Entry(
+                condition=Condition(
+                    system="icd10", code=code, display=display, onset_days_ago=400 + index * 7
+                )
+            )
+        )
     for index in range(max(0, observations // 20 - 2)):
         name, rxnorm = _COMEDICATIONS[index % len(_COMEDICATIONS)]
-        builder.medication(name, rxnorm=rxnorm, start_days_ago=800 + index * 10, end_days_ago=400 + index * 5)
+        history.append(
+            Entry(
+                medication=Medication(
+                    name=name, rxnorm=rxnorm, start_days_ago=800 + index * 10, end_days_ago=400 + index * 5
+                )
+            )
+        )
+    resources = build_resources(patient_id, today, [*eligible, *history], blocks, age=61, gender="male")
+    # Fewer Observations than the block holds: its last ones are left out (their ids stay unused).
+    kept = [r for r in base if r["resourceType"] == "Observation"][:observations]
+    left_out = {r["id"] for r in base if r["resourceType"] == "Observation"} - {r["id"] for r in kept}
     return SyntheticPatient(
-        patient_id, f"eligible NSCLC with {observations} Observations", set(), builder.resources
+        patient_id,
+        f"eligible NSCLC with {observations} Observations",
+        set(),
+        [r for r in resources if r["id"] not in left_out],
     )

@@ -2,5 +2,6 @@
 
 It exists because mocks of a FHIR server drift from real search, paging and transaction
 semantics. :mod:`service.sandbox.hapi` builds and runs the server; the synthetic patients
-that are loaded into it live beside it.
+loaded into it are data files in ``deploy/sandbox/patients/``, read by
+:mod:`service.sandbox.patient_files`.
 """

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from service.errors import ConfigurationError
 from service.mappings import Mappings
 from service.settings import REPO_ROOT
 
@@ -27,11 +30,22 @@ def _mappings() -> Mappings:
     return load_mappings(REPO_ROOT / "mappings")
 
 
+@contextmanager
+def _patient_files() -> Iterator[None]:
+    """A broken patient file (deploy/sandbox/patients/) ends the command with its file and field."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 def _load_patients(base_url: str) -> None:
     from service.sandbox.loader import load_bundles
     from service.sandbox.synthetic import generate_patients, transaction_bundle
 
-    patients = generate_patients(datetime.now(UTC).date())
+    with _patient_files():
+        patients = generate_patients(datetime.now(UTC).date())
     report = load_bundles(((p.id, transaction_bundle(p)) for p in patients), base_url, total=len(patients))
     for name, reason in report.failed.items():
         typer.echo(f"FAILED {name}: {reason}", err=True)
@@ -139,14 +153,17 @@ def generate(
     today = datetime.now(UTC).date()
     if patients is not None and not ndjson:
         raise typer.BadParameter("--patients writes NDJSON; add --ndjson", param_hint="--patients")
-    if ndjson:
-        from service.prescreen.samples import write_population, write_synthetic
+    with _patient_files():
+        if ndjson:
+            from service.prescreen.samples import write_population, write_synthetic
 
-        written = write_population(output, patients, today) if patients else write_synthetic(output, today)
-    else:
-        from service.sandbox.synthetic import write_samples
+            written = (
+                write_population(output, patients, today) if patients else write_synthetic(output, today)
+            )
+        else:
+            from service.sandbox.synthetic import write_samples
 
-        written = write_samples(output, today, _mappings())
+            written = write_samples(output, today, _mappings())
     typer.echo(f"wrote {len(written)} files to {output}")
 
 
@@ -161,19 +178,21 @@ def request(
     ] = "docetaxel",
 ) -> None:
     """Print a CDS Hooks request body for a synthetic patient, dated today, with a new hookInstance."""
-    from service.sandbox.synthetic import generate_patients, hook_request
+    from service.sandbox.synthetic import find_patient, hook_request
 
-    patients = {p.id: p for p in generate_patients(datetime.now(UTC).date())}
-    if patient_id not in patients:
-        typer.echo(f"unknown patient '{patient_id}'; one of: {', '.join(patients)}", err=True)
-        raise typer.Exit(2)
+    try:
+        with _patient_files():
+            patient = find_patient(patient_id, datetime.now(UTC).date())
+    except LookupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
     if prefetch not in ("full", "partial", "none"):
         raise typer.BadParameter("full, partial or none", param_hint="--prefetch")
     if hook not in ("patient-view", "order-select"):
         raise typer.BadParameter("patient-view or order-select", param_hint="--hook")
     try:
         body = hook_request(
-            patients[patient_id], _mappings(), prefetch=prefetch, fhir_server=fhir, hook=hook, draft_drug=drug
+            patient, _mappings(), prefetch=prefetch, fhir_server=fhir, hook=hook, draft_drug=drug
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--drug") from exc

@@ -1,4 +1,6 @@
-"""POST /cds-services/til-trials: cards for the synthetic cohort, and every kind of bad input."""
+"""POST /cds-services/til-trials: what the cards say, and every kind of bad input.
+
+Each synthetic patient's expected cards are checked in ``tests/unit/sandbox/test_patient_files.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox.synthetic import SyntheticPatient
 from service.settings import Settings
 from tests.api.conftest import ORDER_SELECT_URL, SERVICE_URL, criterion, recorded_decision, started
 
@@ -24,17 +25,6 @@ def assert_outcome(response: httpx.Response, status: int, *phrases: str) -> dict
     for phrase in phrases:
         assert phrase in diagnostics, diagnostics
     return body
-
-
-async def test_every_synthetic_patient_gets_the_expected_cards(
-    client: httpx.AsyncClient, request_for: RequestFor, patients: dict[str, SyntheticPatient]
-) -> None:
-    for patient in patients.values():
-        response = await client.post(SERVICE_URL, json=request_for(patient.id))
-        assert response.status_code == 200, response.text
-        cards = response.json()["cards"]
-        named = {card["source"]["topic"]["code"] for card in cards}
-        assert named == patient.expected_cards, patient.id
 
 
 async def test_a_card_is_short_true_and_useful(client: httpx.AsyncClient, request_for: RequestFor) -> None:

@@ -150,6 +150,9 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
     assert any("/healthz" in line for line in lines)
     for setting in ("TIL_CDS_CRITERIA_DIR", "TIL_CDS_MAPPINGS_DIR"):
         assert any(setting in line for line in lines), setting
+    assert "COPY deploy/sandbox /opt/til-cds/deploy/sandbox" in lines, "the loader job and console read it"
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "!deploy/sandbox/" in ignore, "the build context holds the synthetic patients"
     command = next(line for line in reversed(lines) if line.startswith("CMD "))
     assert json.loads(command.removeprefix("CMD ")), "exec form, so signals reach the server"
     assert "exec til-cds serve" in command and "--workers" in command

@@ -1,6 +1,6 @@
 """``/sandbox``: a console for integration engineers, only with ``dev`` or ``sandbox_console``.
 
-It plays the EHR: picks a patient (built-in synthetic ones, or ``Patient?_count=50`` from a
+It plays the EHR: picks a patient (the synthetic ones of ``deploy/sandbox/patients/``, or ``Patient?_count=50`` from a
 FHIR server), fills our prefetch templates from that server when asked, and calls the
 hook through this app's own HTTP route, so what it shows is exactly what an EHR gets.
 """
@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from service.api.deps import RuntimeDep, SettingsDep
 from service.api.routes.review import HTML_HEADERS, templates
 from service.pipeline import SERVICE_ID, Runtime
-from service.sandbox.synthetic import generate_patients, hook_request
+from service.sandbox.patient_files import read_patient_files
+from service.sandbox.synthetic import find_patient, hook_request
 from service.settings import Settings
 
 __all__ = ["router"]
@@ -112,11 +113,12 @@ async def _hook_body(
 ) -> dict[str, Any]:
     server = _checked_server(request.fhir_server)
     if request.source == "builtin":
-        patients = {p.id: p for p in generate_patients(datetime.now(UTC).date())}
-        if request.patient_id not in patients:
-            raise HTTPException(404, f"no built-in synthetic patient {request.patient_id!r}")
+        try:
+            patient = find_patient(request.patient_id, datetime.now(UTC).date())
+        except LookupError:
+            raise HTTPException(404, f"no built-in synthetic patient {request.patient_id!r}") from None
         return hook_request(
-            patients[request.patient_id],
+            patient,
             runtime.mappings,
             prefetch=request.prefetch,
             fhir_server=server,
@@ -139,10 +141,9 @@ async def _hook_body(
 @router.get("", response_class=HTMLResponse, include_in_schema=False)
 async def console_page(request: Request) -> HTMLResponse:
     """The console form."""
-    patients = generate_patients(datetime.now(UTC).date())
     context = {
         "title": "CDS Hooks sandbox console",
-        "patients": patients,
+        "patients": read_patient_files(),
         "default_fhir": DEFAULT_FHIR_SERVER,
     }
     return templates.TemplateResponse(request, "console.html", context, headers=HTML_HEADERS)
