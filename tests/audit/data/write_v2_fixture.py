@@ -66,9 +66,7 @@ def main(target: Path) -> None:
         changed["input_resources"].append({**observation, "id": f"{observation['id']}-repeat"})
         store.append_decision({**changed, "recorded_at": now})
         card = records[0]["cards"][0]["uuid"]
-        store.append_feedback(
-            "til-trials", {"card": card, "outcome": "accepted", "outcomeTimestamp": now}
-        )
+        store.append_feedback("til-trials", {"card": card, "outcome": "accepted", "outcomeTimestamp": now})
         store.append_prescreen_run(
             {"service_id": "til-trials", "kind": "prescreen", "trial_ids": ["NCT05727904"], "counts": {}}
         )
