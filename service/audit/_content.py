@@ -36,6 +36,7 @@ __all__ = [
     "document",
     "encode_body",
     "input_list",
+    "input_text",
     "smallest_encoding",
 ]
 
@@ -130,16 +131,20 @@ def document(text: str) -> Document:
 _SECRET_KEY_MARKS = tuple(sorted(f'"{key}":'.encode("ascii") for key in SECRET_KEYS))
 
 
-def input_list(resources: list[Any], where: str) -> Document:
-    """The FHIR resources a decision read, in input order, secrets scrubbed, as one document.
+def input_text(resources: list[Any], where: str) -> bytes:
+    """The canonical JSON of the FHIR resources a decision read, in input order, as received."""
+    for index, resource in enumerate(resources):
+        if not isinstance(resource, Mapping):
+            raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
+    return _canonical_bytes(resources, where)
+
+
+def input_list(text: bytes, resources: list[Any], where: str) -> Document:
+    """The input list to store: ``text`` (:func:`input_text`) with secrets scrubbed.
 
     Secrets are looked for once over the whole text; only when a secret key may occur is the
     list scrubbed and serialised again.
     """
-    for index, resource in enumerate(resources):
-        if not isinstance(resource, Mapping):
-            raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
-    text = _canonical_bytes(resources, where)
     lowered = text.lower()
     if any(mark in lowered for mark in _SECRET_KEY_MARKS):
         text = _canonical_bytes(scrub_secrets(resources), where)

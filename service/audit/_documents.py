@@ -249,7 +249,8 @@ def _row(item: Document, codec: Codec, base: Document | None) -> tuple[dict[str,
 def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Latest:
     """Write a decision's documents, before it is chained and outside the chain's lock.
 
-    ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`); the
+    Its input list is not written when it is known to be stored (``prepared.inputs`` is None),
+    is the patient's latest, or is found stored. ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`); the
     return value is what this one offers the next.
     """
     rows = []
@@ -270,4 +271,4 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
     )
     rows.append(row)
     _insert(connection, rows)
-    return Latest(content_base, inputs.address if inputs is not None else None, inputs_base)
+    return Latest(content_base, prepared.inputs_address, inputs_base)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
 from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
-from ._content import Document, document, input_list
+from ._content import Document, address_of, document, input_list, input_text
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -49,6 +49,10 @@ class PreparedDecision:
     content: Document
     cards: list[dict[str, Any]] = field(default_factory=list)
     inputs: Document | None = None
+    """The input list to store, unless a known input list (``input_key``) says it is stored."""
+    inputs_address: bytes | None = None
+    inputs_key: bytes | None = None
+    """The SHA-256 of the input list as received (before secrets are scrubbed)."""
 
 
 @dataclass(frozen=True)
@@ -125,11 +129,22 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
-def _split_inputs(record: Mapping[str, Any]) -> tuple[dict[str, Any], Document | None]:
+@dataclass(frozen=True)
+class _Inputs:
+    document: Document | None
+    address: bytes
+    key: bytes
+
+
+def _split_inputs(
+    record: Mapping[str, Any], known: Mapping[bytes, bytes]
+) -> tuple[dict[str, Any], _Inputs | None]:
     """The record with ``input_resources`` replaced by a reference to them, and their document.
 
     The reference (``input_list``: address and count) is part of the chained content; a repeat
     chart open reads the same resources, so it names the same document and stores nothing new.
+    ``known`` maps the hashes of input lists as received to the addresses of stored ones: a
+    hit skips looking for secrets in a list already scrubbed and stored.
     """
     rest = {key: value for key, value in record.items() if key != "input_resources"}
     if "input_resources" not in record:
@@ -137,16 +152,28 @@ def _split_inputs(record: Mapping[str, Any]) -> tuple[dict[str, Any], Document |
     resources = record["input_resources"]
     if not isinstance(resources, list):
         raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
-    inputs = input_list(resources, "decision.input_resources")
+    text = input_text(resources, "decision.input_resources")
+    key = address_of(text)
+    stored_address = known.get(key)
+    if stored_address is not None:
+        inputs = _Inputs(None, stored_address, key)
+    else:
+        stored = input_list(text, resources, "decision.input_resources")
+        inputs = _Inputs(stored, stored.address, key)
     rest["input_list"] = {"sha256": inputs.address.hex(), "count": len(resources)}
     return rest, inputs
 
 
-def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
-    """Check a decision record, drop secrets, split off its inputs and derive the indexed columns."""
+def prepare_decision(
+    record: Mapping[str, Any], known_inputs: Mapping[bytes, bytes] | None = None
+) -> PreparedDecision:
+    """Check a decision record, drop secrets, split off its inputs and derive the indexed columns.
+
+    ``known_inputs``: see :func:`_split_inputs`.
+    """
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    clean, inputs = _split_inputs(record)
+    clean, inputs = _split_inputs(record, known_inputs or {})
     content = canonical_json(clean)
     if may_hold_secrets(content):
         clean = scrub_secrets(clean)
@@ -197,7 +224,14 @@ def prepare_decision(record: Mapping[str, Any]) -> PreparedDecision:
     }
     stored = document(content)
     values["content_sha256"] = stored.address.hex()
-    return PreparedDecision(values=values, cards=list(card_rows.values()), content=stored, inputs=inputs)
+    return PreparedDecision(
+        values=values,
+        cards=list(card_rows.values()),
+        content=stored,
+        inputs=inputs.document if inputs is not None else None,
+        inputs_address=inputs.address if inputs is not None else None,
+        inputs_key=inputs.key if inputs is not None else None,
+    )
 
 
 def prepare_feedback(feedback: Mapping[str, Any]) -> PreparedFeedback:

@@ -75,6 +75,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 RECORD_KINDS = ("decision", "feedback")
 _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
+_KNOWN_INPUTS = 1024
+"""Input lists remembered per store as stored: a repeat chart open in this process then hashes
+its list but does not look through it for secrets again (an entry is two hashes)."""
 _LATEST_KEPT = 64
 _LATEST_BYTES = 16 * 2**20
 """Patients whose latest documents a store remembers (at most this many, and this many bytes of
@@ -145,7 +148,8 @@ class AuditStore:
         self._jti_calls = itertools.count(1)
         self._saved_fingerprints: set[str] = set()
         self._latest: OrderedDict[str, _documents.Latest] = OrderedDict()
-        self._latest_lock = threading.Lock()
+        self._memory_lock = threading.Lock()
+        self._known_inputs: OrderedDict[bytes, bytes] = OrderedDict()
         self.last_chain_lock_seconds: float | None = None
         """How long the last append held the chain lock (locked to committed), for the benchmark."""
 
@@ -250,9 +254,19 @@ class AuditStore:
             .values(last_seq=row["seq"], last_hash=row["hash"])
         )
 
-    def _remember_latest(self, patient_ref: str, latest: _documents.Latest) -> None:
-        """Remember what a patient's newest decision offers the next (the newest few patients)."""
-        with self._latest_lock:
+    def _remember(
+        self, patient_ref: str | None, latest: _documents.Latest, prepared: PreparedDecision
+    ) -> None:
+        """Remember a stored input list, and what a patient's newest decision offers the next
+        (both for the newest few)."""
+        with self._memory_lock:
+            if prepared.inputs_key is not None and prepared.inputs_address is not None:
+                self._known_inputs.pop(prepared.inputs_key, None)
+                self._known_inputs[prepared.inputs_key] = prepared.inputs_address
+                while len(self._known_inputs) > _KNOWN_INPUTS:
+                    self._known_inputs.popitem(last=False)
+            if patient_ref is None:
+                return
             self._latest.pop(patient_ref, None)
             self._latest[patient_ref] = latest
             while (
@@ -263,10 +277,10 @@ class AuditStore:
 
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
-        prepared = prepare_decision(record)
+        prepared = prepare_decision(record, self._known_inputs)
         patient_ref = prepared.values["patient_ref"]
         with self._transaction(write=True) as connection:
-            with self._latest_lock:
+            with self._memory_lock:
                 latest = self._latest.get(patient_ref) if patient_ref is not None else None
             if latest is None and patient_ref is not None:
                 latest = _documents.latest_of_patient(connection, patient_ref)
@@ -276,8 +290,7 @@ class AuditStore:
             return self._write_decision(connection, head, prepared)
 
         decision_id = self._append(write)
-        if patient_ref is not None:
-            self._remember_latest(patient_ref, offered)
+        self._remember(patient_ref, offered, prepared)
         return decision_id
 
     def _write_decision(self, connection: Connection, head: _ChainHead, prepared: PreparedDecision) -> str:
