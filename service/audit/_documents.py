@@ -218,7 +218,10 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
     except MissingAuditContentError:
         return None
     reference = orjson.loads(text).get("input_list")
-    inputs = bytes.fromhex(reference["sha256"]) if isinstance(reference, dict) else None
+    try:
+        inputs = _address(reference.get("sha256"), "input list") if isinstance(reference, dict) else None
+    except MissingAuditContentError:
+        inputs = None
     return Latest(reader.keyframe(content_address), inputs, None)
 
 
@@ -249,19 +252,18 @@ def _row(item: Document, codec: Codec, base: Document | None) -> tuple[dict[str,
 def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Latest:
     """Write a decision's documents, before it is chained and outside the chain's lock.
 
-    Its input list is not written when it is known to be stored (``prepared.inputs`` is None),
-    is the patient's latest, or is found stored. ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`); the
-    return value is what this one offers the next.
+    ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`); the
+    return value is what this one offers the next. The input list is not written when it is
+    known to be stored (``prepared.inputs`` is None), is the patient's latest, or is found.
     """
     rows = []
     inputs = prepared.inputs
     inputs_base = latest.inputs_base if latest is not None else None
-    is_new = (
+    if (
         inputs is not None
         and (latest is None or latest.inputs != inputs.address)
         and not _is_stored(connection, inputs.address)
-    )
-    if inputs is not None and is_new:
+    ):
         if inputs_base is None and latest is not None and latest.inputs is not None:
             inputs_base = DocumentReader(connection).keyframe(latest.inputs)
         row, inputs_base = _row(inputs, Codec.RESOURCES, inputs_base)
