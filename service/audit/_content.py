@@ -29,6 +29,7 @@ from .errors import InvalidAuditRecordError
 
 __all__ = [
     "LEGACY_CODECS",
+    "Base",
     "Codec",
     "Document",
     "address_of",
@@ -68,8 +69,8 @@ LEGACY_CODECS = {"zstd": Codec.ZSTD, "zstd+dict:bfadd980ebb93d1a": Codec.RESOURC
 _DICTIONARY_DIR = Path(__file__).with_name("data")
 _LEVEL = 3
 _DELTA_SHARE = 4
-"""A delta is kept when it is at most a quarter of the document compressed on its own; a
-larger one means the chart has moved on, and the document becomes its patient's next base."""
+"""A delta is kept when it is at most a quarter of its base's stored size; a larger one means
+the chart has moved on, and the document, stored alone, becomes its patient's next base."""
 _local = threading.local()
 
 
@@ -94,6 +95,15 @@ class Document:
 
     address: bytes
     text: bytes
+
+
+@dataclass(frozen=True)
+class Base:
+    """A stored document that later ones of its patient may be deltas of, and its stored size."""
+
+    address: bytes
+    text: bytes
+    size: int
 
 
 def address_of(text: bytes) -> bytes:
@@ -133,18 +143,18 @@ _SECRET_KEY_MARKS = tuple(sorted(f'"{key}":'.encode("ascii") for key in SECRET_K
 
 def input_text(resources: list[Any], where: str) -> bytes:
     """The canonical JSON of the FHIR resources a decision read, in input order, as received."""
-    for index, resource in enumerate(resources):
-        if not isinstance(resource, Mapping):
-            raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
     return _canonical_bytes(resources, where)
 
 
 def input_list(text: bytes, resources: list[Any], where: str) -> Document:
-    """The input list to store: ``text`` (:func:`input_text`) with secrets scrubbed.
+    """The input list to store: ``text`` (:func:`input_text`) checked, with secrets scrubbed.
 
     Secrets are looked for once over the whole text; only when a secret key may occur is the
     list scrubbed and serialised again.
     """
+    for index, resource in enumerate(resources):
+        if not isinstance(resource, Mapping):
+            raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
     lowered = text.lower()
     if any(mark in lowered for mark in _SECRET_KEY_MARKS):
         text = _canonical_bytes(scrub_secrets(resources), where)
@@ -197,12 +207,10 @@ def decode_body(codec: int, body: bytes, base: bytes | None = None) -> bytes:
         raise InvalidAuditRecordError(f"stored content does not decompress: {exc}") from exc
 
 
-def smallest_encoding(text: bytes, codec: Codec, base: Document | None) -> tuple[Codec, bytes | None, bytes]:
-    """``(codec, base address or None, body)``: a delta against ``base`` if small enough, else ``codec``."""
-    alone = encode_body(text, codec)
-    if base is None:
-        return codec, None, alone
-    delta = encode_body(text, Codec.DELTA, base.text)
-    if len(delta) * _DELTA_SHARE <= len(alone):
-        return Codec.DELTA, base.address, delta
-    return codec, None, alone
+def smallest_encoding(text: bytes, codec: Codec, base: Base | None) -> tuple[Codec, bytes | None, bytes]:
+    """``(codec, base address or None, body)``: a delta against ``base`` while small, else ``codec``."""
+    if base is not None:
+        delta = encode_body(text, Codec.DELTA, base.text)
+        if len(delta) * _DELTA_SHARE <= base.size:
+            return Codec.DELTA, base.address, delta
+    return codec, None, encode_body(text, codec)

@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import Connection, Row, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ._content import Codec, Document, address_of, decode_body, smallest_encoding
+from ._content import Base, Codec, Document, address_of, decode_body, smallest_encoding
 from ._records import PreparedDecision, record_view
 from .errors import InvalidAuditRecordError, MissingAuditContentError
 from .models import AuditDocument, AuditRecord
@@ -147,7 +147,7 @@ class DocumentReader:
             raise MissingAuditContentError(f"record {values['record_id']}: {exc}") from exc
         return record_view(values, text)
 
-    def keyframe(self, address: bytes) -> Document | None:
+    def keyframe(self, address: bytes) -> Base | None:
         """The document a delta of ``address``'s patient can be taken against: itself, or its
         base if it is a delta; None when it cannot be read (the next document stands alone)."""
         row = self.row(address)
@@ -155,9 +155,10 @@ class DocumentReader:
             return None
         target = address if row.base is None else row.base
         try:
-            return Document(target, self.text(target, "base"))
+            text = self.text(target, "base")
         except MissingAuditContentError:
             return None
+        return Base(target, text, len(self.row(target).body))
 
 
 def names_inputs(content: Mapping[str, Any]) -> bool:
@@ -190,9 +191,9 @@ class Latest:
     """What a patient's latest decision offers the next one: a document to take a content
     delta against, the address of its input list, and a document to take an inputs delta against."""
 
-    content: Document | None
+    content: Base | None
     inputs: bytes | None
-    inputs_base: Document | None
+    inputs_base: Base | None
 
     def size(self) -> int:
         """Bytes of text it holds."""
@@ -242,11 +243,13 @@ def _insert(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
         )
 
 
-def _row(item: Document, codec: Codec, base: Document | None) -> tuple[dict[str, Any], Document]:
-    """The row to store for ``item``, and the document the patient's next delta of its kind uses."""
+def _row(item: Document, codec: Codec, base: Base | None) -> tuple[dict[str, Any], Base]:
+    """The row to store for ``item``, and the base the patient's next delta of its kind uses."""
     stored_codec, base_address, body = smallest_encoding(item.text, codec, base)
     row = {"address": item.address, "codec": int(stored_codec), "base": base_address, "body": body}
-    return row, (base if base_address is not None and base is not None else item)
+    if base_address is not None and base is not None:
+        return row, base
+    return row, Base(item.address, item.text, len(body))
 
 
 def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Latest:
