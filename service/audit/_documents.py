@@ -9,6 +9,7 @@ Every read is checked against the document's address.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .models import AuditDocument, AuditRecord
 __all__ = [
     "DocumentReader",
     "Latest",
+    "Memory",
     "input_resources",
     "latest_of_patient",
     "names_inputs",
@@ -34,6 +36,13 @@ __all__ = [
 ]
 
 _LOOKUP_BATCH = 500
+_KNOWN_INPUTS = 1024
+"""Input lists a store remembers as stored: a repeat chart open in this process then hashes its
+list but does not look through it for secrets again (an entry is two hashes)."""
+_LATEST_KEPT = 64
+_LATEST_BYTES = 16 * 2**20
+"""Patients whose bases a store remembers (at most this many, and this many bytes of their
+texts), so a repeat chart open in this process takes its deltas without reading them."""
 _BASES_KEPT = 16
 """Decoded bases a reader keeps: records come in chain order, patients interleaved."""
 
@@ -277,3 +286,39 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
     rows.append(row)
     _insert(connection, rows)
     return Latest(content_base, prepared.inputs_address, inputs_base)
+
+
+class Memory:
+    """What a store remembers between appends, for the newest few: input lists it knows are
+    stored (by the hash of the list as received) and what each patient's latest decision offers."""
+
+    def __init__(self) -> None:
+        self.known_inputs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._latest: OrderedDict[str, Latest] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def latest(self, patient_ref: str | None) -> Latest | None:
+        """What the patient's latest decision written here offers, if remembered."""
+        if patient_ref is None:
+            return None
+        with self._lock:
+            return self._latest.get(patient_ref)
+
+    def remember(self, prepared: PreparedDecision, offered: Latest) -> None:
+        """Remember a decision once it is chained: its input list is stored, and what it offers."""
+        patient_ref = prepared.values["patient_ref"]
+        with self._lock:
+            if prepared.inputs_key is not None and prepared.inputs_address is not None:
+                self.known_inputs.pop(prepared.inputs_key, None)
+                self.known_inputs[prepared.inputs_key] = prepared.inputs_address
+                while len(self.known_inputs) > _KNOWN_INPUTS:
+                    self.known_inputs.popitem(last=False)
+            if patient_ref is None:
+                return
+            self._latest.pop(patient_ref, None)
+            self._latest[patient_ref] = offered
+            while (
+                len(self._latest) > _LATEST_KEPT
+                or sum(map(Latest.size, self._latest.values())) > _LATEST_BYTES
+            ):
+                self._latest.popitem(last=False)

@@ -3,9 +3,9 @@
 A decision is written in two transactions. First its documents — the list of input resources
 it read and its content — go into one content-addressed table (``INSERT ... ON CONFLICT DO
 NOTHING``; an input list already stored by an earlier chart open is not written again, and a
-changed one is stored as a delta against the patient's last). Then the chain-head row is locked (``SELECT ... FOR UPDATE`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link a small row that names the content by
-its hash, so writers in any number of threads or processes extend one linear chain without
+changed one is stored as a delta against the patient's last). Then the chain-head row is
+locked (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link
+a small row that names the content by its hash, so writers in any number of threads or processes extend one linear chain without
 waiting for each other's large writes. A crash between the two leaves unreferenced documents,
 never a record without its content. Database failures surface as
 :class:`AuditUnavailableError`, never as a silent drop, so the caller can refuse to answer a
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,13 +73,6 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 RECORD_KINDS = ("decision", "feedback")
 _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
-_KNOWN_INPUTS = 1024
-"""Input lists remembered per store as stored: a repeat chart open in this process then hashes
-its list but does not look through it for secrets again (an entry is two hashes)."""
-_LATEST_KEPT = 64
-_LATEST_BYTES = 16 * 2**20
-"""Patients whose latest documents a store remembers (at most this many, and this many bytes of
-their texts), so a repeat chart open in this process takes its deltas without reading them."""
 _T = TypeVar("_T")
 
 _record_table = AuditRecord.__table__
@@ -147,9 +138,7 @@ class AuditStore:
         self.engine = engine
         self._jti_calls = itertools.count(1)
         self._saved_fingerprints: set[str] = set()
-        self._latest: OrderedDict[str, _documents.Latest] = OrderedDict()
-        self._memory_lock = threading.Lock()
-        self._known_inputs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._memory = _documents.Memory()
         self.last_chain_lock_seconds: float | None = None
         """How long the last append held the chain lock (locked to committed), for the benchmark."""
 
@@ -254,34 +243,12 @@ class AuditStore:
             .values(last_seq=row["seq"], last_hash=row["hash"])
         )
 
-    def _remember(
-        self, patient_ref: str | None, latest: _documents.Latest, prepared: PreparedDecision
-    ) -> None:
-        """Remember a stored input list, and what a patient's newest decision offers the next
-        (both for the newest few)."""
-        with self._memory_lock:
-            if prepared.inputs_key is not None and prepared.inputs_address is not None:
-                self._known_inputs.pop(prepared.inputs_key, None)
-                self._known_inputs[prepared.inputs_key] = prepared.inputs_address
-                while len(self._known_inputs) > _KNOWN_INPUTS:
-                    self._known_inputs.popitem(last=False)
-            if patient_ref is None:
-                return
-            self._latest.pop(patient_ref, None)
-            self._latest[patient_ref] = latest
-            while (
-                len(self._latest) > _LATEST_KEPT
-                or sum(map(_documents.Latest.size, self._latest.values())) > _LATEST_BYTES
-            ):
-                self._latest.popitem(last=False)
-
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
-        prepared = prepare_decision(record, self._known_inputs)
+        prepared = prepare_decision(record, self._memory.known_inputs)
         patient_ref = prepared.values["patient_ref"]
         with self._transaction(write=True) as connection:
-            with self._memory_lock:
-                latest = self._latest.get(patient_ref) if patient_ref is not None else None
+            latest = self._memory.latest(patient_ref)
             if latest is None and patient_ref is not None:
                 latest = _documents.latest_of_patient(connection, patient_ref)
             offered = _documents.store_documents(connection, prepared, latest)
@@ -290,7 +257,7 @@ class AuditStore:
             return self._write_decision(connection, head, prepared)
 
         decision_id = self._append(write)
-        self._remember(patient_ref, offered, prepared)
+        self._memory.remember(prepared, offered)
         return decision_id
 
     def _write_decision(self, connection: Connection, head: _ChainHead, prepared: PreparedDecision) -> str:

@@ -246,3 +246,28 @@ def test_a_decision_without_inputs_stores_only_its_content(
     with store.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(AuditDocument)).scalar_one() == 1
     assert store.verify().ok
+
+
+def test_a_chart_that_moved_on_starts_a_new_base(store: AuditStore, make_decision: DecisionFactory) -> None:
+    store.append_decision(make_decision())
+    grown = make_decision()
+    grown["input_resources"] += [
+        {
+            "resourceType": "Observation",
+            "id": f"lab-{n}",
+            "status": "final",
+            "note": [{"text": f"{n * n:x}" * 9}],
+        }
+        for n in range(60)
+    ]
+    store.append_decision(grown)
+    again = make_decision()
+    again["input_resources"] = [*grown["input_resources"], {"resourceType": "Observation", "id": "lab-new"}]
+    store.append_decision(again)
+
+    documents = _documents(store)
+    assert documents[_list_address(grown["input_resources"])].base is None, "too far from the first list"
+    latest = documents[_list_address(again["input_resources"])]
+    assert (latest.codec, latest.base) == (Codec.DELTA, _list_address(grown["input_resources"]))
+    assert all(row.base is None or documents[row.base].base is None for row in documents.values())
+    assert store.verify().ok

@@ -34,6 +34,7 @@ from service.audit.replay import replay_decision
 from service.audit.store import MIGRATIONS_DIR
 from service.engine.decision import decision_json
 from service.engine.replay import evaluate_recorded
+from service.review import build_review_page
 
 DATA = Path(__file__).with_name("data")
 
@@ -241,6 +242,17 @@ def test_verify_finds_an_altered_or_missing_v2_resource(migrated: AuditStore) ->
     assert stored is not None
     with pytest.raises(MissingAuditContentError, match="is missing"):
         migrated.input_resources(stored)
+
+
+@pytest.mark.parametrize("old_database", [V2], ids=["v2"])
+def test_v2_decisions_render_a_review_page(migrated: AuditStore) -> None:
+    for decision_id in _decision_ids(migrated):
+        record = migrated.get_decision(decision_id)
+        assert record is not None
+        snapshot = migrated.get_criteria_version(stored_decision(record["content"]).criteria_fingerprint)
+        assert snapshot is not None
+        page = build_review_page(record, snapshot)
+        assert page.trials and all(trial.title for trial in page.trials)
 
 
 def _migrate(store: AuditStore, revision: str, *, down: bool = False) -> None:
