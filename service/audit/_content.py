@@ -1,10 +1,13 @@
-"""Content-addressed documents of the audit store: input resources, input manifests, decisions.
+"""Content-addressed documents of the audit store: decision contents and input lists.
 
-A document's address is the SHA-256 of its canonical JSON (UTF-8), so the address covers a
-resource's type, id and ``meta.versionId`` along with everything else in it, and the same
-resource read by ten chart opens is one row. Bodies are stored zstd-compressed (resources
-with a shipped dictionary); the codec is named per row so a later codec or dictionary can be
-added without rewriting old rows.
+A document's address is the 32-byte SHA-256 of its canonical JSON (UTF-8). A chart open has
+two: the list of FHIR resources it read (its address covers every resource's type, id,
+``meta.versionId`` and everything else) and the decision's content. Each is stored as one
+zstd frame named by a one-byte codec: on its own, with a shipped dictionary, or as a *delta*
+whose dictionary is the text of an earlier document of the same patient (its base, always
+stored on its own). A chart opened again with nothing new compresses to a few hundred bytes
+against the last one; a whole 1,000-Observation chart is one frame of about 14 kB, where the
+same resources compressed one by one took eight times that.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,47 +28,63 @@ from ._canonical import SECRET_KEYS, scrub_secrets
 from .errors import InvalidAuditRecordError
 
 __all__ = [
-    "CODEC",
-    "RESOURCE_CODEC",
+    "LEGACY_CODECS",
+    "Base",
+    "Codec",
     "Document",
-    "content_address",
+    "address_of",
     "decode_body",
     "document",
     "encode_body",
-    "input_documents",
-    "inputs_key",
+    "input_list",
+    "input_text",
+    "smallest_encoding",
 ]
 
-CODEC = "zstd"
-"""Plain zstd, level 3, for decision contents and manifests (tens of kB each)."""
 
-RESOURCE_DICTIONARY = "resources-bfadd980ebb93d1a.zdict"
-"""The dictionary new input resources are compressed with (``scripts/train-audit-dictionary``).
+class Codec(IntEnum):
+    """How a document's body is stored; numbers are never reused, a new codec gets a new one."""
 
-A resource is a few hundred bytes, too little for zstd to find its repeats alone: plain zstd
-keeps 63% of a 1,000-Observation chart, this 32 kB dictionary (trained on Synthea bundles,
-not on the benchmark's patients) 22%. Dictionaries are never replaced, only added: a row's
-codec names the one it needs."""
+    ZSTD = 1
+    """Plain zstd (revision 0002 decision contents and manifests)."""
+    RESOURCES = 2
+    """zstd with the FHIR resources dictionary: input lists, and revision 0002's single resources."""
+    DELTA = 3
+    """zstd whose dictionary is the text of the document named by the row's ``base``."""
+    DECISIONS = 4
+    """zstd with the decision contents dictionary."""
+
+
+_DICTIONARY_FILES = {
+    Codec.RESOURCES: "resources-bfadd980ebb93d1a.zdict",
+    Codec.DECISIONS: "decisions-253817c715a0560d.zdict",
+}
+"""The shipped dictionaries (``scripts/train-audit-dictionary``), trained on Synthea bundles and
+the synthetic cohort's decisions, not on the benchmark's patients. A dictionary is never
+replaced: a new one is a new file and a new codec."""
+
+LEGACY_CODECS = {"zstd": Codec.ZSTD, "zstd+dict:bfadd980ebb93d1a": Codec.RESOURCES}
+"""Revision 0002 named codecs by text; the migration to 0003 maps them to these numbers."""
 
 _DICTIONARY_DIR = Path(__file__).with_name("data")
-_DICTIONARY_CODEC = "zstd+dict:"
-RESOURCE_CODEC = _DICTIONARY_CODEC + RESOURCE_DICTIONARY.removeprefix("resources-").removesuffix(".zdict")
 _LEVEL = 3
+_DELTA_SHARE = 4
+"""A delta is kept when it is at most a quarter of its base's stored size; a larger one means
+the chart has moved on, and the document, stored alone, becomes its patient's next base."""
 _local = threading.local()
 
 
 @lru_cache
-def _dictionary(codec: str) -> zstandard.ZstdCompressionDict:
-    """The dictionary a ``zstd+dict:<id>`` codec names, checked against its id."""
-    name = codec.removeprefix(_DICTIONARY_CODEC)
-    path = _DICTIONARY_DIR / f"resources-{name}.zdict"
+def _dictionary(codec: Codec) -> zstandard.ZstdCompressionDict:
+    """A shipped dictionary, checked against the hash its file is named by."""
+    path = _DICTIONARY_DIR / _DICTIONARY_FILES[codec]
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidAuditRecordError(
-            f"audit content codec {codec!r} needs {path.name}, which is not installed"
+            f"audit codec {codec.name} needs {path.name}, which is not installed"
         ) from exc
-    if hashlib.sha256(data).hexdigest()[:16] != name:
+    if not path.stem.endswith("-" + hashlib.sha256(data).hexdigest()[:16]):
         raise InvalidAuditRecordError(f"{path.name} does not hash to its name; it was altered")
     return zstandard.ZstdCompressionDict(data)
 
@@ -73,13 +93,22 @@ def _dictionary(codec: str) -> zstandard.ZstdCompressionDict:
 class Document:
     """A document ready to store: its address and its canonical JSON, not yet compressed."""
 
-    sha256: str
+    address: bytes
     text: bytes
 
 
-def content_address(text: bytes) -> str:
-    """The hex SHA-256 of a document's canonical JSON bytes."""
-    return hashlib.sha256(text).hexdigest()
+@dataclass(frozen=True)
+class Base:
+    """A stored document that later ones of its patient may be deltas of, and its stored size."""
+
+    address: bytes
+    text: bytes
+    size: int
+
+
+def address_of(text: bytes) -> bytes:
+    """The 32-byte SHA-256 of a document's canonical JSON bytes."""
+    return hashlib.sha256(text).digest()
 
 
 _STRICT_SORTED = (
@@ -95,8 +124,7 @@ def _canonical_bytes(value: Any, where: str) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the bytes a document's address is taken over.
 
     orjson, because a chart open has a thousand resources and ``json.dumps`` with options
-    builds an encoder per call (about 20 µs each). Input was parsed refusing NaN, so the
-    texts match :func:`~service.audit._canonical.canonical_json` for what hooks send.
+    builds an encoder per call (about 20 µs each). Input was parsed refusing NaN.
     """
     try:
         return orjson.dumps(value, option=_STRICT_SORTED)
@@ -104,89 +132,85 @@ def _canonical_bytes(value: Any, where: str) -> bytes:
         raise InvalidAuditRecordError(f"{where} is not plain JSON: {exc}") from exc
 
 
-def document(value: Any, where: str = "audit document") -> Document:
-    """The canonical JSON of ``value`` and its address."""
-    text = _canonical_bytes(value, where)
-    return Document(content_address(text), text)
-
-
-def inputs_key(resources: list[Any]) -> str:
-    """One hash of a whole input list, to recognise a repeat chart open before any per-resource work."""
-    return content_address(_canonical_bytes(resources, "decision.input_resources"))
-
-
-def _reference(resource: Mapping[str, Any], sha256: str) -> dict[str, Any]:
-    meta = resource.get("meta")
-    return {
-        "type": resource.get("resourceType"),
-        "id": resource.get("id"),
-        "versionId": meta.get("versionId") if isinstance(meta, Mapping) else None,
-        "sha256": sha256,
-    }
-
-
-def input_documents(resources: list[Any], where: str) -> tuple[list[Document], list[dict[str, Any]]]:
-    """FHIR input resources (secrets scrubbed) as documents, and the references a decision keeps.
-
-    The references (``type``, ``id``, ``versionId``, ``sha256``) keep input order; the
-    documents are one per address. Secrets are looked for once over all texts together, and
-    only a resource that may hold one is scrubbed and serialised again.
-    """
-    texts = []
-    for index, resource in enumerate(resources):
-        if not isinstance(resource, Mapping):
-            raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
-        texts.append(_canonical_bytes(resource, f"{where}[{index}]"))
-    if _may_hold_secrets(b"".join(texts)):
-        for index, text in enumerate(texts):
-            if _may_hold_secrets(text):
-                resources[index] = scrub_secrets(resources[index])
-                texts[index] = _canonical_bytes(resources[index], f"{where}[{index}]")
-    documents: dict[str, Document] = {}
-    references = []
-    for resource, text in zip(resources, texts, strict=True):
-        sha256 = content_address(text)
-        documents.setdefault(sha256, Document(sha256, text))
-        references.append(_reference(resource, sha256))
-    return list(documents.values()), references
+def document(text: str) -> Document:
+    """A document of canonical JSON text (a decision's content)."""
+    data = text.encode("utf-8")
+    return Document(address_of(data), data)
 
 
 _SECRET_KEY_MARKS = tuple(sorted(f'"{key}":'.encode("ascii") for key in SECRET_KEYS))
 
 
-def _may_hold_secrets(text: bytes) -> bool:
-    """:func:`~service.audit._canonical.may_hold_secrets` on bytes, run once over all resources."""
+def input_text(resources: list[Any], where: str) -> bytes:
+    """The canonical JSON of the FHIR resources a decision read, in input order, as received."""
+    return _canonical_bytes(resources, where)
+
+
+def input_list(text: bytes, resources: list[Any], where: str) -> Document:
+    """The input list to store: ``text`` (:func:`input_text`) checked, with secrets scrubbed.
+
+    Secrets are looked for once over the whole text; only when a secret key may occur is the
+    list scrubbed and serialised again.
+    """
+    for index, resource in enumerate(resources):
+        if not isinstance(resource, Mapping):
+            raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
     lowered = text.lower()
-    return any(mark in lowered for mark in _SECRET_KEY_MARKS)
+    if any(mark in lowered for mark in _SECRET_KEY_MARKS):
+        text = _canonical_bytes(scrub_secrets(resources), where)
+    return Document(address_of(text), text)
 
 
-def _compressor(codec: str) -> zstandard.ZstdCompressor:
+def _compressor(codec: Codec) -> zstandard.ZstdCompressor:
     """One compressor per thread and codec: zstandard's must not be shared between threads."""
-    compressors: dict[str, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
+    compressors: dict[Codec, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
     if codec not in compressors:
-        dictionary = None if codec == CODEC else _dictionary(codec)
+        dictionary = None if codec == Codec.ZSTD else _dictionary(codec)
         compressors[codec] = zstandard.ZstdCompressor(level=_LEVEL, dict_data=dictionary)
     return compressors[codec]
 
 
-def _decompressor(codec: str) -> zstandard.ZstdDecompressor:
-    decompressors: dict[str, zstandard.ZstdDecompressor] = _local.__dict__.setdefault("decompressors", {})
+def _decompressor(codec: Codec) -> zstandard.ZstdDecompressor:
+    decompressors: dict[Codec, zstandard.ZstdDecompressor] = _local.__dict__.setdefault("decompressors", {})
     if codec not in decompressors:
-        if codec != CODEC and not codec.startswith(_DICTIONARY_CODEC):
-            raise InvalidAuditRecordError(f"unknown audit content codec {codec!r}")
-        dictionary = None if codec == CODEC else _dictionary(codec)
+        dictionary = None if codec == Codec.ZSTD else _dictionary(codec)
         decompressors[codec] = zstandard.ZstdDecompressor(dict_data=dictionary)
     return decompressors[codec]
 
 
-def encode_body(text: bytes, codec: str = CODEC) -> tuple[str, bytes]:
-    """The codec name and the stored body of a document's canonical JSON."""
-    return codec, _compressor(codec).compress(text)
+def _base_dictionary(base: bytes) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
-def decode_body(codec: str, body: bytes) -> bytes:
-    """A stored body back to canonical JSON bytes; an unknown codec or corrupt body raises."""
+def encode_body(text: bytes, codec: Codec, base: bytes | None = None) -> bytes:
+    """The stored body of a document's canonical JSON; a delta needs its base's text."""
+    if codec != Codec.DELTA:
+        return _compressor(codec).compress(text)
+    if base is None:
+        raise ValueError("a delta needs the text of its base")
+    return zstandard.ZstdCompressor(level=_LEVEL, dict_data=_base_dictionary(base)).compress(text)
+
+
+def decode_body(codec: int, body: bytes, base: bytes | None = None) -> bytes:
+    """A stored body back to canonical JSON bytes; an unknown codec or a corrupt body raises."""
     try:
-        return _decompressor(codec).decompress(body)
+        known = Codec(codec)
+    except ValueError as exc:
+        raise InvalidAuditRecordError(f"unknown audit codec {codec}") from exc
+    try:
+        if known != Codec.DELTA:
+            return _decompressor(known).decompress(body)
+        if base is None:
+            raise InvalidAuditRecordError("a delta needs the text of its base")
+        return zstandard.ZstdDecompressor(dict_data=_base_dictionary(base)).decompress(body)
     except zstandard.ZstdError as exc:
         raise InvalidAuditRecordError(f"stored content does not decompress: {exc}") from exc
+
+
+def smallest_encoding(text: bytes, codec: Codec, base: Base | None) -> tuple[Codec, bytes | None, bytes]:
+    """``(codec, base address or None, body)``: a delta against ``base`` while small, else ``codec``."""
+    if base is not None:
+        delta = encode_body(text, Codec.DELTA, base.text)
+        if len(delta) * _DELTA_SHARE <= base.size:
+            return Codec.DELTA, base.address, delta
+    return codec, None, encode_body(text, codec)

@@ -1,129 +1,324 @@
-"""Reading and writing the content-addressed documents of the audit store.
+"""Reading and writing the audit store's documents (``audit_document``).
 
-Documents (input resources in ``audit_resource``; decision contents and input manifests in
-``audit_content``) are written before a decision is chained, with ``INSERT ... ON CONFLICT DO
-NOTHING``, and read back checked against their addresses.
+A decision's documents are written before it is chained, with ``INSERT ... ON CONFLICT DO
+NOTHING``. Its input list is not written at all when it is already stored (a repeat chart
+open); otherwise it, like the content, is stored as a delta against the patient's latest
+stored document of its kind when that is much smaller (see ``_content.smallest_encoding``).
+Every read is checked against the document's address.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, Select, String, Table, any_, bindparam, select
+import orjson
+from sqlalchemy import Connection, Row, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ._content import CODEC, RESOURCE_CODEC, Document, content_address, decode_body, encode_body
+from ._content import Base, Codec, Document, address_of, decode_body, smallest_encoding
 from ._records import PreparedDecision, record_view
-from .errors import MissingAuditContentError
-from .models import AuditContent, AuditRecord, AuditResource
+from .errors import InvalidAuditRecordError, MissingAuditContentError
+from .models import AuditDocument, AuditRecord
 
-__all__ = ["load_inputs", "record_from_row", "records_query", "store_documents"]
+__all__ = [
+    "DocumentReader",
+    "Latest",
+    "Memory",
+    "input_resources",
+    "latest_of_patient",
+    "names_inputs",
+    "records_query",
+    "store_documents",
+]
 
 _LOOKUP_BATCH = 500
+_KNOWN_INPUTS = 1024
+"""Input lists a store remembers as stored: a repeat chart open in this process then hashes its
+list but does not look through it for secrets again (an entry is two hashes)."""
+_LATEST_KEPT = 64
+_LATEST_BYTES = 16 * 2**20
+"""Patients whose bases a store remembers (at most this many, and this many bytes of their
+texts), so a repeat chart open in this process takes its deltas without reading them."""
+_BASES_KEPT = 16
+"""Decoded bases a reader keeps: records come in chain order, patients interleaved."""
 
 _record_table = cast(Table, AuditRecord.__table__)
-_resource_table = cast(Table, AuditResource.__table__)
-_content_table = cast(Table, AuditContent.__table__)
+_document_table = cast(Table, AuditDocument.__table__)
+_rows_query = select(
+    _document_table.c.address, _document_table.c.codec, _document_table.c.base, _document_table.c.body
+)
 
 
 def records_query() -> Select[Any]:
-    """Every record column, plus the codec and body of its content document where kept apart."""
-    return select(
-        _record_table,
-        _content_table.c.codec.label("content_codec"),
-        _content_table.c.body.label("content_body"),
-    ).outerjoin(_content_table, _content_table.c.sha256 == _record_table.c.content_sha256)
+    """Every record column; contents kept apart are read by a :class:`DocumentReader`."""
+    return select(_record_table)
 
 
-def record_from_row(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A row of :func:`records_query` as a plain dict with its content parsed."""
-    if values["content_sha256"] is None:
-        return record_view(values)
-    if values["content_body"] is None:
-        raise MissingAuditContentError(
-            f"record {values['record_id']}: its content {values['content_sha256']} is missing"
-        )
-    return record_view(values, decode_body(values["content_codec"], values["content_body"]))
+def _address(text: object, what: str) -> bytes:
+    """A hex address from a record, as bytes; a malformed one is an altered record."""
+    try:
+        if isinstance(text, str) and len(text) == 64:
+            return bytes.fromhex(text)
+    except ValueError:
+        pass
+    raise MissingAuditContentError(f"{what} address {text!r} is not a SHA-256")
 
 
-def _stored_addresses(connection: Connection, table: Table, addresses: list[str]) -> set[str]:
-    """Which of ``addresses`` the table holds (one array parameter on PostgreSQL)."""
-    found: set[str] = set()
-    is_sqlite = connection.dialect.name == "sqlite"
-    for start in range(0, len(addresses), _LOOKUP_BATCH):
-        batch = addresses[start : start + _LOOKUP_BATCH]
-        condition: ColumnElement[bool]
-        if is_sqlite:
-            condition = table.c.sha256.in_(batch)
-        else:
-            condition = table.c.sha256 == any_(bindparam(None, batch, type_=postgresql.ARRAY(String)))
-        found.update(connection.execute(select(table.c.sha256).where(condition)).scalars())
-    return found
+class DocumentReader:
+    """Reads documents by address on one connection, through their bases, each checked.
 
-
-def _insert_new(
-    connection: Connection,
-    table: Table,
-    documents: Iterable[Document],
-    codec: str = CODEC,
-    *,
-    lookup: bool = True,
-) -> None:
-    """Insert the documents not yet stored; one a concurrent writer adds meanwhile is skipped.
-
-    ``lookup=False`` sends every document, for those new by construction (a decision's
-    content holds its own id), saving the query.
+    ``fetch`` loads the rows of many documents in a few queries (a batch of records);
+    ``text`` decodes one. Decoded bases are kept for the next documents of the same patient.
     """
-    pending = {item.sha256: item for item in documents}
-    for stored in _stored_addresses(connection, table, list(pending)) if lookup else ():
-        del pending[stored]
-    if not pending:
-        return
-    rows = []
-    for item in pending.values():
-        stored_codec, body = encode_body(item.text, codec)
-        rows.append({"sha256": item.sha256, "codec": stored_codec, "size": len(item.text), "body": body})
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._rows: dict[bytes, Any] = {}  # rows of _rows_query
+        self._bases: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def fetch(self, addresses: Iterable[bytes], *, anew: bool = False) -> None:
+        """Load the rows of these documents and of their bases (``anew``: forget earlier ones)."""
+        if anew:
+            self._rows = {}
+        wanted = [address for address in dict.fromkeys(addresses) if address not in self._rows]
+        for _ in ("documents", "their bases"):
+            for start in range(0, len(wanted), _LOOKUP_BATCH):
+                batch = wanted[start : start + _LOOKUP_BATCH]
+                query = _rows_query.where(_document_table.c.address.in_(batch))
+                self._rows.update((row.address, row) for row in self.connection.execute(query))
+            bases = {row.base for row in self._rows.values() if row.base is not None}
+            wanted = [base for base in bases if base not in self._rows and base not in self._bases]
+
+    def fetch_contents(self, rows: Iterable[Row[Any]]) -> None:
+        """:meth:`fetch` the content documents of a batch of record rows."""
+        addresses = []
+        for row in rows:
+            try:
+                addresses.append(_address(row.content_sha256, "content"))
+            except MissingAuditContentError:
+                continue  # inline content, or an altered address that :meth:`content` reports
+        self.fetch(addresses, anew=True)
+
+    def row(self, address: bytes) -> Any:
+        """The stored row of a document, from the last fetch or one query."""
+        if address not in self._rows:
+            found = self.connection.execute(_rows_query.where(_document_table.c.address == address)).first()
+            if found is None:
+                return None
+            self._rows[address] = found
+        return self._rows[address]
+
+    def text(self, address: bytes, what: str) -> bytes:
+        """A document's canonical JSON; raises :class:`MissingAuditContentError` naming ``what``."""
+        name = f"{what} {address.hex()}"
+        row = self.row(address)
+        if row is None:
+            raise MissingAuditContentError(f"{name} is missing")
+        base = None
+        if row.base is not None:
+            base = self._base(row.base, name)
+        try:
+            text = decode_body(row.codec, row.body, base)
+        except InvalidAuditRecordError as exc:
+            raise MissingAuditContentError(f"{name}: {exc}") from exc
+        if address_of(text) != address:
+            raise MissingAuditContentError(f"{name} does not match its address")
+        return text
+
+    def _base(self, address: bytes, name: str) -> bytes:
+        if address in self._bases:
+            self._bases.move_to_end(address)
+            return self._bases[address]
+        row = self.row(address)
+        if row is not None and row.base is not None:
+            raise MissingAuditContentError(f"{name}: its base {address.hex()} is itself a delta")
+        try:
+            text = self.text(address, "base")
+        except MissingAuditContentError as exc:
+            raise MissingAuditContentError(f"{name}: its {exc}") from exc
+        self._bases[address] = text
+        while len(self._bases) > _BASES_KEPT:
+            self._bases.popitem(last=False)
+        return text
+
+    def content(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A record row as a plain dict, its content read from its document where kept apart."""
+        if values["content_sha256"] is None:
+            return record_view(values)
+        address = _address(values["content_sha256"], f"record {values['record_id']}: content")
+        try:
+            text = self.text(address, "content")
+        except MissingAuditContentError as exc:
+            raise MissingAuditContentError(f"record {values['record_id']}: {exc}") from exc
+        return record_view(values, text)
+
+    def keyframe(self, address: bytes) -> Base | None:
+        """The document a delta of ``address``'s patient can be taken against: itself, or its
+        base if it is a delta; None when it cannot be read (the next document stands alone)."""
+        row = self.row(address)
+        if row is None:
+            return None
+        target = address if row.base is None else row.base
+        try:
+            text = self.text(target, "base")
+        except MissingAuditContentError:
+            return None
+        return Base(target, text, len(self.row(target).body))
+
+
+def names_inputs(content: Mapping[str, Any]) -> bool:
+    """Whether a decision's content names input resources stored apart.
+
+    Decisions since revision 0003 name one input list (``input_list``); those of revision
+    0002 a manifest of single resources (``input_manifest``); older ones hold them inline.
+    """
+    return "input_list" in content or "input_manifest" in content
+
+
+def input_resources(reader: DocumentReader, content: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The FHIR resources a decision's content names (see :func:`names_inputs`), in input order."""
+    if "input_list" in content:
+        address = _address(content["input_list"].get("sha256"), "input list")
+        return list(orjson.loads(reader.text(address, "input list")))
+    manifest = content.get("input_manifest")
+    if manifest is None:
+        return []
+    references = orjson.loads(
+        reader.text(_address(manifest.get("sha256"), "input manifest"), "input manifest")
+    )
+    addresses = [_address(reference.get("sha256"), "input resource") for reference in references]
+    reader.fetch(addresses)
+    return [orjson.loads(reader.text(address, "input resource")) for address in addresses]
+
+
+@dataclass(frozen=True)
+class Latest:
+    """What a patient's latest decision offers the next one: a document to take a content
+    delta against, the address of its input list, and a document to take an inputs delta against."""
+
+    content: Base | None
+    inputs: bytes | None
+    inputs_base: Base | None
+
+    def size(self) -> int:
+        """Bytes of text it holds."""
+        return sum(len(item.text) for item in (self.content, self.inputs_base) if item is not None)
+
+
+def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None:
+    """The patient's latest chained decision that keeps its documents apart, if any."""
+    address = connection.execute(
+        select(_record_table.c.content_sha256)
+        .where(_record_table.c.patient_ref == patient_ref)
+        .where(_record_table.c.kind == "decision")
+        .where(_record_table.c.content_sha256.is_not(None))
+        .order_by(_record_table.c.seq.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if address is None:
+        return None
+    reader = DocumentReader(connection)
+    try:
+        content_address = _address(address, "content")
+        text = reader.text(content_address, "content")
+    except MissingAuditContentError:
+        return None
+    reference = orjson.loads(text).get("input_list")
+    try:
+        inputs = _address(reference.get("sha256"), "input list") if isinstance(reference, dict) else None
+    except MissingAuditContentError:
+        inputs = None
+    return Latest(reader.keyframe(content_address), inputs, None)
+
+
+def _is_stored(connection: Connection, address: bytes) -> bool:
+    query = select(_document_table.c.address).where(_document_table.c.address == address)
+    return connection.execute(query).first() is not None
+
+
+def _insert(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert documents; one a concurrent writer stored meanwhile is skipped."""
     if connection.dialect.name == "sqlite":
-        connection.execute(sqlite.insert(table).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+        connection.execute(
+            sqlite.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]), rows
+        )
     else:
-        connection.execute(postgresql.insert(table).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+        connection.execute(
+            postgresql.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]), rows
+        )
 
 
-def store_documents(connection: Connection, prepared: PreparedDecision) -> None:
+def _row(item: Document, codec: Codec, base: Base | None) -> tuple[dict[str, Any], Base]:
+    """The row to store for ``item``, and the base the patient's next delta of its kind uses."""
+    stored_codec, base_address, body = smallest_encoding(item.text, codec, base)
+    row = {"address": item.address, "codec": int(stored_codec), "base": base_address, "body": body}
+    if base_address is not None and base is not None:
+        return row, base
+    return row, Base(item.address, item.text, len(body))
+
+
+def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Latest:
     """Write a decision's documents, before it is chained and outside the chain's lock.
 
-    A manifest is written in the same transaction as its resources, so a stored manifest
-    means every resource it lists is stored: a repeat chart open checks one address.
+    ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`); the
+    return value is what this one offers the next. The input list is not written when it is
+    known to be stored (``prepared.inputs`` is None), is the patient's latest, or is found.
     """
-    manifest = prepared.manifest
-    if manifest is not None and not _stored_addresses(connection, _content_table, [manifest.sha256]):
-        _insert_new(connection, _resource_table, prepared.resources, RESOURCE_CODEC)
-        _insert_new(connection, _content_table, [manifest])
-    _insert_new(connection, _content_table, [prepared.content], lookup=False)
+    rows = []
+    inputs = prepared.inputs
+    inputs_base = latest.inputs_base if latest is not None else None
+    if (
+        inputs is not None
+        and (latest is None or latest.inputs != inputs.address)
+        and not _is_stored(connection, inputs.address)
+    ):
+        if inputs_base is None and latest is not None and latest.inputs is not None:
+            inputs_base = DocumentReader(connection).keyframe(latest.inputs)
+        row, inputs_base = _row(inputs, Codec.RESOURCES, inputs_base)
+        rows.append(row)
+    row, content_base = _row(
+        prepared.content, Codec.DECISIONS, latest.content if latest is not None else None
+    )
+    rows.append(row)
+    _insert(connection, rows)
+    return Latest(content_base, prepared.inputs_address, inputs_base)
 
 
-def _load(connection: Connection, table: Table, addresses: list[str]) -> list[bytes]:
-    """Documents by address, in the order asked, each checked against its address."""
-    found: dict[str, bytes] = {}
-    wanted = list(dict.fromkeys(addresses))
-    for start in range(0, len(wanted), _LOOKUP_BATCH):
-        batch = wanted[start : start + _LOOKUP_BATCH]
-        query = select(table.c.sha256, table.c.codec, table.c.body).where(table.c.sha256.in_(batch))
-        for row in connection.execute(query):
-            text = decode_body(row.codec, row.body)
-            if content_address(text) != row.sha256:
-                raise MissingAuditContentError(f"{table.name} {row.sha256} does not match its address")
-            found[row.sha256] = text
-    missing = [address for address in wanted if address not in found]
-    if missing:
-        raise MissingAuditContentError(f"{table.name} is missing {len(missing)} documents, e.g. {missing[0]}")
-    return [found[address] for address in addresses]
+class Memory:
+    """What a store remembers between appends, for the newest few: input lists it knows are
+    stored (by the hash of the list as received) and what each patient's latest decision offers."""
 
+    def __init__(self) -> None:
+        self.known_inputs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._latest: OrderedDict[str, Latest] = OrderedDict()
+        self._lock = threading.Lock()
 
-def load_inputs(connection: Connection, manifest_sha256: str) -> list[dict[str, Any]]:
-    """The resources a manifest lists, in its order, each checked against its address."""
-    references = json.loads(_load(connection, _content_table, [manifest_sha256])[0])
-    texts = _load(connection, _resource_table, [reference["sha256"] for reference in references])
-    return [json.loads(text) for text in texts]
+    def latest(self, patient_ref: str | None) -> Latest | None:
+        """What the patient's latest decision written here offers, if remembered."""
+        if patient_ref is None:
+            return None
+        with self._lock:
+            return self._latest.get(patient_ref)
+
+    def remember(self, prepared: PreparedDecision, offered: Latest) -> None:
+        """Remember a decision once it is chained: its input list is stored, and what it offers."""
+        patient_ref = prepared.values["patient_ref"]
+        with self._lock:
+            if prepared.inputs_key is not None and prepared.inputs_address is not None:
+                self.known_inputs.pop(prepared.inputs_key, None)
+                self.known_inputs[prepared.inputs_key] = prepared.inputs_address
+                while len(self.known_inputs) > _KNOWN_INPUTS:
+                    self.known_inputs.popitem(last=False)
+            if patient_ref is None:
+                return
+            self._latest.pop(patient_ref, None)
+            self._latest[patient_ref] = offered
+            while (
+                len(self._latest) > _LATEST_KEPT
+                or sum(map(Latest.size, self._latest.values())) > _LATEST_BYTES
+            ):
+                self._latest.popitem(last=False)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
 from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
-from ._content import Document, content_address, document, input_documents, inputs_key
+from ._content import Document, address_of, document, input_list, input_text
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -43,15 +43,16 @@ FEEDBACK_OUTCOMES = ("accepted", "overridden")
 @dataclass(frozen=True)
 class PreparedDecision:
     """Column values of a decision row (without seq and hashes), the cards it showed, and the
-    documents to store before the row is chained: input resources, the manifest, the content."""
+    documents to store before the row is chained: its content and the input resources it read."""
 
     values: dict[str, Any]
     content: Document
     cards: list[dict[str, Any]] = field(default_factory=list)
-    resources: list[Document] = field(default_factory=list)
-    manifest: Document | None = None
-    inputs_key: str | None = None
-    input_manifest: dict[str, Any] | None = None
+    inputs: Document | None = None
+    """The input list to store, unless a known input list (``input_key``) says it is stored."""
+    inputs_address: bytes | None = None
+    inputs_key: bytes | None = None
+    """The SHA-256 of the input list as received (before secrets are scrubbed)."""
 
 
 @dataclass(frozen=True)
@@ -128,43 +129,51 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
-def _split_inputs(
-    record: Mapping[str, Any], known: Mapping[str, dict[str, Any]]
-) -> tuple[dict[str, Any], list[Document], Document | None, str | None]:
-    """The record without ``input_resources``, the resources as documents, their manifest, and
-    the key of the whole input list.
+@dataclass(frozen=True)
+class _Inputs:
+    document: Document | None
+    address: bytes
+    key: bytes
 
-    The manifest is the list of references (type, id, versionId, sha256) in input order; a
-    repeat chart open reads the same resources, so it has the same manifest and stores nothing
-    new. ``known`` maps input-list keys to manifests already stored: a hit skips the work of
-    serialising and hashing each resource.
+
+def _split_inputs(
+    record: Mapping[str, Any], known: Mapping[bytes, bytes]
+) -> tuple[dict[str, Any], _Inputs | None]:
+    """The record with ``input_resources`` replaced by a reference to them, and their document.
+
+    The reference (``input_list``: address and count) is part of the chained content; a repeat
+    chart open reads the same resources, so it names the same document and stores nothing new.
+    ``known`` maps the hashes of input lists as received to the addresses of stored ones: a
+    hit skips looking for secrets in a list already scrubbed and stored.
     """
     rest = {key: value for key, value in record.items() if key != "input_resources"}
     if "input_resources" not in record:
-        return rest, [], None, None
+        return rest, None
     resources = record["input_resources"]
     if not isinstance(resources, list):
         raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
-    key = inputs_key(resources)
-    if key in known:
-        rest["input_manifest"] = dict(known[key])
-        return rest, [], None, key
-    documents, references = input_documents(list(resources), "decision.input_resources")
-    manifest = document(references, "decision.input_manifest")
-    rest["input_manifest"] = {"sha256": manifest.sha256, "count": len(references)}
-    return rest, documents, manifest, key
+    text = input_text(resources, "decision.input_resources")
+    key = address_of(text)
+    stored_address = known.get(key)
+    if stored_address is not None:
+        inputs = _Inputs(None, stored_address, key)
+    else:
+        stored = input_list(text, resources, "decision.input_resources")
+        inputs = _Inputs(stored, stored.address, key)
+    rest["input_list"] = {"sha256": inputs.address.hex(), "count": len(resources)}
+    return rest, inputs
 
 
 def prepare_decision(
-    record: Mapping[str, Any], known_inputs: Mapping[str, dict[str, Any]] | None = None
+    record: Mapping[str, Any], known_inputs: Mapping[bytes, bytes] | None = None
 ) -> PreparedDecision:
     """Check a decision record, drop secrets, split off its inputs and derive the indexed columns.
 
-    ``known_inputs``: input-list keys whose manifests are stored (see :func:`_split_inputs`).
+    ``known_inputs``: see :func:`_split_inputs`.
     """
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    clean, resources, manifest, key = _split_inputs(record, known_inputs or {})
+    clean, inputs = _split_inputs(record, known_inputs or {})
     content = canonical_json(clean)
     if may_hold_secrets(content):
         clean = scrub_secrets(clean)
@@ -213,16 +222,15 @@ def prepare_decision(
         "dedupe_key": None,
         "content": "",
     }
-    stored = Document(content_address(content.encode("utf-8")), content.encode("utf-8"))
-    values["content_sha256"] = stored.sha256
+    stored = document(content)
+    values["content_sha256"] = stored.address.hex()
     return PreparedDecision(
         values=values,
         cards=list(card_rows.values()),
-        resources=resources,
         content=stored,
-        manifest=manifest,
-        inputs_key=key,
-        input_manifest=clean.get("input_manifest"),
+        inputs=inputs.document if inputs is not None else None,
+        inputs_address=inputs.address if inputs is not None else None,
+        inputs_key=inputs.key if inputs is not None else None,
     )
 
 

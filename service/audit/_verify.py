@@ -1,135 +1,144 @@
 """Walk the audit chain: hashes, links, gaps, and the documents records refer to by address.
 
-Each stored resource is decompressed and hashed once (not once per decision that read it);
-each manifest is read once; then every record is checked against what was found.
+Each document a record names (its content, its input list, and at revision 0002 a manifest and
+the single resources it lists) must exist, decode (through its base, for a delta) and hash to
+its address. Each is checked once, however many decisions name it.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Select, select
 
 from ._canonical import GENESIS_HASH, chain_hash
-from ._content import content_address, decode_body
+from ._documents import DocumentReader
 from ._records import hash_document
-from .errors import InvalidAuditRecordError
-from .models import AuditChainHead, AuditContent, AuditResource
+from .errors import MissingAuditContentError
+from .models import AuditChainHead
 
 __all__ = ["walk_chain"]
 
 _STREAM_BATCH = 200
 _SHOWN = 3
 
-_resource_table = AuditResource.__table__
-_content_table = AuditContent.__table__
 
-
-def _stored_resources(connection: Connection) -> tuple[set[str], dict[str, str]]:
-    """Addresses of resources that hash to their address, and why the others are wrong."""
-    good: set[str] = set()
-    bad: dict[str, str] = {}
-    rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(
-        select(_resource_table.c.sha256, _resource_table.c.codec, _resource_table.c.body)
-    )
-    for row in rows:
-        try:
-            matches = content_address(decode_body(row.codec, row.body)) == row.sha256
-        except InvalidAuditRecordError as exc:
-            bad[row.sha256] = str(exc)
-            continue
-        if matches:
-            good.add(row.sha256)
-        else:
-            bad[row.sha256] = "does not match its address"
-    return good, bad
-
-
-def _content_text(row: Any) -> tuple[str | None, str | None]:
-    """A record's content document (text) and, if it cannot be trusted, why."""
-    if row.content_body is None:
-        return None, f"content {row.content_sha256} is missing"
+def _address(text: object) -> bytes | None:
     try:
-        text = decode_body(row.content_codec, row.content_body)
-    except InvalidAuditRecordError as exc:
-        return None, f"content {row.content_sha256}: {exc}"
-    if content_address(text) != row.content_sha256:
-        return None, f"content {row.content_sha256} does not match its address"
-    return text.decode("utf-8"), None
+        return bytes.fromhex(text) if isinstance(text, str) and len(text) == 64 else None
+    except ValueError:
+        return None
 
 
-class _Inputs:
-    """Checks a record's input manifest against the stored resources, once per manifest."""
+class _Documents:
+    """Checks the documents records name, remembering each verdict by address."""
 
     def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.good, self.bad = _stored_resources(connection)
-        self.checked: dict[str, list[str]] = {}
+        self.reader = DocumentReader(connection)
+        self.verdicts: dict[tuple[str, bytes], str | None] = {}
 
-    def problems(self, manifest_sha256: str) -> list[str]:
-        if manifest_sha256 not in self.checked:
-            self.checked[manifest_sha256] = self._check(manifest_sha256)
-        return self.checked[manifest_sha256]
+    def problem(self, address: bytes, what: str) -> str | None:
+        """Why the document cannot be trusted, or None when it can."""
+        key = (what, address)
+        if key not in self.verdicts:
+            try:
+                self.reader.text(address, what)
+                self.verdicts[key] = None
+            except MissingAuditContentError as exc:
+                self.verdicts[key] = str(exc)
+        return self.verdicts[key]
 
-    def _check(self, manifest_sha256: str) -> list[str]:
-        row = self.connection.execute(
-            select(_content_table.c.codec, _content_table.c.body).where(
-                _content_table.c.sha256 == manifest_sha256
-            )
-        ).first()
-        if row is None:
-            return [f"input manifest {manifest_sha256} is missing"]
+    def content(self, text: object) -> tuple[dict[str, Any] | None, str | None]:
+        """A record's content and, if it cannot be trusted, why."""
+        address = _address(text)
+        if address is None:
+            return None, f"content address {text!r} is not a SHA-256"
         try:
-            text = decode_body(row.codec, row.body)
-        except InvalidAuditRecordError as exc:
-            return [f"input manifest {manifest_sha256}: {exc}"]
-        if content_address(text) != manifest_sha256:
-            return [f"input manifest {manifest_sha256} does not match its address"]
+            return orjson.loads(self.reader.text(address, "content")), None
+        except MissingAuditContentError as exc:
+            return None, str(exc)
+
+    def inputs(self, content: Mapping[str, Any]) -> list[str]:
+        """Problems with the input resources a decision's content names."""
+        reference = content.get("input_list")
+        if isinstance(reference, Mapping):
+            address = _address(reference.get("sha256"))
+            if address is None:
+                return [f"input list address {reference.get('sha256')!r} is not a SHA-256"]
+            problem = self.problem(address, "input list")
+            return [] if problem is None else [problem]
+        manifest = content.get("input_manifest")
+        if isinstance(manifest, Mapping):
+            return self._manifest(manifest)
+        return []
+
+    def _manifest(self, manifest: Mapping[str, Any]) -> list[str]:
+        """Revision 0002: a manifest document listing single resource documents."""
+        address = _address(manifest.get("sha256"))
+        if address is None:
+            return [f"input manifest address {manifest.get('sha256')!r} is not a SHA-256"]
+        key = ("input manifest", address)
+        if key in self.verdicts:
+            problem = self.verdicts[key]
+            return [] if problem is None else [problem]
+        try:
+            references = orjson.loads(self.reader.text(address, "input manifest"))
+        except MissingAuditContentError as exc:
+            self.verdicts[key] = str(exc)
+            return [str(exc)]
+        self.reader.fetch(
+            found for found in (_address(reference.get("sha256")) for reference in references) if found
+        )
         wrong = []
-        for reference in json.loads(text):
-            address = reference["sha256"]
-            if address in self.good:
-                continue
-            name = f"{reference.get('type')}/{reference.get('id')} (version {reference.get('versionId')}, {address})"
-            wrong.append(f"{name} {self.bad.get(address, 'is missing')}")
-        if not wrong:
-            return []
-        shown = "; ".join(wrong[:_SHOWN])
-        more = f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
-        return [f"{len(wrong)} input resources missing or altered: {shown}{more}"]
+        for reference in references:
+            resource = _address(reference.get("sha256")) or b""
+            problem = self.problem(resource, "input resource") if resource else "has no address"
+            if problem is not None:
+                name = f"{reference.get('type')}/{reference.get('id')} (version {reference.get('versionId')}, {reference.get('sha256')})"
+                wrong.append(
+                    f"{name} {problem.removeprefix(f'input resource {resource.hex()}').lstrip(': ')}"
+                )
+        problem = None
+        if wrong:
+            shown = "; ".join(wrong[:_SHOWN])
+            more = f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
+            problem = f"{len(wrong)} input resources missing or altered: {shown}{more}"
+        self.verdicts[key] = problem
+        return [] if problem is None else [problem]
 
 
 def walk_chain(connection: Connection, records: Select[Any]) -> tuple[int, list[str]]:
-    """Check every record of ``records`` (in seq order, content joined); (count, problems)."""
+    """Check every record of ``records`` (in seq order); (count, problems)."""
     problems: list[str] = []
     checked = 0
     expected_seq, previous_hash = 1, GENESIS_HASH
     head = connection.execute(select(AuditChainHead.last_seq, AuditChainHead.last_hash)).one()
-    inputs = _Inputs(connection)
-    for row in connection.execution_options(yield_per=_STREAM_BATCH).execute(records):
-        checked += 1
-        label = f"seq {row.seq} (record {row.record_id})"
-        if row.seq != expected_seq:
-            missing = (
-                f"seq {expected_seq}"
-                if row.seq == expected_seq + 1
-                else f"seqs {expected_seq}..{row.seq - 1}"
-            )
-            problems.append(f"gap before {label}: {missing} missing (deleted record?)")
-        if row.prev_hash != previous_hash:
-            problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")
-        if chain_hash(hash_document(row._asdict()), row.prev_hash) != row.hash:
-            problems.append(f"edited content at {label}: hash does not match the record")
-        if row.content_sha256 is not None:
-            text, problem = _content_text(row)
-            if problem is not None:
-                problems.append(f"{label}: {problem}")
-            elif text is not None:
-                manifest = json.loads(text).get("input_manifest")
-                if manifest is not None:
-                    problems.extend(f"{label}: {found}" for found in inputs.problems(manifest["sha256"]))
-        expected_seq, previous_hash = row.seq + 1, row.hash
+    documents = _Documents(connection)
+    for batch in connection.execution_options(yield_per=_STREAM_BATCH).execute(records).partitions():
+        documents.reader.fetch_contents(batch)
+        for row in batch:
+            checked += 1
+            label = f"seq {row.seq} (record {row.record_id})"
+            if row.seq != expected_seq:
+                missing = (
+                    f"seq {expected_seq}"
+                    if row.seq == expected_seq + 1
+                    else f"seqs {expected_seq}..{row.seq - 1}"
+                )
+                problems.append(f"gap before {label}: {missing} missing (deleted record?)")
+            if row.prev_hash != previous_hash:
+                problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")
+            if chain_hash(hash_document(row._asdict()), row.prev_hash) != row.hash:
+                problems.append(f"edited content at {label}: hash does not match the record")
+            if row.content_sha256 is not None:
+                content, problem = documents.content(row.content_sha256)
+                if problem is not None:
+                    problems.append(f"{label}: {problem}")
+                elif content is not None:
+                    problems.extend(f"{label}: {found}" for found in documents.inputs(content))
+            expected_seq, previous_hash = row.seq + 1, row.hash
     if head.last_seq != expected_seq - 1 or head.last_hash != previous_hash:
         problems.append(
             f"chain head names seq {head.last_seq} but the last record is seq "

@@ -106,10 +106,14 @@ def pseudonymise_record(record: Mapping[str, Any], key: bytes) -> dict[str, Any]
     replacements = {ref: pseudonym(key, ref) for ref in references if isinstance(ref, str) and ref}
     content = dict(record["content"])
     omitted = len(content.pop("input_resources", None) or [])
-    manifest = content.pop("input_manifest", None)
-    if manifest is not None:
-        omitted = int(manifest["count"])
-    if manifest is not None or "input_resources" in record["content"]:
+    reference = content.get("input_list", content.get("input_manifest"))
+    if isinstance(reference, Mapping):  # not a pre-screen run's list of input files
+        content.pop("input_list", None)
+        content.pop("input_manifest", None)
+        omitted = int(reference["count"])
+    else:
+        reference = None
+    if reference is not None or "input_resources" in record["content"]:
         content["input_resources_omitted"] = omitted
     if not replacements:
         return {**record, "content": content, "pseudonymised": True}
@@ -123,7 +127,7 @@ def exports_inputs(export_format: str, pseudonym_key: bytes | None) -> bool:
     """Whether an export carries each decision's input resources: NDJSON, not pseudonymised.
 
     The store keeps each resource once and a decision names its inputs by hash; an NDJSON
-    export puts them back (as ``input_resources``, beside the ``input_manifest`` the chain
+    export puts them back (as ``input_resources``, beside the ``input_list`` the chain
     proves), so it can be read and replayed without the database, as exports before were.
     CSV and AuditEvent exports never carried resources; pseudonymised ones leave them out.
     """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, LargeBinary, SmallInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -16,9 +16,8 @@ __all__ = [
     "AuditBase",
     "AuditCard",
     "AuditChainHead",
-    "AuditContent",
+    "AuditDocument",
     "AuditRecord",
-    "AuditResource",
     "CriteriaVersion",
     "SeenJti",
 ]
@@ -41,8 +40,8 @@ class AuditRecord(AuditBase):
     __tablename__ = "audit_record"
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    # Records written since revision 0002 keep ``content`` empty and name their content
-    # (in ``audit_content``) by ``content_sha256``; older records hold it inline.
+    # Decisions written since revision 0002 keep ``content`` empty and name their content
+    # (in ``audit_document``) by ``content_sha256``; older records hold it inline.
     record_id: Mapped[str] = mapped_column(String(36), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -60,32 +59,20 @@ class AuditRecord(AuditBase):
     hash: Mapped[str] = mapped_column(String(64))
 
 
-class AuditResource(AuditBase):
-    """One FHIR input resource, stored once however many decisions read it.
+class AuditDocument(AuditBase):
+    """A decision's content or the list of FHIR resources it read, stored once by address.
 
-    Keyed by the SHA-256 of the resource's canonical JSON; decisions refer to it through
-    their input manifest. Rows are only ever inserted (``ON CONFLICT DO NOTHING``).
+    ``address`` is the SHA-256 of the document's canonical JSON; ``body`` is one zstd frame
+    decoded by ``codec`` (``service.audit._content.Codec``), with the text of the document
+    ``base`` as its dictionary when the codec is a delta. Written before the chain is locked,
+    only ever inserted (``ON CONFLICT DO NOTHING``), so the chained row stays small.
     """
 
-    __tablename__ = "audit_resource"
+    __tablename__ = "audit_document"
 
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    codec: Mapped[str] = mapped_column(String(32))
-    size: Mapped[int] = mapped_column(Integer)
-    body: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class AuditContent(AuditBase):
-    """A decision's content or an input manifest, keyed by the SHA-256 of its canonical JSON.
-
-    Written before the chain is locked, so the chained ``audit_record`` row stays small.
-    """
-
-    __tablename__ = "audit_content"
-
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    codec: Mapped[str] = mapped_column(String(32))
-    size: Mapped[int] = mapped_column(Integer)
+    address: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    codec: Mapped[int] = mapped_column(SmallInteger)
+    base: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     body: Mapped[bytes] = mapped_column(LargeBinary)
 
 

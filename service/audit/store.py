@@ -1,11 +1,11 @@
 """The append-only, hash-chained audit store (SQLite file or PostgreSQL).
 
-A decision is written in two transactions. First its documents — each input resource, the
-manifest listing them, and the decision's content — go into content-addressed tables
-(``INSERT ... ON CONFLICT DO NOTHING``; a resource already stored by an earlier chart open is
-not written again). Then the chain-head row is locked (``SELECT ... FOR UPDATE`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link a small row that names the content by
-its hash, so writers in any number of threads or processes extend one linear chain without
+A decision is written in two transactions. First its documents — the list of input resources
+it read and its content — go into one content-addressed table (``INSERT ... ON CONFLICT DO
+NOTHING``; an input list already stored by an earlier chart open is not written again, and a
+changed one is stored as a delta against the patient's last). Then the chain-head row is
+locked (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link
+a small row that names the content by its hash, so writers in any number of threads or processes extend one linear chain without
 waiting for each other's large writes. A crash between the two leaves unreferenced documents,
 never a record without its content. Database failures surface as
 :class:`AuditUnavailableError`, never as a silent drop, so the caller can refuse to answer a
@@ -73,9 +73,6 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 RECORD_KINDS = ("decision", "feedback")
 _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
-_KNOWN_INPUTS = 1024
-"""Input lists remembered per store: a repeat chart open in this process then hashes one
-list, not each resource (an entry is a key and a manifest address, about 300 bytes)."""
 _T = TypeVar("_T")
 
 _record_table = AuditRecord.__table__
@@ -141,7 +138,7 @@ class AuditStore:
         self.engine = engine
         self._jti_calls = itertools.count(1)
         self._saved_fingerprints: set[str] = set()
-        self._known_inputs: dict[str, dict[str, Any]] = {}
+        self._memory = _documents.Memory()
         self.last_chain_lock_seconds: float | None = None
         """How long the last append held the chain lock (locked to committed), for the benchmark."""
 
@@ -246,25 +243,22 @@ class AuditStore:
             .values(last_seq=row["seq"], last_hash=row["hash"])
         )
 
-    def _remember_inputs(self, key: str, manifest: dict[str, Any]) -> None:
-        """Remember an input list whose manifest and resources are committed (the newest few)."""
-        self._known_inputs.pop(key, None)
-        self._known_inputs[key] = manifest
-        while len(self._known_inputs) > _KNOWN_INPUTS:
-            self._known_inputs.pop(next(iter(self._known_inputs)), None)
-
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
-        prepared = prepare_decision(record, self._known_inputs)
+        prepared = prepare_decision(record, self._memory.known_inputs)
+        patient_ref = prepared.values["patient_ref"]
         with self._transaction(write=True) as connection:
-            _documents.store_documents(connection, prepared)
-        if prepared.inputs_key is not None and prepared.input_manifest is not None:
-            self._remember_inputs(prepared.inputs_key, prepared.input_manifest)
+            latest = self._memory.latest(patient_ref)
+            if latest is None and patient_ref is not None:
+                latest = _documents.latest_of_patient(connection, patient_ref)
+            offered = _documents.store_documents(connection, prepared, latest)
 
         def write(connection: Connection, head: _ChainHead) -> str:
             return self._write_decision(connection, head, prepared)
 
-        return self._append(write)
+        decision_id = self._append(write)
+        self._memory.remember(prepared, offered)
+        return decision_id
 
     def _write_decision(self, connection: Connection, head: _ChainHead, prepared: PreparedDecision) -> str:
         record_id = str(prepared.values["record_id"])
@@ -354,7 +348,7 @@ class AuditStore:
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else _documents.record_from_row(row._asdict())
+            return None if row is None else _documents.DocumentReader(connection).content(row._asdict())
 
     def find_decision_by_card(self, card_uuid: str) -> dict[str, Any] | None:
         """The latest decision that showed the card with this uuid, or None."""
@@ -366,7 +360,7 @@ class AuditStore:
         )
         with self._transaction(write=False) as connection:
             row = connection.execute(query).first()
-        return None if row is None else _documents.record_from_row(row._asdict())
+            return None if row is None else _documents.DocumentReader(connection).content(row._asdict())
 
     def verify(self) -> VerifyReport:
         """Walk the chain in one snapshot: edited records, broken links and gaps are problems,
@@ -381,17 +375,14 @@ class AuditStore:
     def input_resources(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The FHIR resources a decision read, in input order, from a record view.
 
-        Records written before resources were stored apart hold them inline; newer ones name
-        them in a manifest. A missing or altered resource raises :class:`MissingAuditContentError`.
+        Old records hold them inline; newer ones name the document (or, at revision 0002, the
+        manifest of documents) that holds them. A missing or altered document raises
+        :class:`MissingAuditContentError`.
         """
-        content = record["content"]
-        if "input_resources" in content:
-            return list(content["input_resources"] or [])
-        manifest = content.get("input_manifest")
-        if manifest is None:
-            return []
+        if "input_resources" in record["content"]:
+            return list(record["content"]["input_resources"] or [])
         with self._transaction(write=False, snapshot=True) as connection:
-            return _documents.load_inputs(connection, manifest["sha256"])
+            return _documents.input_resources(_documents.DocumentReader(connection), record["content"])
 
     def iter_records(
         self, filters: ExportFilters | None = None, *, with_inputs: bool = False
@@ -421,19 +412,28 @@ class AuditStore:
             query = query.where(
                 sql_cast(_record_table.c.trial_ids, TextType).contains(quoted, autoescape=True)
             )
-        with self._transaction(write=False) as connection:
+        with self._transaction(write=False, snapshot=with_inputs) as connection:
+            reader = _documents.DocumentReader(connection)
             rows = connection.execution_options(yield_per=_STREAM_BATCH).execute(query)
-            for row in rows:
-                view = _documents.record_from_row(row._asdict())
-                if filters.trial_id is not None and filters.trial_id not in view["trial_ids"]:
-                    continue
-                if per_trial_outcome and not _counts.trial_outcome_matches(
-                    view, str(filters.trial_id), str(filters.outcome)
-                ):
-                    continue
-                if with_inputs and view["kind"] == "decision" and "input_manifest" in view["content"]:
-                    view["content"]["input_resources"] = self.input_resources(view)
-                yield view
+            for batch in rows.partitions():
+                reader.fetch_contents(batch)
+                views = [reader.content(row._asdict()) for row in batch]
+                for view in views:
+                    if filters.trial_id is not None and filters.trial_id not in view["trial_ids"]:
+                        continue
+                    if per_trial_outcome and not _counts.trial_outcome_matches(
+                        view, str(filters.trial_id), str(filters.outcome)
+                    ):
+                        continue
+                    if (
+                        with_inputs
+                        and view["kind"] == "decision"
+                        and _documents.names_inputs(view["content"])
+                    ):
+                        view["content"]["input_resources"] = _documents.input_resources(
+                            reader, view["content"]
+                        )
+                    yield view
 
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """True the first time an (issuer, jti) is seen by any instance, False on a replay."""

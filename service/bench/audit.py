@@ -3,9 +3,10 @@
 Runs against PostgreSQL with its default durability (fsync and synchronous commit on), a
 throwaway cluster unless ``audit_url`` names a server (each measurement gets a database of
 its own there, so the sizes are not mixed). Decision records come from the real pipeline
-(``service.bench.inprocess.serve_body``); repeats of a chart open copy the record with a new
-decision id, as the hook route would write them, and a *first* open renames every input
-resource so none of them is stored yet.
+(``service.bench.inprocess.serve_body``). A repeat of a chart open copies the record with what
+the hook route would write anew (decision id, hook instance, time of evaluation, card uuids);
+a *first* open is a new patient: its reference and every input resource renamed, so none of
+them is stored yet.
 
 Measured:
 
@@ -95,20 +96,32 @@ def _database_bytes(store: AuditStore) -> int:
         return int(connection.execute(_SIZE_QUERY).scalar_one())
 
 
+def _new_uuids(card: dict[str, Any]) -> dict[str, Any]:
+    suggestions = [{**item, "uuid": str(uuid.uuid4())} for item in card.get("suggestions", [])]
+    return {**card, "uuid": str(uuid.uuid4()), **({"suggestions": suggestions} if suggestions else {})}
+
+
 def repeat_open(record: dict[str, Any]) -> dict[str, Any]:
-    """The same chart opened again: same inputs, a new decision id, hook instance and time."""
+    """The same chart opened again: same inputs and verdicts; new ids, times and card uuids."""
+    now = datetime.now(UTC)
     return {
         **record,
         "decision_id": str(uuid.uuid4()),
         "hook_instance": str(uuid.uuid4()),
-        "recorded_at": datetime.now(UTC).isoformat(),
+        "recorded_at": now.isoformat(),
+        "decision": {**record["decision"], "evaluated_at": now.isoformat().replace("+00:00", "Z")},
+        "cards": [_new_uuids(card) for card in record["cards"]],
     }
 
 
 def first_open(record: dict[str, Any], tag: str) -> dict[str, Any]:
-    """A chart none of whose resources is stored yet: every input resource renamed by ``tag``."""
+    """A new patient's chart, none of whose resources is stored yet: reference and ids renamed."""
     renamed = [{**resource, "id": f"{resource.get('id')}-{tag}"} for resource in record["input_resources"]]
-    return {**repeat_open(record), "input_resources": renamed}
+    return {
+        **repeat_open(record),
+        "patient_ref": f"{record['patient_ref']}-{tag}",
+        "input_resources": renamed,
+    }
 
 
 async def _records(sizes_and_ids: list[tuple[int, str]]) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
@@ -129,7 +142,7 @@ async def _records(sizes_and_ids: list[tuple[int, str]]) -> tuple[list[dict[str,
 def _bytes_per_decision(url: str, record: dict[str, Any], firsts: int, repeats: int) -> dict[str, Any]:
     store = _migrated(url)
     try:
-        store.append_decision(first_open(record, "warm"))  # the tables' first pages
+        store.append_decision(repeat_open(record))  # the tables' first pages, and the chart repeated
         before = _database_bytes(store)
         for n in range(firsts):
             store.append_decision(first_open(record, f"first{n}"))

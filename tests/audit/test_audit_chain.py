@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zstandard
 from sqlalchemy import delete, func, select, update
 
 from service.audit import AuditStore, ExportFilters
-from service.audit.models import AuditCard, AuditContent, AuditRecord, AuditResource
+from service.audit._content import Codec, encode_body
+from service.audit._documents import DocumentReader
+from service.audit.models import AuditCard, AuditDocument, AuditRecord
 
 DecisionFactory = Callable[..., dict[str, Any]]
 
@@ -82,7 +83,6 @@ _WRITER = textwrap.dedent(
             "hook": "patient-view", "service_id": "til-trials", "patient_ref": writer,
             "user_ref": None, "cards": [],
             "input_resources": [{"resourceType": "Patient", "id": "shared", "meta": {"versionId": "1"}},
-                                {"resourceType": "Observation", "id": writer.replace("/", "-"), "status": "final"},
                                 {"resourceType": "Observation", "id": "n", "valueInteger": n}],
             "decision": {"evaluated_at": "2024-05-14T09:30:00Z", "criteria_fingerprint": "sha256:c",
                          "input_fingerprint": "sha256:i", "patient": {"reference": writer}},
@@ -116,8 +116,10 @@ def test_concurrent_processes_extend_one_chain(database_url: str, tmp_path: Path
         switches = sum(1 for before, after in pairwise(authors) if before != after)
         assert switches > 1, "the two writers never interleaved; the test proved nothing"
         with store.engine.connect() as connection:
-            resources = connection.execute(select(func.count()).select_from(AuditResource)).scalar_one()
-        assert resources == 1 + 2 + PROCESS_APPENDS, "each resource once, whichever writer stored it first"
+            documents = connection.execute(select(func.count()).select_from(AuditDocument)).scalar_one()
+        assert documents == PROCESS_APPENDS + 2 * PROCESS_APPENDS, (
+            "each input list once, whichever writer stored it first, and each decision's content"
+        )
     finally:
         store.close()
 
@@ -139,12 +141,12 @@ def test_edited_content_is_detected(store: AuditStore, make_decision: DecisionFa
     ids = _fill(store, make_decision, 5)
     address = _content_address(store, 3)
     with store.engine.begin() as connection:
-        body = connection.execute(
-            select(AuditContent.body).where(AuditContent.sha256 == address)
-        ).scalar_one()
-        edited = zstandard.decompress(body).replace(b"NCT05727904", b"NCT99999999")
+        key = bytes.fromhex(address)
+        edited = DocumentReader(connection).text(key, "content").replace(b"NCT05727904", b"NCT99999999")
         connection.execute(
-            update(AuditContent).where(AuditContent.sha256 == address).values(body=zstandard.compress(edited))
+            update(AuditDocument)
+            .where(AuditDocument.address == key)
+            .values(codec=int(Codec.DECISIONS), base=None, body=encode_body(edited, Codec.DECISIONS))
         )
 
     report = store.verify()

@@ -15,7 +15,7 @@ from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select
 
 from service.audit import AuditStore, ExportFilters
-from service.audit._content import decode_body
+from service.audit._documents import DocumentReader
 from service.audit.export import (
     EXPORT_FORMATS,
     export_csv,
@@ -186,18 +186,19 @@ def test_pseudonyms_are_keyed_and_stable() -> None:
     assert len(pseudonym(b"k", "Patient/1")) == len("pseudo:") + 32
 
 
-def _readable(row: Any) -> str:
-    """A row as text, with compressed document bodies decompressed so a secret would show."""
+def _readable(row: Any, reader: DocumentReader) -> str:
+    """A row as text, with compressed document bodies decoded so a secret would show."""
     values = row._asdict()
     if "body" in values:
-        values["body"] = decode_body(values["codec"], values["body"]).decode("utf-8")
+        values["body"] = reader.text(values["address"], "document").decode("utf-8")
     return repr(values)
 
 
 def _database_text(store: AuditStore) -> str:
     with store.engine.connect() as connection:
+        reader = DocumentReader(connection)
         return "\n".join(
-            _readable(row)
+            _readable(row, reader)
             for table in AuditBase.metadata.sorted_tables
             for row in connection.execute(select(table))
         )

@@ -68,7 +68,7 @@ def test_decision_round_trip(store: AuditStore, make_decision: DecisionFactory) 
     assert stored["outcome"] == "suggested"
     inputs = record.pop("input_resources")
     assert store.input_resources(stored) == inputs
-    assert stored["content"].pop("input_manifest")["count"] == len(inputs)
+    assert stored["content"].pop("input_list")["count"] == len(inputs)
     assert stored["content"] == record
     assert store.get_decision(str(uuid.uuid4())) is None
 

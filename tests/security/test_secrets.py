@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import create_engine, select
 
-from service.audit._content import decode_body
+from service.audit._documents import DocumentReader
+from service.audit.models import AuditDocument
 from service.sandbox.synthetic import SyntheticPatient
 from tests.api.conftest import started
 from tests.security.conftest import (
@@ -74,13 +76,16 @@ class MisbehavingFhir:
 
 def _dump_sqlite(url: str) -> str:
     """Every statement of the database, and the audit store's compressed documents as text."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            reader = DocumentReader(connection)
+            addresses = connection.execute(select(AuditDocument.address)).scalars().all()
+            documents = [reader.text(address, "document").decode("utf-8") for address in addresses]
+    finally:
+        engine.dispose()
+    assert documents, "no audit documents were written, so the search would prove nothing"
     with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
-        documents = [
-            decode_body(codec, body).decode("utf-8")
-            for table in ("audit_resource", "audit_content")
-            for codec, body in connection.execute(f"SELECT codec, body FROM {table}")
-        ]
-        assert documents, "no audit documents were written, so the search would prove nothing"
         return "\n".join([*connection.iterdump(), *documents])
 
 
