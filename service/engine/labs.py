@@ -64,7 +64,7 @@ def _evidence(
 
 
 def _latest_in_window(
-    results: list[LabResult], at: datetime, lookback_days: int
+    results: tuple[LabResult, ...], at: datetime, lookback_days: int
 ) -> tuple[LabResult | None, LabResult | None]:
     """(newest result inside the window, newest result at all), ignoring future-dated ones."""
     latest_allowed = at + timedelta(hours=12)
@@ -111,11 +111,11 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
     """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
     facts = context.facts
     creatinine, old_creatinine = _latest_in_window(
-        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days
+        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, ()), context.at, lookback_days
     )
     weight_days = _weight_lookback(context)
     weight, old_weight = _latest_in_window(
-        facts.labs.get(context.mappings.roles.analytes.body_weight, []), context.at, weight_days
+        facts.labs.get(context.mappings.roles.analytes.body_weight, ()), context.at, weight_days
     )
     missing = []
     if creatinine is None:
@@ -175,7 +175,7 @@ def _weight_needed(
     """
     facts = context.facts
     creatinine, _ = _latest_in_window(
-        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days
+        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, ()), context.at, lookback_days
     )
     if (
         creatinine is None
@@ -204,7 +204,7 @@ def _clearance_bounded_by_weight(
     weight_needed, creatinine = bound
     when = creatinine.when.date().isoformat() if creatinine.when else "undated"
     weight_days = _weight_lookback(context)
-    _, old_weight = _latest_in_window(context.facts.labs.get("body_weight", []), context.at, weight_days)
+    _, old_weight = _latest_in_window(context.facts.labs.get("body_weight", ()), context.at, weight_days)
     stale = older_than_text(old_weight, "weight", weight_days)
     no_weight = (
         f"no body weight from the last {weight_days} days for Cockcroft-Gault ({stale})"
@@ -273,7 +273,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             resolve_hint=definition.order_hint,
         )
     lookback = lab_lookback_days(rule, context)
-    latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
+    latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, ()), context.at, lookback)
     hint = definition.order_hint
     if latest is None and rule.derive_cockcroft_gault:
         derived = _cockcroft_gault(context, lookback)
@@ -391,7 +391,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
 
 
 def evaluate_no_result(rule: NoResultRule, context: EvaluationContext) -> RuleOutcome:
-    results = context.facts.labs.get(rule.analyte, [])
+    results = context.facts.labs.get(rule.analyte, ())
     display = context.mappings.analytes[rule.analyte].display
     if rule.analyte in context.facts.unavailable:
         return RuleOutcome(

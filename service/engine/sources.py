@@ -10,7 +10,7 @@ it more precisely first; this is the guarantee that none forgets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -112,7 +112,7 @@ def _source_name(source: str, mappings: Mappings) -> str:
 
 
 def guard_unread_sources(
-    rule: Any, outcome: RuleOutcome, unavailable: dict[str, str], mappings: Mappings
+    rule: Any, outcome: RuleOutcome, unavailable: Mapping[str, str], mappings: Mappings
 ) -> RuleOutcome:
     """``outcome``, unless it is *met* while a source the rule reads could not be obtained.
 

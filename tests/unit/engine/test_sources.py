@@ -10,6 +10,7 @@ engine can evaluate declares what it reads.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -54,9 +55,7 @@ def _resources(patient_id: str) -> list[dict[str, Any]]:
 
 
 def _facts(patient_id: str, mappings: Mappings, unavailable: dict[str, str] | None = None) -> PatientFacts:
-    facts = build_facts(patient_id, _resources(patient_id), mappings)
-    facts.unavailable = dict(unavailable or {})
-    return facts
+    return build_facts(patient_id, _resources(patient_id), mappings, unavailable=unavailable)
 
 
 def _state(rule: Any, facts: PatientFacts, mappings: Mappings, at: datetime = EVALUATED_AT) -> State:
@@ -260,5 +259,5 @@ def test_issue_13_a_test_that_does_not_apply_to_the_patient_is_not_made_unknown_
     outcome = evaluate_rule(pregnancy, EvaluationContext(facts=facts, mappings=mappings, at=EVALUATED_AT))
     assert outcome.state is State.MET
     assert outcome.reason == "not applicable (male)"
-    facts.sex = "female"
+    facts = replace(facts, sex="female")
     assert _state(pregnancy, facts, mappings) is State.UNKNOWN
