@@ -12,7 +12,7 @@ from service.facts.common import SourceRef, codings_of, decode, source_ref, text
 from service.facts.derived import derive_absolute_counts
 from service.facts.medication import MedicationRecord, MedicationShape, medication_concept
 from service.facts.model import DrugExposure, LabResult, PatientFacts, TestResult
-from service.facts.registry import READERS, REFERENCED_SHAPES
+from service.facts.registry import READERS, REFERENCED_SHAPES, Reader
 from service.mappings import Mappings
 
 __all__ = ["age_in_years", "build_facts", "draft_order_exposures", "unique_resources"]
@@ -54,6 +54,7 @@ def build_facts(
     draft_orders: Iterable[DrugExposure] = (),
     unavailable: Mapping[str, str] | None = None,
     problems: Iterable[str] = (),
+    readers: Mapping[str, Reader] = READERS,
 ) -> PatientFacts:
     """Turn one patient's resources into facts, once.
 
@@ -61,6 +62,8 @@ def build_facts(
     ``unavailable`` (the sources that could not be read, by the names
     ``registry.unavailable_sources`` gives), ``problems`` (what gathering noticed) and the
     order-select ``draft_orders`` are part of the facts, since nothing changes them later.
+    ``readers`` is the registry's table (a copy with another entry reads another type).
+    A reader's exception is a bug and propagates.
     """
     into = Collector(mappings)
     _medications(resources, into)
@@ -68,7 +71,7 @@ def build_facts(
     for resource in resources:
         source = source_ref(resource)
         inputs.append(source)
-        reader = READERS.get(source.resource_type)
+        reader = readers.get(source.resource_type)
         if reader is None:
             continue
         decoded, problem = decode(resource, reader.shape, source)

@@ -82,13 +82,17 @@ class Reference(msgspec.Struct):
 
 
 def parse_fhir_datetime(value: Any) -> datetime | None:
-    """Parse a FHIR date/dateTime/instant; partial dates take their first day; naive is UTC."""
+    """Parse a FHIR date/dateTime/instant; partial dates take their first day; naive is UTC;
+    anything else (text, an impossible day) is no date."""
     if not isinstance(value, str) or not value:
         return None
     match = _DATE_RE.match(value) if len(value) <= 11 else None  # longer text has a time part
     if match:
         year, month, day = match.groups()
-        return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
+        try:
+            return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
+        except ValueError:  # "2026-13-45", "0000-00-00": no such day
+            return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

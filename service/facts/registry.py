@@ -47,8 +47,10 @@ __all__ = [
     "ObservationSearch",
     "Reader",
     "expected_types",
+    "harvested_types",
     "prefetch_templates",
     "reads_text",
+    "required_keys",
     "unavailable_sources",
 ]
 
@@ -157,32 +159,42 @@ READERS: Mapping[str, Reader] = MappingProxyType(
 REFERENCED_SHAPES: Mapping[str, type[msgspec.Struct]] = MappingProxyType({"Medication": MedicationShape})
 """Resource types read only where another resource refers to them."""
 
-REQUIRED_KEYS = tuple(source.key for source in SOURCES if source.required)
-HARVESTED_TYPES = tuple(
-    dict.fromkeys([*(t for s in SOURCES for t in s.resource_types), *OBSERVATIONS.resource_types])
-)
-"""Every resource type some search of ours returns: what a client's own prefetch keys may bring."""
-_BY_KEY = {source.key: source for source in SOURCES}
+
+def required_keys(sources: tuple[FhirSource, ...] = SOURCES) -> tuple[str, ...]:
+    """The keys without which every exclusion would read as "none recorded" (a 412)."""
+    return tuple(source.key for source in sources if source.required)
 
 
-def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, str]:
+def harvested_types(sources: tuple[FhirSource, ...] = SOURCES) -> tuple[str, ...]:
+    """Every resource type some search of ours returns: what a client's own prefetch keys may bring."""
+    return tuple(
+        dict.fromkeys([*(t for s in sources for t in s.resource_types), *OBSERVATIONS.resource_types])
+    )
+
+
+def prefetch_templates(
+    mappings: Mappings, page_size: int = 200, sources: tuple[FhirSource, ...] = SOURCES
+) -> dict[str, str]:
     """Every prefetch key's template: each source's, then one Observation search per code group."""
-    templates = {source.key: source.template(page_size) for source in SOURCES}
+    templates = {source.key: source.template(page_size) for source in sources}
     return {**templates, **OBSERVATIONS.templates(mappings, page_size)}
 
 
-def expected_types(key: str) -> tuple[str, ...]:
+def expected_types(key: str, sources: tuple[FhirSource, ...] = SOURCES) -> tuple[str, ...]:
     """The resource types a prefetch key may hold (an Observation group's key: Observations)."""
-    source = _BY_KEY.get(key)
+    source = next((s for s in sources if s.key == key), None)
     return source.resource_types if source is not None else OBSERVATIONS.resource_types
 
 
-def unavailable_sources(unavailable_keys: Mapping[str, str], mappings: Mappings) -> dict[str, str]:
+def unavailable_sources(
+    unavailable_keys: Mapping[str, str], mappings: Mappings, sources: tuple[FhirSource, ...] = SOURCES
+) -> dict[str, str]:
     """What each lost search leaves unread, by the names ``PatientFacts.unavailable`` uses: an
     optional source by its key, an Observation group by each analyte and test it holds."""
+    by_key = {source.key: source for source in sources}
     lost: dict[str, str] = {}
     for key, reason in unavailable_keys.items():
-        source = _BY_KEY.get(key)
+        source = by_key.get(key)
         if source is not None:
             if not source.required:
                 lost[key] = reason
@@ -194,7 +206,11 @@ def unavailable_sources(unavailable_keys: Mapping[str, str], mappings: Mappings)
     return lost
 
 
-def reads_text() -> str:
+def reads_text(sources: tuple[FhirSource, ...] = SOURCES) -> str:
     """What the service reads, for the discovery document: each source, the required ones said so."""
-    described = [f"{s.description}{' (required)' if s.required else ''}" for s in SOURCES]
+    described = [f"{s.description}{' (required)' if s.required else ''}" for s in sources]
     return "; ".join([*described, OBSERVATIONS.description])
+
+
+REQUIRED_KEYS = required_keys()
+HARVESTED_TYPES = harvested_types()
