@@ -63,11 +63,15 @@ def sources_read(rule: Any, mappings: Mappings) -> list[str]:
         case AgeRule():
             return []
         case LabRule():
-            derived = [roles.analytes.serum_creatinine, roles.analytes.body_weight]
+            derived = mappings.derived.get(rule.analyte)
             conditional = [c.when_value_set for c in rule.conditional_limits]
             return [
                 rule.analyte,
-                *(derived if rule.derive_cockcroft_gault else []),
+                *(
+                    derived.inputs.values()
+                    if derived is not None and derived.method == "cockcroft_gault"
+                    else []
+                ),
                 *_procedures(conditional, mappings),
             ]
         case NoResultRule():

@@ -197,10 +197,11 @@ def test_issue_13_sources_read_names_what_each_kind_reads(mappings: Mappings) ->
         unit="mL/min",
         derive_cockcroft_gault=True,
     )
+    cockcroft_gault = mappings.derivations("cockcroft_gault")["creatinine_clearance"]
     assert sources_read(clearance, mappings) == [
         "creatinine_clearance",
-        roles.analytes.serum_creatinine,
-        roles.analytes.body_weight,
+        cockcroft_gault.inputs["creatinine"],
+        cockcroft_gault.inputs["weight"],
     ]
 
 
