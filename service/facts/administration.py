@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from service.facts.collector import Collector
 from service.facts.common import (
     CodeableConcept,
     Period,
     Reference,
+    Shape,
     SourceRef,
     codings_of,
     parse_fhir_datetime,
@@ -22,7 +21,7 @@ __all__ = ["AdministrationShape", "read_administration"]
 _IGNORED_STATUSES = {"entered-in-error", "not-done"}
 
 
-class AdministrationDosage(msgspec.Struct):
+class AdministrationDosage(Shape):
     route: CodeableConcept | None = None
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "Period",
     "Quantity",
     "Reference",
+    "Shape",
     "SourceRef",
     "codings_of",
     "concept_codings",
@@ -37,7 +38,12 @@ __all__ = [
 
 LOINC = "http://loinc.org"
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
-Shape = TypeVar("Shape", bound=msgspec.Struct)
+S = TypeVar("S", bound="Shape")
+
+
+class Shape(msgspec.Struct, gc=False):
+    """The base of every decoded shape: untracked by the garbage collector (a shape holds only
+    strings, numbers and other shapes, never a cycle), which makes decoding thousands cheaper."""
 
 
 @dataclass(frozen=True)
@@ -53,30 +59,30 @@ class SourceRef:
         return f"{base}/_history/{self.version_id}" if self.version_id else base
 
 
-class Coding(msgspec.Struct):
+class Coding(Shape):
     system: str | None = None
     code: str | None = None
     display: str | None = None
 
 
-class CodeableConcept(msgspec.Struct):
+class CodeableConcept(Shape):
     coding: list[Coding] | None = None
     text: str | None = None
 
 
-class Quantity(msgspec.Struct):
+class Quantity(Shape):
     value: int | float | None = None  # kept as written: "<5" reads as it was sent
     comparator: str | None = None
     unit: str | None = None
     code: str | None = None
 
 
-class Period(msgspec.Struct):
+class Period(Shape):
     start: str | None = None
     end: str | None = None
 
 
-class Reference(msgspec.Struct):
+class Reference(Shape):
     reference: str | None = None
     display: str | None = None
 
@@ -224,9 +230,7 @@ def _without(value: Any, steps: list[str | int]) -> Any:
     return None
 
 
-def decode(
-    resource: dict[str, Any], shape: type[Shape], source: SourceRef
-) -> tuple[Shape | None, str | None]:
+def decode(resource: dict[str, Any], shape: type[S], source: SourceRef) -> tuple[S | None, str | None]:
     """The fields a reader reads, typed, and the data problem that names what could not be.
 
     Unknown fields are ignored and every field is optional, so resources that leave things

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from service.facts.collector import Collector
-from service.facts.common import CodeableConcept, Period, SourceRef, codings_of, parse_fhir_datetime, text_of
+from service.facts.common import (
+    CodeableConcept,
+    Period,
+    Shape,
+    SourceRef,
+    codings_of,
+    parse_fhir_datetime,
+    text_of,
+)
 from service.facts.model import Diagnosis
 
 __all__ = ["ConditionShape", "read_condition"]
@@ -15,11 +21,11 @@ _EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
 _UNCONFIRMED_VERIFICATION = {"unconfirmed", "provisional", "differential"}
 
 
-class ConditionStage(msgspec.Struct):
+class ConditionStage(Shape):
     summary: CodeableConcept | None = None
 
 
-class ConditionShape(msgspec.Struct):
+class ConditionShape(Shape):
     code: CodeableConcept | None = None
     clinicalStatus: CodeableConcept | None = None
     verificationStatus: CodeableConcept | None = None

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from service.facts.collector import Collector
-from service.facts.common import CodeableConcept, SourceRef, codings_of, parse_fhir_datetime, text_of
+from service.facts.common import CodeableConcept, Shape, SourceRef, codings_of, parse_fhir_datetime, text_of
 from service.facts.model import ImmunizationFact
 
 __all__ = ["ImmunizationShape", "read_immunization"]
@@ -13,7 +11,7 @@ __all__ = ["ImmunizationShape", "read_immunization"]
 _IGNORED_STATUSES = {"entered-in-error", "not-done"}
 
 
-class ImmunizationShape(msgspec.Struct):
+class ImmunizationShape(Shape):
     status: str | None = None
     vaccineCode: CodeableConcept | None = None
     occurrenceDateTime: str | None = None

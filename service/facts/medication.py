@@ -18,6 +18,7 @@ from service.facts.common import (
     Period,
     Quantity,
     Reference,
+    Shape,
     SourceRef,
     codings_of,
     parse_fhir_datetime,
@@ -59,14 +60,14 @@ _TIMING_CODES_PER_DAY = {
 }
 
 
-class MedicationShape(msgspec.Struct):
+class MedicationShape(Shape):
     """A Medication (``_include``d or contained): only its code is read."""
 
     id: str | None = None
     code: CodeableConcept | None = None
 
 
-class MedicationRecord(msgspec.Struct):
+class MedicationRecord(Shape):
     """What names the drug of any medication resource."""
 
     status: str | None = None
@@ -75,23 +76,23 @@ class MedicationRecord(msgspec.Struct):
     contained: list[MedicationShape] | None = None
 
 
-class Repeat(msgspec.Struct):
+class Repeat(Shape):
     boundsPeriod: Period | None = None
     frequency: int | float | None = None
     period: int | float | None = None
     periodUnit: str | None = None
 
 
-class Timing(msgspec.Struct):
+class Timing(Shape):
     repeat: Repeat | None = None
     code: CodeableConcept | None = None
 
 
-class DoseAndRate(msgspec.Struct):
+class DoseAndRate(Shape):
     doseQuantity: Quantity | None = None
 
 
-class Dosage(msgspec.Struct):
+class Dosage(Shape):
     sequence: int | None = None
     text: str | None = None
     route: CodeableConcept | None = None
@@ -99,7 +100,7 @@ class Dosage(msgspec.Struct):
     doseAndRate: list[DoseAndRate] | None = None
 
 
-class DispenseRequest(msgspec.Struct):
+class DispenseRequest(Shape):
     validityPeriod: Period | None = None
 
 

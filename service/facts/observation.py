@@ -19,6 +19,7 @@ from service.facts.common import (
     CodeableConcept,
     Period,
     Quantity,
+    Shape,
     SourceRef,
     codings_of,
     parse_fhir_datetime,
@@ -37,13 +38,13 @@ _REFERENCE_TEXT = re.compile(
 )
 
 
-class ReferenceRange(msgspec.Struct):
+class ReferenceRange(Shape):
     type: CodeableConcept | None = None
     high: Quantity | None = None
     text: str | None = None
 
 
-class Measured(msgspec.Struct):
+class Measured(Shape):
     """What an Observation and each of its components may hold as a result."""
 
     code: CodeableConcept | None = None

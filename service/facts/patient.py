@@ -5,12 +5,12 @@ from __future__ import annotations
 import msgspec
 
 from service.facts.collector import Collector
-from service.facts.common import SourceRef, last_day_meant, parse_fhir_datetime
+from service.facts.common import Shape, SourceRef, last_day_meant, parse_fhir_datetime
 
 __all__ = ["PatientShape", "read_patient"]
 
 
-class PatientShape(msgspec.Struct):
+class PatientShape(Shape):
     birthDate: str | None = None
     gender: str | None = None
     deceasedBoolean: bool | None = None

@@ -5,7 +5,15 @@ from __future__ import annotations
 import msgspec
 
 from service.facts.collector import Collector
-from service.facts.common import CodeableConcept, Period, SourceRef, codings_of, parse_fhir_datetime, text_of
+from service.facts.common import (
+    CodeableConcept,
+    Period,
+    Shape,
+    SourceRef,
+    codings_of,
+    parse_fhir_datetime,
+    text_of,
+)
 from service.facts.model import ProcedureFact
 
 __all__ = ["ProcedureShape", "read_procedure"]
@@ -15,7 +23,7 @@ __all__ = ["ProcedureShape", "read_procedure"]
 _IGNORED_STATUSES = {"entered-in-error", "not-done", "preparation"}
 
 
-class ProcedureShape(msgspec.Struct):
+class ProcedureShape(Shape):
     status: str | None = None
     code: CodeableConcept | None = None
     performedPeriod: Period | None = None

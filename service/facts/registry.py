@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import msgspec
-
 from service.facts.administration import AdministrationShape, read_administration
 from service.facts.collector import Collector
-from service.facts.common import LOINC, SourceRef
+from service.facts.common import LOINC, Shape, SourceRef
 from service.facts.condition import ConditionShape, read_condition
 from service.facts.immunization import ImmunizationShape, read_immunization
 from service.facts.medication import MedicationShape, MedicationStatementShape, read_medication
@@ -67,7 +65,7 @@ ADMINISTRATIONS = "medication-administrations"
 class Reader:
     """How one resource type becomes facts: decoded into ``shape``, then read."""
 
-    shape: type[msgspec.Struct]
+    shape: type[Shape]
     read: Callable[[Any, SourceRef, Collector], None]
 
 
@@ -156,7 +154,7 @@ READERS: Mapping[str, Reader] = MappingProxyType(
         "Immunization": Reader(ImmunizationShape, read_immunization),
     }
 )
-REFERENCED_SHAPES: Mapping[str, type[msgspec.Struct]] = MappingProxyType({"Medication": MedicationShape})
+REFERENCED_SHAPES: Mapping[str, type[Shape]] = MappingProxyType({"Medication": MedicationShape})
 """Resource types read only where another resource refers to them."""
 
 

@@ -11,13 +11,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from service import gather
 from service.api.routes import discovery
 from service.facts import SourceRef, build_facts, registry
 from service.facts.collector import Collector
+from service.facts.common import Shape
 from service.facts.registry import READERS, SOURCES, FhirSource, Reader
 from service.mappings import Mappings
 from tests.conftest import REPO
@@ -70,7 +70,7 @@ def test_no_other_module_lists_a_search_of_a_resource_type() -> None:
     assert search.search((REPO / "service" / "facts" / "registry.py").read_text(encoding="utf-8"))
 
 
-class _CarePlanShape(msgspec.Struct):
+class _CarePlanShape(Shape):
     status: str | None = None
 
 
