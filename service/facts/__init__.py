@@ -14,7 +14,7 @@ the cards show, rather than failing the call.
 from __future__ import annotations
 
 from service.facts.build import age_in_years, build_facts, draft_order_exposures, unique_resources
-from service.facts.common import SourceRef, concept_codings, concept_text, parse_fhir_datetime
+from service.facts.common import SourceRef, concept_text, parse_fhir_datetime
 from service.facts.model import (
     Diagnosis,
     DrugExposure,
@@ -53,7 +53,6 @@ __all__ = [
     "TestResult",
     "age_in_years",
     "build_facts",
-    "concept_codings",
     "concept_text",
     "draft_order_exposures",
     "parse_fhir_datetime",

@@ -27,7 +27,6 @@ __all__ = [
     "Shape",
     "SourceRef",
     "codings_of",
-    "concept_codings",
     "concept_text",
     "decode",
     "last_day_meant",
@@ -147,20 +146,6 @@ def text_of(concept: CodeableConcept | None) -> str:
     return " | ".join(unique)
 
 
-def concept_codings(concept: Any) -> list[tuple[str, str]]:
-    """(system, code) pairs of a CodeableConcept given as JSON, tolerating anything that is not one."""
-    if not isinstance(concept, dict):
-        return []
-    result = []
-    listed = concept.get("coding")
-    for coding in listed if isinstance(listed, list) else []:
-        if isinstance(coding, dict):
-            code = coding.get("code")
-            if isinstance(code, str):
-                result.append((str(coding.get("system") or ""), code))
-    return result
-
-
 def concept_text(concept: Any) -> str:
     """The text and displays of a CodeableConcept given as JSON (see :func:`text_of`),
     tolerating anything that is not one."""
@@ -205,6 +190,7 @@ def _plain(message: str) -> str:
 
 
 _PATH_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_MAX_DROPPED_FIELDS = 20  # a resource with more wrong-typed fields than this is not read
 
 
 def _without(value: Any, steps: list[str | int]) -> Any:
@@ -254,6 +240,3 @@ def decode(resource: dict[str, Any], shape: type[S], source: SourceRef) -> tuple
             continue
         return decoded, (f"{source}: {'; '.join(issues)}; ignored" if issues else None)
     return None, f"{source}: {'; '.join(issues)}; the resource was not read"
-
-
-_MAX_DROPPED_FIELDS = 20
