@@ -448,6 +448,13 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
                 for name in names:
                     if name is not None and name not in known:
                         refuse(criterion.id, field, name, known)
+            if isinstance(rule, LabRule) and rule.derive_cockcroft_gault:
+                if rule.analyte not in mappings.derivations("cockcroft_gault"):
+                    raise ConfigurationError(
+                        f"{path}: criterion '{criterion.id}': derive_cockcroft_gault: analyte "
+                        f"'{rule.analyte}' is not derived by cockcroft_gault (declare it under derived "
+                        "in analytes.yaml)"
+                    )
             for name in getattr(rule, "procedure_value_sets", []):
                 if not mappings.value_sets[name].includes_procedures:
                     raise ConfigurationError(

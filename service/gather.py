@@ -29,51 +29,17 @@ from service.errors import (
     FhirUnavailableError,
     PrefetchError,
 )
-from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, PROCEDURES
-from service.mappings import Mappings
+from service.facts import registry
 from service.observability import FHIR_FETCH_ERRORS, FHIR_FETCH_SECONDS
 
 __all__ = ["GatheredData", "FetchLimits", "gather", "prefetch_templates", "REQUIRED_KEYS"]
 
-REQUIRED_KEYS = ("patient", "conditions", "medications")
-_RESOURCE_TYPES = {
-    "patient": ("Patient",),
-    "conditions": ("Condition",),
-    # Some EHRs record medication history as MedicationRequests; both are read.  Each
-    # medication search also brings the Medications its records refer to (_include).
-    "medications": ("MedicationStatement", "MedicationRequest", "Medication"),
-    "medication-requests": ("MedicationRequest", "Medication"),
-    ADMINISTRATIONS: ("MedicationAdministration", "Medication"),
-    PROCEDURES: ("Procedure",),
-    IMMUNIZATIONS: ("Immunization",),
-}
+REQUIRED_KEYS = registry.REQUIRED_KEYS
 _FHIR_JSON = "application/fhir+json"
 
 
-def prefetch_templates(mappings: Mappings, page_size: int = 200) -> dict[str, str]:
-    """Prefetch templates: the Patient, Conditions, MedicationStatements, MedicationRequests and
-    MedicationAdministrations (each with the Medications they refer to), Procedures, Immunizations
-    and one Observation search per group of LOINC codes and panels (derived from ``mappings/``)."""
-    patient = "patient={{context.patientId}}"
-    templates = {
-        "patient": "Patient/{{context.patientId}}",
-        "conditions": f"Condition?{patient}&_count={page_size}",
-        "medications": f"MedicationStatement?{patient}&_include=MedicationStatement:medication&_count={page_size}",
-        "medication-requests": (
-            f"MedicationRequest?{patient}&_include=MedicationRequest:medication&_count={page_size}"
-        ),
-        ADMINISTRATIONS: (
-            f"MedicationAdministration?{patient}&_include=MedicationAdministration:medication&_count={page_size}"
-        ),
-        PROCEDURES: f"Procedure?patient={{{{context.patientId}}}}&_count={page_size}",
-        IMMUNIZATIONS: f"Immunization?patient={{{{context.patientId}}}}&_count={page_size}",
-    }
-    for group, codes in mappings.observation_codes_by_group.items():
-        code_list = ",".join(f"http://loinc.org|{code}" for code in codes)
-        templates[f"observations-{group}"] = (
-            f"Observation?patient={{{{context.patientId}}}}&code={code_list}&_sort=-date&_count={page_size}"
-        )
-    return templates
+prefetch_templates = registry.prefetch_templates
+"""The prefetch templates, from the facts registry (one entry per source it lists)."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +60,7 @@ class GatheredData:
     problems: list[str] = field(default_factory=list)
 
 
-def _expected_types(key: str) -> tuple[str, ...]:
-    return _RESOURCE_TYPES.get(key, ("Observation",))
+_expected_types = registry.expected_types
 
 
 def _reference_of(resource: dict[str, Any]) -> str:
@@ -302,17 +267,7 @@ class _Fetcher:
         return await self.search_pages(key, query, patient_id, data)
 
 
-_HARVESTED_TYPES = (
-    "Patient",
-    "Condition",
-    "MedicationStatement",
-    "MedicationRequest",
-    "MedicationAdministration",
-    "Medication",
-    "Observation",
-    "Procedure",
-    "Immunization",
-)
+_HARVESTED_TYPES = registry.HARVESTED_TYPES
 
 
 def _harvest_other_keys(

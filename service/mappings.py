@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.errors import ConfigurationError
 from service.units import number_text
@@ -68,6 +68,20 @@ class Analyte(ObservationDefinition):
         "when no answer code is recognised, e.g. 'class iii' -> 3.",
     )
     percent_of_white_cells_loinc: list[str] = Field(default_factory=list)
+
+
+DERIVATION_INPUTS: dict[str, tuple[str, ...]] = {
+    "white_cell_differential": ("total",),
+    "cockcroft_gault": ("creatinine", "weight"),
+}
+"""Each derivation method and the inputs it names (``analytes.yaml`` ``derived``)."""
+
+
+class DerivedAnalyte(_Frozen):
+    """An analyte computed from others where none is measured (``analytes.yaml`` ``derived``)."""
+
+    method: Literal["white_cell_differential", "cockcroft_gault"]
+    inputs: dict[str, str]
 
 
 class PerformanceStatusEquivalence(_Frozen):
@@ -143,6 +157,11 @@ class _AnalyteFile(_Frozen):
     qualitative_answers: QualitativeAnswers
     performance_status_equivalence: list[PerformanceStatusEquivalence]
     staging: Staging
+    derived: dict[str, DerivedAnalyte] | None = Field(
+        default=None,
+        description="Analytes computed from others; files written before the block existed get "
+        "the derivations the code made then.",
+    )
 
 
 class _ConditionFile(_Frozen):
@@ -181,9 +200,17 @@ class AnalyteRoles(_Frozen):
 
     ecog_performance_status: str = Field(description="the performance_status rule (ECOG)")
     karnofsky_performance_status: str = Field(description="the performance_status rule (Karnofsky)")
-    serum_creatinine: str = Field(description="Cockcroft-Gault creatinine clearance (creatinine)")
-    body_weight: str = Field(description="Cockcroft-Gault creatinine clearance (body weight)")
-    white_blood_cell_count: str = Field(description="absolute counts from a white-cell differential")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_legacy_roles(cls, data: Any) -> Any:
+        """Records written before ``derived`` existed name its inputs here: read, not used."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in _LEGACY_ANALYTE_ROLES}
+        return data
+
+
+_LEGACY_ANALYTE_ROLES = ("serum_creatinine", "body_weight", "white_blood_cell_count")
 
 
 class GenomicsRoles(_Frozen):
@@ -237,6 +264,11 @@ class Mappings:
     panels: dict[str, list[str]] = field(default_factory=dict)
     text_qualifiers: list[str] = field(default_factory=list)
     active_order_horizon_days: int | None = None
+    derived: dict[str, DerivedAnalyte] = field(default_factory=dict)
+
+    def derivations(self, method: str) -> dict[str, DerivedAnalyte]:
+        """The derived analytes computed by ``method``, by the analyte they yield."""
+        return {output: d for output, d in self.derived.items() if d.method == method}
 
     @cached_property
     def _qualified(self) -> re.Pattern[str] | None:
@@ -498,6 +530,63 @@ def _check_roles(roles: Roles, analytes: _AnalyteFile, medications: _MedicationF
         raise ConfigurationError(f"{directory / 'roles.yaml'}: " + "; ".join(problems))
 
 
+def _legacy_derived(analytes: _AnalyteFile) -> dict[str, DerivedAnalyte]:
+    """The derivations the code made before ``derived`` declared them (for mappings recorded
+    then, which replay reads): absolute counts wherever an analyte lists differential codes,
+    and Cockcroft-Gault clearance from the creatinine and weight then named in roles."""
+    derived = {
+        output: DerivedAnalyte(method="white_cell_differential", inputs={"total": "white_blood_cell_count"})
+        for output, analyte in analytes.analytes.items()
+        if analyte.percent_of_white_cells_loinc
+    }
+    if "creatinine_clearance" in analytes.analytes:
+        derived["creatinine_clearance"] = DerivedAnalyte(
+            method="cockcroft_gault", inputs={"creatinine": "serum_creatinine", "weight": "body_weight"}
+        )
+    return derived
+
+
+def _check_derived(derived: dict[str, DerivedAnalyte], analytes: _AnalyteFile, directory: Path) -> None:
+    """Every derived analyte yields and reads defined analytes, with the inputs its method needs;
+    differential percentages are read only for a count declared to be derived from them."""
+    where = directory / "analytes.yaml"
+    defined = set(analytes.analytes)
+    problems = []
+    for output, derivation in derived.items():
+        if output not in defined:
+            problems.append(f"derived.{output}: '{output}' is not defined in analytes")
+            continue
+        needed = DERIVATION_INPUTS[derivation.method]
+        if set(derivation.inputs) != set(needed):
+            problems.append(
+                f"derived.{output}.inputs: {derivation.method} needs {', '.join(needed)}; "
+                f"got {', '.join(derivation.inputs) or 'none'}"
+            )
+        for role, name in derivation.inputs.items():
+            if name not in defined:
+                problems.append(
+                    f"derived.{output}.inputs.{role}: '{name}' is not defined in analytes; "
+                    f"needed by {derivation.method} for {output}"
+                )
+        if (
+            derivation.method == "white_cell_differential"
+            and not analytes.analytes[output].percent_of_white_cells_loinc
+        ):
+            problems.append(
+                f"derived.{output}: white_cell_differential needs percent_of_white_cells_loinc on {output}"
+            )
+    for name, analyte in analytes.analytes.items():
+        declared = derived.get(name)
+        if analyte.percent_of_white_cells_loinc and (
+            declared is None or declared.method != "white_cell_differential"
+        ):
+            problems.append(
+                f"analytes.{name}.percent_of_white_cells_loinc: no white_cell_differential for {name} in derived"
+            )
+    if problems:
+        raise ConfigurationError(f"{where}: " + "; ".join(problems))
+
+
 def mappings_from_texts(
     texts: dict[str, str], directory: Path = Path("mappings"), *, roles_text: str | None = None
 ) -> Mappings:
@@ -531,7 +620,10 @@ def mappings_from_texts(
                     f"{directory / 'medications.yaml'}: classes.{name}.includes: unknown class '{included}'"
                 )
     _check_roles(roles, analytes, medications, directory)
+    derived = analytes.derived if analytes.derived is not None else _legacy_derived(analytes)
+    _check_derived(derived, analytes, directory)
     return Mappings(
+        derived=derived,
         roles=roles,
         analytes=analytes.analytes,
         qualitative_tests=analytes.qualitative_tests,

@@ -22,16 +22,8 @@ from service.criteria import CriteriaSet
 from service.engine import Decision, decide
 from service.engine.decision import decision_json
 from service.errors import PreconditionFailedError, RequestError
-from service.facts import (
-    ADMINISTRATIONS,
-    IMMUNIZATIONS,
-    MEDICATION_REQUESTS,
-    PROCEDURES,
-    build_facts,
-    draft_order_exposures,
-    unique_resources,
-)
-from service.gather import REQUIRED_KEYS, FetchLimits, GatheredData, gather
+from service.facts import build_facts, draft_order_exposures, unavailable_sources, unique_resources
+from service.gather import REQUIRED_KEYS, FetchLimits, gather
 from service.mappings import Mappings
 
 __all__ = ["HookOutcome", "Runtime", "run_hook", "SERVICES", "SERVICE_ID", "ORDER_SELECT_SERVICE_ID"]
@@ -70,29 +62,6 @@ def _context(request: HookRequest) -> PatientViewContext:
         first = exc.errors()[0]
         path = ".".join(str(p) for p in first["loc"])
         raise RequestError(f"context.{path}: {first['msg']}", expression=f"context.{path}") from exc
-
-
-_SOURCE_KEYS = {
-    PROCEDURES: PROCEDURES,
-    IMMUNIZATIONS: IMMUNIZATIONS,
-    "medication-requests": MEDICATION_REQUESTS,
-    ADMINISTRATIONS: ADMINISTRATIONS,
-}
-
-
-def _unavailable_facts(data: GatheredData, mappings: Mappings) -> dict[str, str]:
-    """The sources whose search could not be obtained: analytes and tests by their
-    Observation group, and the Procedures, Immunizations and MedicationRequests."""
-    lost: dict[str, str] = {}
-    for key, reason in data.unavailable.items():
-        if key in _SOURCE_KEYS:
-            lost[_SOURCE_KEYS[key]] = reason
-            continue
-        group = key.removeprefix("observations-")
-        for name, definition in mappings.observation_definitions.items():
-            if definition.prefetch_group == group:
-                lost[name] = reason
-    return lost
 
 
 def _without_review_token(card: dict[str, Any], review_url: str | None) -> dict[str, Any]:
@@ -167,12 +136,19 @@ async def run_hook(
             "cannot obtain required data: " + "; ".join(f"{k}: {v}" for k, v in missing.items())
         )
     resources = unique_resources(data.resources)
-    facts = build_facts(context.patientId, resources, runtime.mappings)
-    facts.unavailable = _unavailable_facts(data, runtime.mappings)
-    facts.data_problems.extend(data.problems)
-    facts.data_problems.extend(f"{k}: {v}" for k, v in data.unavailable.items())
-    if isinstance(context, OrderSelectContext):
-        facts.draft_orders = draft_order_exposures(context.draftOrders, list(context.selections or []))
+    drafts = (
+        draft_order_exposures(context.draftOrders, list(context.selections or []))
+        if isinstance(context, OrderSelectContext)
+        else []
+    )
+    facts = build_facts(
+        context.patientId,
+        resources,
+        runtime.mappings,
+        draft_orders=drafts,
+        unavailable=unavailable_sources(data.unavailable, runtime.mappings),
+        problems=[*data.problems, *(f"{k}: {v}" for k, v in data.unavailable.items())],
+    )
     decision = decide(facts, runtime.criteria, runtime.mappings, evaluated_at)
     decision_id = str(uuid.uuid4())
     review_url = runtime.review_url(decision_id) if runtime.review_url else None

@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, PROCEDURES, Diagnosis, DrugExposure, PatientFacts
+from service.facts import (
+    ADMINISTRATIONS,
+    IMMUNIZATIONS,
+    PROCEDURES,
+    DrugExposure,
+    Exposure,
+    PatientFacts,
+    RecordedCondition,
+)
 from service.mappings import Mappings
 
 __all__ = ["EvaluationContext"]
@@ -17,11 +25,11 @@ class EvaluationContext:
     facts: PatientFacts
     mappings: Mappings
     at: datetime
-    _value_set_cache: dict[str, list[Diagnosis]] = field(default_factory=dict)
-    _tentative_cache: dict[str, list[Diagnosis]] = field(default_factory=dict)
-    _class_cache: dict[str, list[DrugExposure]] = field(default_factory=dict)
+    _value_set_cache: dict[str, list[RecordedCondition]] = field(default_factory=dict)
+    _tentative_cache: dict[str, list[RecordedCondition]] = field(default_factory=dict)
+    _class_cache: dict[str, list[Exposure]] = field(default_factory=dict)
 
-    def diagnoses_in(self, value_set: str) -> list[Diagnosis]:
+    def diagnoses_in(self, value_set: str) -> list[RecordedCondition]:
         """Established diagnoses (any clinical status) coded in the value set, memoised per call;
         with ``includes_procedures``, the patient's Procedures in it too.
 
@@ -46,7 +54,7 @@ class EvaluationContext:
                         self._value_set_cache[name].append(procedure)
         return self._value_set_cache[value_set]
 
-    def tentative_in(self, value_set: str) -> list[Diagnosis]:
+    def tentative_in(self, value_set: str) -> list[RecordedCondition]:
         """Diagnoses in the value set recorded as unconfirmed, provisional or differential."""
         self.diagnoses_in(value_set)
         return self._tentative_cache[value_set]
@@ -72,12 +80,12 @@ class EvaluationContext:
     def has_active_condition(self, value_set: str) -> bool:
         return any(d.is_active for d in self.diagnoses_in(value_set))
 
-    def drugs_in(self, class_name: str) -> list[DrugExposure]:
+    def drugs_in(self, class_name: str) -> list[Exposure]:
         """Medication statements matching a drug class, memoised per call."""
         if class_name not in self._class_cache:
-            exposures = self.facts.drugs
+            exposures: list[Exposure] = list(self.facts.drugs)
             if self.mappings.drug_classes[class_name].includes_immunizations:
-                exposures = exposures + self.facts.immunizations
+                exposures += self.facts.immunizations
             self._class_cache[class_name] = [
                 d
                 for d in exposures
@@ -85,7 +93,7 @@ class EvaluationContext:
             ]
         return self._class_cache[class_name]
 
-    def is_current(self, drug: DrugExposure) -> bool:
+    def is_current(self, drug: Exposure) -> bool:
         """Taken now: active (or of unknown status) with no end before the evaluation time,
         and not a stale order."""
         if drug.status not in ("active", "unknown"):
@@ -96,7 +104,7 @@ class EvaluationContext:
             return False
         return drug.end is None or drug.end >= self.at
 
-    def stale_note(self, drug: DrugExposure) -> str | None:
+    def stale_note(self, drug: Exposure) -> str | None:
         """Why an "active" order without an end looks stale (its newest evidence is older than
         the mappings' horizon), or None.  Such an order is not current therapy."""
         if (

@@ -8,6 +8,7 @@ from service.criteria import LabRule, NoResultRule
 from service.engine.context import EvaluationContext
 from service.engine.results import Evidence, RuleOutcome, State, window_text
 from service.facts import LabResult, age_in_years
+from service.mappings import DerivedAnalyte
 from service.units import UnitConversionError, convert, number_text
 
 __all__ = ["evaluate_lab", "evaluate_no_result", "older_than_text"]
@@ -64,7 +65,7 @@ def _evidence(
 
 
 def _latest_in_window(
-    results: list[LabResult], at: datetime, lookback_days: int
+    results: tuple[LabResult, ...], at: datetime, lookback_days: int
 ) -> tuple[LabResult | None, LabResult | None]:
     """(newest result inside the window, newest result at all), ignoring future-dated ones."""
     latest_allowed = at + timedelta(hours=12)
@@ -86,17 +87,17 @@ def older_than_text(result: LabResult | None, name: str, lookback_days: int) -> 
     return f"{name} {value} of {result.when.date().isoformat()} is older than {lookback_days} days"
 
 
-def _weight_lookback(context: EvaluationContext) -> int:
-    return context.mappings.analytes[context.mappings.roles.analytes.body_weight].lookback_days or 90
+def _weight_lookback(context: EvaluationContext, inputs: DerivedAnalyte) -> int:
+    return context.mappings.analytes[inputs.inputs["weight"]].lookback_days or 90
 
 
-def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext) -> float:
+def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext, inputs: DerivedAnalyte) -> float:
     """The creatinine in mg/dL (its molar mass converts µmol/L); raises UnitConversionError."""
     return convert(
         creatinine.value or 0.0,
         creatinine.unit or "",
         "mg/dL",
-        context.mappings.analytes[context.mappings.roles.analytes.serum_creatinine].molar_mass_g_per_mol,
+        context.mappings.analytes[inputs.inputs["creatinine"]].molar_mass_g_per_mol,
     )
 
 
@@ -107,15 +108,18 @@ def _clearance_per_kg(age: int, sex: str | None, creatinine_mg_dl: float) -> flo
     return (140 - age) / (72 * creatinine_mg_dl) * (0.85 if sex == "female" else 1.0)
 
 
-def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResult | tuple[str, str]:
-    """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible."""
+def _cockcroft_gault(
+    context: EvaluationContext, lookback_days: int, output: str, inputs: DerivedAnalyte
+) -> LabResult | tuple[str, str]:
+    """Creatinine clearance from creatinine, weight, age and sex, or (reason, hint) if impossible;
+    the inputs are those ``derived`` in the mappings declares for ``output``."""
     facts = context.facts
     creatinine, old_creatinine = _latest_in_window(
-        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days
+        facts.labs.get(inputs.inputs["creatinine"], ()), context.at, lookback_days
     )
-    weight_days = _weight_lookback(context)
+    weight_days = _weight_lookback(context, inputs)
     weight, old_weight = _latest_in_window(
-        facts.labs.get(context.mappings.roles.analytes.body_weight, []), context.at, weight_days
+        facts.labs.get(inputs.inputs["weight"], ()), context.at, weight_days
     )
     missing = []
     if creatinine is None:
@@ -138,7 +142,7 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
             "record the body weight; repeat the serum creatinine",
         )
     try:
-        creatinine_mg_dl = _creatinine_mg_dl(creatinine, context)
+        creatinine_mg_dl = _creatinine_mg_dl(creatinine, context, inputs)
         weight_kg = convert(weight.value or 0.0, weight.unit or "", "kg")
     except UnitConversionError as exc:
         return f"clearance cannot be computed: {exc}", "repeat the serum creatinine"
@@ -149,7 +153,7 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
     clearance = per_kg * weight_kg
     when = min(creatinine.when, weight.when) if creatinine.when and weight.when else creatinine.when
     return LabResult(
-        analyte="creatinine_clearance",
+        analyte=output,
         value=round(clearance, 1),
         unit="mL/min",
         when=when,
@@ -164,7 +168,7 @@ def _cockcroft_gault(context: EvaluationContext, lookback_days: int) -> LabResul
 
 
 def _weight_needed(
-    context: EvaluationContext, lookback_days: int, limit: float
+    context: EvaluationContext, lookback_days: int, limit: float, inputs: DerivedAnalyte
 ) -> tuple[float, LabResult] | None:
     """The body weight (kg) at which Cockcroft-Gault would reach ``limit`` mL/min, with the creatinine used.
 
@@ -175,7 +179,7 @@ def _weight_needed(
     """
     facts = context.facts
     creatinine, _ = _latest_in_window(
-        facts.labs.get(context.mappings.roles.analytes.serum_creatinine, []), context.at, lookback_days
+        facts.labs.get(inputs.inputs["creatinine"], ()), context.at, lookback_days
     )
     if (
         creatinine is None
@@ -185,7 +189,7 @@ def _weight_needed(
     ):
         return None
     try:
-        creatinine_mg_dl = _creatinine_mg_dl(creatinine, context)
+        creatinine_mg_dl = _creatinine_mg_dl(creatinine, context, inputs)
     except UnitConversionError:
         return None
     per_kg = _clearance_per_kg(age_in_years(facts.birth_date, context.at), facts.sex, creatinine_mg_dl)
@@ -193,18 +197,20 @@ def _weight_needed(
 
 
 def _clearance_bounded_by_weight(
-    rule: LabRule, context: EvaluationContext, lookback: int, hint: str | None
+    rule: LabRule, context: EvaluationContext, lookback: int, hint: str | None, inputs: DerivedAnalyte
 ) -> RuleOutcome | None:
     """Without a weight: unknown, saying what weight would reach the limit; not met if that is implausible."""
     if rule.max_plausible_weight_kg is None or rule.value is None:
         return None
-    bound = _weight_needed(context, lookback, rule.value)
+    bound = _weight_needed(context, lookback, rule.value, inputs)
     if bound is None:
         return None
     weight_needed, creatinine = bound
     when = creatinine.when.date().isoformat() if creatinine.when else "undated"
-    weight_days = _weight_lookback(context)
-    _, old_weight = _latest_in_window(context.facts.labs.get("body_weight", []), context.at, weight_days)
+    weight_days = _weight_lookback(context, inputs)
+    _, old_weight = _latest_in_window(
+        context.facts.labs.get(inputs.inputs["weight"], ()), context.at, weight_days
+    )
     stale = older_than_text(old_weight, "weight", weight_days)
     no_weight = (
         f"no body weight from the last {weight_days} days for Cockcroft-Gault ({stale})"
@@ -273,14 +279,15 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             resolve_hint=definition.order_hint,
         )
     lookback = lab_lookback_days(rule, context)
-    latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, []), context.at, lookback)
+    latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, ()), context.at, lookback)
     hint = definition.order_hint
-    if latest is None and rule.derive_cockcroft_gault:
-        derived = _cockcroft_gault(context, lookback)
+    cockcroft_gault = context.mappings.derivations("cockcroft_gault").get(rule.analyte)
+    if latest is None and cockcroft_gault is not None:
+        derived = _cockcroft_gault(context, lookback, rule.analyte, cockcroft_gault)
         if isinstance(derived, LabResult):
             latest = derived
         else:
-            bounded = _clearance_bounded_by_weight(rule, context, lookback, hint)
+            bounded = _clearance_bounded_by_weight(rule, context, lookback, hint, cockcroft_gault)
             if bounded is not None:
                 return bounded
             if newest is None:
@@ -391,7 +398,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
 
 
 def evaluate_no_result(rule: NoResultRule, context: EvaluationContext) -> RuleOutcome:
-    results = context.facts.labs.get(rule.analyte, [])
+    results = context.facts.labs.get(rule.analyte, ())
     display = context.mappings.analytes[rule.analyte].display
     if rule.analyte in context.facts.unavailable:
         return RuleOutcome(

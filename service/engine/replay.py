@@ -35,6 +35,5 @@ def evaluate_recorded(
     patient_id = next(
         (str(r.get("id")) for r in input_resources if r.get("resourceType") == "Patient"), "unknown"
     )
-    facts = build_facts(patient_id, input_resources, mappings)
-    facts.unavailable = dict(unavailable)
+    facts = build_facts(patient_id, input_resources, mappings, unavailable=unavailable)
     return decide(facts, criteria, mappings, datetime.fromisoformat(evaluated_at))

@@ -38,8 +38,9 @@ from service.facts import (
     ADMINISTRATIONS,
     IMMUNIZATIONS,
     PROCEDURES,
-    Diagnosis,
-    DrugExposure,
+    Exposure,
+    ProcedureFact,
+    RecordedCondition,
     TestResult,
     age_in_years,
 )
@@ -53,7 +54,7 @@ def _day(moment: datetime | None) -> str | None:
     return moment.date().isoformat() if moment else None
 
 
-def _diagnosis_evidence(diagnosis: Diagnosis) -> Evidence:
+def _diagnosis_evidence(diagnosis: RecordedCondition) -> Evidence:
     status = diagnosis.clinical_status or "status not recorded"
     return Evidence(
         description=f"{diagnosis.display} ({status}{', unconfirmed' if diagnosis.unconfirmed else ''})",
@@ -62,7 +63,7 @@ def _diagnosis_evidence(diagnosis: Diagnosis) -> Evidence:
     )
 
 
-def _drug_evidence(drug: DrugExposure, extra: str = "") -> Evidence:
+def _drug_evidence(drug: Exposure, extra: str = "") -> Evidence:
     period = f"{_day(drug.start) or '?'} to {_day(drug.end) or 'ongoing' if drug.status == 'active' else _day(drug.end) or '?'}"
     return Evidence(
         description=f"{drug.text or 'medication'} ({drug.status}, {period}){extra}",
@@ -126,7 +127,7 @@ def _plus_days(moment: datetime, days: int) -> datetime | None:
         return None
 
 
-def _last_present(diagnosis: Diagnosis, at: datetime) -> datetime | None:
+def _last_present(diagnosis: RecordedCondition, at: datetime) -> datetime | None:
     """When the condition was last known present: now if active, else its abatement."""
     if diagnosis.is_active:
         return at
@@ -137,8 +138,8 @@ def _no_condition(rule: NoConditionRule, context: EvaluationContext) -> RuleOutc
     excluded = {
         id(d) for vs in rule.unless_value_sets for d in [*context.diagnoses_in(vs), *context.tentative_in(vs)]
     }
-    found: list[Diagnosis] = []
-    undated: list[Diagnosis] = []
+    found: list[RecordedCondition] = []
+    undated: list[RecordedCondition] = []
     for value_set in rule.value_sets:
         for diagnosis in [*context.diagnoses_in(value_set), *context.tentative_in(value_set)]:
             if id(diagnosis) in excluded or diagnosis in found:
@@ -325,9 +326,9 @@ def _histology(rule: HistologyRule, context: EvaluationContext) -> RuleOutcome:
 
 def _exposures(
     classes: list[str], context: EvaluationContext, unless: list[str] | None = None
-) -> list[DrugExposure]:
+) -> list[Exposure]:
     skipped = {id(d) for c in unless or [] for d in context.drugs_in(c)}
-    seen: list[DrugExposure] = []
+    seen: list[Exposure] = []
     for class_name in classes:
         for drug in context.drugs_in(class_name):
             if id(drug) not in skipped and drug not in seen:
@@ -335,7 +336,7 @@ def _exposures(
     return seen
 
 
-def _last_date(drug: DrugExposure) -> datetime | None:
+def _last_date(drug: Exposure) -> datetime | None:
     """The newest date the record gives for a course: its end, else the newest evidence of it
     being acted on (an administration, the order), else its start."""
     dates = [d for d in (drug.end, drug.last_evidence[0] if drug.last_evidence else None) if d is not None]
@@ -366,7 +367,7 @@ def _drug_caveats(
     return replace(outcome, flags=flags)
 
 
-def _with_codes(reason: str, diagnoses: list[Diagnosis], context: EvaluationContext) -> str:
+def _with_codes(reason: str, diagnoses: list[RecordedCondition], context: EvaluationContext) -> str:
     """The reason, naming the codes of entries whose value set does not say they are malignant."""
     uncertain = [
         d
@@ -384,7 +385,7 @@ def _with_codes(reason: str, diagnoses: list[Diagnosis], context: EvaluationCont
     return f"{reason}: {shown}"
 
 
-def _in_window(drug: DrugExposure, context: EvaluationContext, within_days: int | None) -> bool:
+def _in_window(drug: Exposure, context: EvaluationContext, within_days: int | None) -> bool:
     if context.is_current(drug):
         return True
     if within_days is None:
@@ -426,14 +427,14 @@ def _on_medication(rule: OnMedicationRule, context: EvaluationContext) -> RuleOu
 
 def _procedure_washouts(
     rule: WashoutRule, context: EvaluationContext
-) -> tuple[list[tuple[datetime, Diagnosis, str]], list[Diagnosis]]:
+) -> tuple[list[tuple[datetime, ProcedureFact, str]], list[ProcedureFact]]:
     """Procedures (radiotherapy) still in the washout, with the date it lifts; and those too vaguely dated."""
-    blocking: list[tuple[datetime, Diagnosis, str]] = []
-    undated: list[Diagnosis] = []
+    blocking: list[tuple[datetime, ProcedureFact, str]] = []
+    undated: list[ProcedureFact] = []
     seen: set[int] = set()
     for value_set in rule.procedure_value_sets:
         for procedure in context.diagnoses_in(value_set):
-            if not procedure.is_procedure or id(procedure) in seen:
+            if not isinstance(procedure, ProcedureFact) or id(procedure) in seen:
                 continue
             seen.add(id(procedure))
             if procedure.is_active:
@@ -455,8 +456,8 @@ def _procedure_washouts(
 
 def _washout(rule: WashoutRule, context: EvaluationContext) -> RuleOutcome:
     names = ", ".join(context.mappings.drug_classes[c].display for c in rule.classes)
-    blocking: list[tuple[datetime, DrugExposure, str]] = []
-    undated: list[DrugExposure] = []
+    blocking: list[tuple[datetime, Exposure, str]] = []
+    undated: list[Exposure] = []
     for drug in _exposures(rule.classes, context):
         if context.is_current(drug):
             blocking.append(
@@ -647,7 +648,7 @@ def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext)
     assessments = [
         (result, scale)
         for scale in ("ecog", "karnofsky")
-        for result in context.facts.labs.get(scales[scale], [])
+        for result in context.facts.labs.get(scales[scale], ())
         if result.when is not None
         and result.value is not None
         and timedelta(0) <= context.at - result.when <= window
@@ -656,7 +657,7 @@ def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext)
         older = [
             older_than_text(newest, "ECOG" if scale == "ecog" else "Karnofsky", window.days)
             for scale in ("ecog", "karnofsky")
-            for newest in context.facts.labs.get(f"{scale}_performance_status", [])[:1]
+            for newest in context.facts.labs.get(f"{scale}_performance_status", ())[:1]
         ]
         shown = "; ".join(text for text in older if text)
         return RuleOutcome(

@@ -10,7 +10,7 @@ it more precisely first; this is the guarantee that none forgets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -63,11 +63,15 @@ def sources_read(rule: Any, mappings: Mappings) -> list[str]:
         case AgeRule():
             return []
         case LabRule():
-            derived = [roles.analytes.serum_creatinine, roles.analytes.body_weight]
+            derived = mappings.derived.get(rule.analyte)
             conditional = [c.when_value_set for c in rule.conditional_limits]
             return [
                 rule.analyte,
-                *(derived if rule.derive_cockcroft_gault else []),
+                *(
+                    derived.inputs.values()
+                    if derived is not None and derived.method == "cockcroft_gault"
+                    else []
+                ),
                 *_procedures(conditional, mappings),
             ]
         case NoResultRule():
@@ -112,7 +116,7 @@ def _source_name(source: str, mappings: Mappings) -> str:
 
 
 def guard_unread_sources(
-    rule: Any, outcome: RuleOutcome, unavailable: dict[str, str], mappings: Mappings
+    rule: Any, outcome: RuleOutcome, unavailable: Mapping[str, str], mappings: Mappings
 ) -> RuleOutcome:
     """``outcome``, unless it is *met* while a source the rule reads could not be obtained.
 

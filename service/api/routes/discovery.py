@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.api.deps import ClientDep, RuntimeDep
 from service.cdshooks import DiscoveryResponse, ServiceDefinition
+from service.facts.registry import reads_text
 from service.pipeline import ORDER_SELECT_SERVICE_ID, SERVICE_ID
 
 __all__ = ["router"]
@@ -13,14 +14,12 @@ __all__ = ["router"]
 router = APIRouter(prefix="/cds-services", tags=["discovery"])
 
 
-def _usage(templates: dict[str, str]) -> str:
-    """What the service reads, from its own prefetch templates (so it cannot go stale)."""
-    types = list(dict.fromkeys(t.split("?")[0].split("/")[0] for t in templates.values()))
+def _usage() -> str:
+    """What the service reads, from the facts registry (so it cannot go stale)."""
     return (
-        f"Needs read access to the patient's {', '.join(types)} resources, through the prefetch "
-        "templates or fhirServer plus fhirAuthorization (patient/*.read). Observations are "
-        "searched by LOINC code, whatever their category. Calls are authenticated with a signed "
-        "JWT (ES384/RS384)."
+        f"Reads {reads_text()}; through the prefetch templates, or fhirServer plus "
+        "fhirAuthorization (patient/*.read) for what is not prefetched. Calls are authenticated "
+        "with a signed JWT (ES384/RS384)."
     )
 
 
@@ -28,7 +27,7 @@ def _usage(templates: dict[str, str]) -> str:
 async def discovery(runtime: RuntimeDep, client: ClientDep) -> DiscoveryResponse:
     """The services: one per hook, each with its own id (CDS clients replace earlier cards of
     the same id, and the order composer's warning must not remove the chart's cards)."""
-    usage = _usage(runtime.templates)
+    usage = _usage()
     return DiscoveryResponse(
         services=[
             ServiceDefinition(

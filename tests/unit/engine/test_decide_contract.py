@@ -24,7 +24,15 @@ from service.engine.decision import (
     decision_json,
     read_decision,
 )
-from service.facts import Diagnosis, DrugExposure, LabResult, PatientFacts, SourceRef
+from service.facts import (
+    Diagnosis,
+    DrugExposure,
+    ImmunizationFact,
+    LabResult,
+    PatientFacts,
+    ProcedureFact,
+    SourceRef,
+)
 from service.mappings import Mappings
 from tests.conftest import EVALUATED_AT
 
@@ -223,3 +231,75 @@ def test_the_same_facts_at_the_same_time_give_the_same_decision(
     assert decide(_facts(), criteria, mappings, EVALUATED_AT) == decide(
         _facts(), criteria, mappings, EVALUATED_AT
     )
+
+
+def test_a_procedure_fact_counts_in_a_washout_and_a_diagnosis_does_not(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """Radiotherapy is a ProcedureFact; the same concept recorded as a Condition is no treatment given."""
+    ended = EVALUATED_AT - timedelta(days=10)
+    radiotherapy = ProcedureFact(
+        codings=(("http://snomed.info/sct", "108290001"),),
+        text="radiotherapy",
+        display="Radiotherapy",
+        status="completed",
+        start=ended - timedelta(days=20),
+        end=ended,
+        source=SourceRef("Procedure", "rt", "1"),
+    )
+    washout = _criterion(
+        decide(_facts(procedures=[radiotherapy]), criteria, mappings, EVALUATED_AT),
+        LUNG,
+        "prior-therapy-washout",
+    )
+    assert washout.state is State.NOT_YET
+    assert washout.not_before == (ended + timedelta(days=28)).date()
+    assert washout.evidence[0].source == "Procedure/rt/_history/1"
+    as_condition = Diagnosis(
+        codings=radiotherapy.codings,
+        text="radiotherapy",
+        display="Radiotherapy",
+        clinical_status="resolved",
+        onset=radiotherapy.start,
+        abatement=ended,
+        recorded=None,
+        source=SourceRef("Condition", "rt"),
+    )
+    facts = _facts(diagnoses=[LUNG_CANCER, as_condition])
+    assert (
+        _criterion(decide(facts, criteria, mappings, EVALUATED_AT), LUNG, "prior-therapy-washout").state
+        is State.MET
+    )
+
+
+def test_an_immunization_fact_is_seen_by_the_live_vaccine_class(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    given = EVALUATED_AT - timedelta(days=10)
+    mmr = ImmunizationFact(
+        codings=(("http://hl7.org/fhir/sid/cvx", "03"),),
+        text="MMR",
+        status="completed",
+        given=given,
+        source=SourceRef("Immunization", "mmr", "2"),
+    )
+    vaccine = _criterion(
+        decide(_facts(immunizations=[mmr]), criteria, mappings, EVALUATED_AT), IOV, "live-vaccine"
+    )
+    assert vaccine.state is State.NOT_YET
+    assert vaccine.evidence[0].source == "Immunization/mmr/_history/2"
+    as_drug = DrugExposure(
+        mmr.codings, "MMR", "completed", given, given, SourceRef("MedicationStatement", "mmr")
+    )
+    assert _criterion(
+        decide(_facts(drugs=[as_drug]), criteria, mappings, EVALUATED_AT), IOV, "live-vaccine"
+    ).state is (State.NOT_YET), "a vaccine recorded as a medication counts too"
+
+
+def test_patient_facts_are_frozen() -> None:
+    facts = _facts()
+    with pytest.raises(AttributeError):
+        facts.sex = "female"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        facts.labs["hemoglobin"] = ()  # type: ignore[index]
+    assert isinstance(facts.diagnoses, tuple)

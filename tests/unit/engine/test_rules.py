@@ -761,8 +761,9 @@ def test_recent_radiotherapy_blocks_until_the_washout_ends(criteria: CriteriaSet
 def test_unreadable_procedures_leave_procedure_criteria_unknown(
     criteria: CriteriaSet, mappings: Mappings
 ) -> None:
-    facts = build_facts("p1", [patient(), LUNG_CANCER], mappings)
-    facts.unavailable = {"procedures": "the FHIR server answered 500"}
+    facts = build_facts(
+        "p1", [patient(), LUNG_CANCER], mappings, unavailable={"procedures": "the FHIR server answered 500"}
+    )
     result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == LUNG)
     states = {c.id: c.state for c in result.criteria}
     assert states["transplant-or-dialysis"] is State.UNKNOWN
@@ -806,8 +807,12 @@ def test_immunizations_are_seen_only_by_classes_that_include_them(mappings: Mapp
 def test_unreadable_immunizations_leave_the_vaccine_criterion_unknown(
     criteria: CriteriaSet, mappings: Mappings
 ) -> None:
-    facts = build_facts("p1", [patient(), LUNG_CANCER], mappings)
-    facts.unavailable = {"immunizations": "not prefetched, and no FHIR server may be queried"}
+    facts = build_facts(
+        "p1",
+        [patient(), LUNG_CANCER],
+        mappings,
+        unavailable={"immunizations": "not prefetched, and no FHIR server may be queried"},
+    )
     result = next(r for r in decide(facts, criteria, mappings, EVALUATED_AT).trials if r.trial_id == IOV)
     assert next(c.state for c in result.criteria if c.id == "live-vaccine") is State.UNKNOWN
 

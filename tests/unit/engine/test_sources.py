@@ -10,6 +10,7 @@ engine can evaluate declares what it reads.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -54,9 +55,7 @@ def _resources(patient_id: str) -> list[dict[str, Any]]:
 
 
 def _facts(patient_id: str, mappings: Mappings, unavailable: dict[str, str] | None = None) -> PatientFacts:
-    facts = build_facts(patient_id, _resources(patient_id), mappings)
-    facts.unavailable = dict(unavailable or {})
-    return facts
+    return build_facts(patient_id, _resources(patient_id), mappings, unavailable=unavailable)
 
 
 def _state(rule: Any, facts: PatientFacts, mappings: Mappings, at: datetime = EVALUATED_AT) -> State:
@@ -198,10 +197,11 @@ def test_issue_13_sources_read_names_what_each_kind_reads(mappings: Mappings) ->
         unit="mL/min",
         derive_cockcroft_gault=True,
     )
+    cockcroft_gault = mappings.derivations("cockcroft_gault")["creatinine_clearance"]
     assert sources_read(clearance, mappings) == [
         "creatinine_clearance",
-        roles.analytes.serum_creatinine,
-        roles.analytes.body_weight,
+        cockcroft_gault.inputs["creatinine"],
+        cockcroft_gault.inputs["weight"],
     ]
 
 
@@ -260,5 +260,5 @@ def test_issue_13_a_test_that_does_not_apply_to_the_patient_is_not_made_unknown_
     outcome = evaluate_rule(pregnancy, EvaluationContext(facts=facts, mappings=mappings, at=EVALUATED_AT))
     assert outcome.state is State.MET
     assert outcome.reason == "not applicable (male)"
-    facts.sex = "female"
+    facts = replace(facts, sex="female")
     assert _state(pregnancy, facts, mappings) is State.UNKNOWN

@@ -22,6 +22,8 @@ from tests.conftest import EVALUATED_AT, condition, medication, observation, pat
         ("2024-05-17T10:00:00Z", datetime(2024, 5, 17, 10, tzinfo=UTC)),
         ("2024-05-17T10:00:00", datetime(2024, 5, 17, 10, tzinfo=UTC)),
         ("garbage", None),
+        ("2026-13-45", None),  # found by tests/fuzz once the blanket except in the readers was gone
+        ("2026-02-30", None),
         (None, None),
     ],
 )
