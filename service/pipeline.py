@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +32,14 @@ from service.facts import (
     draft_order_exposures,
     unique_resources,
 )
-from service.gather import REQUIRED_KEYS, FetchLimits, GatheredData, gather
+from service.gather import (
+    REQUIRED_KEYS,
+    FetchLimits,
+    GatheredData,
+    ObservationSearches,
+    gather,
+    observation_searches,
+)
 from service.mappings import Mappings
 
 __all__ = ["HookOutcome", "Runtime", "run_hook", "SERVICES", "SERVICE_ID", "ORDER_SELECT_SERVICE_ID"]
@@ -53,6 +61,11 @@ class Runtime:
     http: httpx.AsyncClient
     limits: FetchLimits
     review_url: Any = None  # Callable[[str], str] | None: decision id -> review page URL
+
+    @cached_property
+    def observation_searches(self) -> ObservationSearches:
+        """Fetch mode's Observation searches, from these mappings and criteria (a reload builds a new Runtime)."""
+        return observation_searches(self.mappings, self.criteria, self.limits.page_size)
 
 
 @dataclass
@@ -159,7 +172,14 @@ async def run_hook(
         )
     context = _context(request)
     data = await gather(
-        request, context.patientId, runtime.templates, runtime.http, runtime.limits, may_fetch
+        request,
+        context.patientId,
+        runtime.templates,
+        runtime.http,
+        runtime.limits,
+        may_fetch,
+        observations=runtime.observation_searches,
+        at=evaluated_at,
     )
     missing = {k: v for k, v in data.unavailable.items() if k in REQUIRED_KEYS}
     if missing:
