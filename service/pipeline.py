@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import httpx

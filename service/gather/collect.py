@@ -83,7 +83,9 @@ def _planned(
     return planned
 
 
-def _settle(task: _Task, outcome: asyncio.Future[list[dict[str, Any]]] | None, data: GatheredData, timeout: float) -> None:
+def _settle(
+    task: _Task, outcome: asyncio.Future[list[dict[str, Any]]] | None, data: GatheredData, timeout: float
+) -> None:
     """Record one request's outcome: its resources, or why its keys are unavailable."""
     if outcome is None and task.continues_prefetch:
         data.problems.append(f"{task.label}: later pages timed out; only the prefetched page was read")
@@ -99,7 +101,11 @@ def _settle(task: _Task, outcome: asyncio.Future[list[dict[str, Any]]] | None, d
         )
         return
     if isinstance(error, FhirServerError | PrefetchError):
-        reason = str(error) if isinstance(error, FhirServerError) else f"the FHIR server returned unusable data ({error})"
+        reason = (
+            str(error)
+            if isinstance(error, FhirServerError)
+            else f"the FHIR server returned unusable data ({error})"
+        )
         for key in task.keys:
             data.unavailable[key] = reason
         return
@@ -135,7 +141,9 @@ async def gather(
     data = GatheredData()
     fhir = None
     if may_fetch and request.fhirServer is not None:
-        token = request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
+        token = (
+            request.fhirAuthorization.access_token.get_secret_value() if request.fhirAuthorization else None
+        )
         fhir = FhirClient(client, str(request.fhirServer), token, limits)
     reading = read_prefetch(request, patient_id, templates, data, may_page=fhir is not None)
     if len(data.resources) > limits.max_resources:

@@ -115,7 +115,9 @@ def _resource_count(bundle: dict[str, Any]) -> int:
     if not isinstance(entries, list):
         return 0
     resources = [e.get("resource") if isinstance(e, dict) else None for e in entries]
-    return sum(1 for r in resources if not (isinstance(r, dict) and r.get("resourceType") == "OperationOutcome"))
+    return sum(
+        1 for r in resources if not (isinstance(r, dict) and r.get("resourceType") == "OperationOutcome")
+    )
 
 
 class FhirClient:
@@ -185,7 +187,11 @@ class FhirClient:
         if not isinstance(body, dict):
             raise FhirResponseError(f"{shown} answered with JSON that is not a FHIR resource")
         if response.status_code >= 400 or body.get("resourceType") == "OperationOutcome":
-            detail = outcome_text(body) if body.get("resourceType") == "OperationOutcome" else "no OperationOutcome"
+            detail = (
+                outcome_text(body)
+                if body.get("resourceType") == "OperationOutcome"
+                else "no OperationOutcome"
+            )
             raise FhirResponseError(f"{shown} answered HTTP {response.status_code}: {detail}")
         return body
 

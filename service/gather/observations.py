@@ -68,8 +68,8 @@ class ObservationSearches:
                 continue
             codes = list(dict.fromkeys(code for group in part for code in group.codes))
             search = Search("Observation").where(patient=patient_id, code=[f"{_LOINC}|{c}" for c in codes])
-            longest = max((group.lookback_days or 0) for group in part)
             if part is bounded:
+                longest = max(group.lookback_days or 0 for group in part)
                 search = search.where(date=f"ge{(at - timedelta(days=longest) - _MARGIN).date().isoformat()}")
             searches.append(
                 ObservationSearch(search.sort("-date").count(self.page_size), tuple(g.key for g in part))

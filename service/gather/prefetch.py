@@ -101,7 +101,12 @@ def check_resource(key: str, where: str, resource: Any, patient_id: str) -> dict
 
 
 def bundle_resources(
-    key: str, where: str, bundle: dict[str, Any], patient_id: str, data: GatheredData, label: str | None = None
+    key: str,
+    where: str,
+    bundle: dict[str, Any],
+    patient_id: str,
+    data: GatheredData,
+    label: str | None = None,
 ) -> list[dict[str, Any]]:
     """Resources of a searchset Bundle for ``key``; OperationOutcome entries become problems of ``label``."""
     resources = []
@@ -170,7 +175,9 @@ def _harvest_other_keys(
                 continue
             _check_owner(place, resource, patient_id)
             data.resources.append(resource)
-            if resource["resourceType"] != "Medication":  # a referenced Medication stands for no search of ours
+            if (
+                resource["resourceType"] != "Medication"
+            ):  # a referenced Medication stands for no search of ours
                 covered.add(str(resource["resourceType"]))
             used += 1
         if used:
@@ -212,7 +219,9 @@ def read_prefetch(
                 f"{where} is a {value['resourceType']}; a search prefetch must be a Bundle", expression=where
             )
         if _only_outcomes(value):
-            data.problems.append(f"{key}: the EHR's prefetch holds only OperationOutcomes; fetching it instead")
+            data.problems.append(
+                f"{key}: the EHR's prefetch holds only OperationOutcomes; fetching it instead"
+            )
             reading.missing[key] = _render(template, request)
             continue
         data.resources.extend(bundle_resources(key, where, value, patient_id, data))

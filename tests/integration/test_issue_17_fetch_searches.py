@@ -1,6 +1,7 @@
 """Issue 17: fetch mode asks a real HAPI server for Observations in at most two searches.
 
-Every synthetic patient, with no prefetch and with every group but chemistry prefetched,
+Every synthetic patient and two of the benchmark's (100 and 1,000 Observations, most of
+them older than any look-back), with no prefetch and with every group but chemistry prefetched,
 is evaluated by fetching from HAPI; the requests the service's own httpx client sends are
 counted, and the verdicts compared with the full prefetch (which carries every result,
 of any age).
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from service.api.main import build_runtime
+from service.bench.patients import sized_patient
 from service.cdshooks import HookRequest
 from service.mappings import Mappings
 from service.pipeline import Runtime, run_hook
@@ -27,7 +29,11 @@ from tests.benchmarks.verdicts import verdicts
 
 pytestmark = pytest.mark.integration
 
-PATIENTS = generate_patients(datetime.now(UTC).date())
+TODAY = datetime.now(UTC).date()
+PATIENTS = [
+    *generate_patients(TODAY),
+    *(sized_patient(TODAY, n, patient_id=f"issue-17-sized-{n}") for n in (100, 1000)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,9 @@ async def counted() -> AsyncIterator[tuple[Runtime, list[httpx.Request]]]:
 
 
 async def _decide(runtime: Runtime, body: dict[str, Any], may_fetch: bool) -> dict[str, Any]:
-    outcome = await run_hook(HookRequest.model_validate(body), runtime, datetime.now(UTC), may_fetch=may_fetch)
+    outcome = await run_hook(
+        HookRequest.model_validate(body), runtime, datetime.now(UTC), may_fetch=may_fetch
+    )
     return verdicts(outcome.record)
 
 

@@ -118,9 +118,13 @@ async def test_pages_stop_past_the_resource_limit_and_say_so() -> None:
 
 async def test_a_next_link_to_another_server_is_refused() -> None:
     def elsewhere(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=_bundle(["a"], "http://evil.example/r4/Observation?page=2"), headers=JSON)
+        return httpx.Response(
+            200, json=_bundle(["a"], "http://evil.example/r4/Observation?page=2"), headers=JSON
+        )
 
-    with pytest.raises(FhirResponseError, match=r"refused to follow a link to another server \(evil.example\)"):
+    with pytest.raises(
+        FhirResponseError, match=r"refused to follow a link to another server \(evil.example\)"
+    ):
         await _read_all(elsewhere)
 
 
@@ -139,15 +143,26 @@ def _raises(exc: type[Exception]) -> Callable[[httpx.Request], httpx.Response]:
         (
             lambda r: httpx.Response(
                 503,
-                json={"resourceType": "OperationOutcome", "issue": [{"code": "transient", "diagnostics": "busy"}]},
+                json={
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"code": "transient", "diagnostics": "busy"}],
+                },
                 headers=JSON,
             ),
             FhirResponseError,
             "answered HTTP 503: busy",
         ),
-        (lambda r: httpx.Response(200, text="<html/>", headers={"content-type": "text/html"}), FhirResponseError, "not FHIR JSON"),
+        (
+            lambda r: httpx.Response(200, text="<html/>", headers={"content-type": "text/html"}),
+            FhirResponseError,
+            "not FHIR JSON",
+        ),
         (lambda r: httpx.Response(200, text='{"a": NaN}', headers=JSON), FhirResponseError, "invalid JSON"),
-        (lambda r: httpx.Response(302, headers={"location": BASE}), FhirResponseError, "redirects are not followed"),
+        (
+            lambda r: httpx.Response(302, headers={"location": BASE}),
+            FhirResponseError,
+            "redirects are not followed",
+        ),
         (
             lambda r: httpx.Response(200, json={"resourceType": "Patient", "id": "p1"}, headers=JSON),
             FhirResponseError,

@@ -11,7 +11,16 @@ import typing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.criteria import AllRule, AnyRule, CriteriaSet, LabRule, NoResultRule, PerformanceStatusRule, Rule, load_criteria
+from service.criteria import (
+    AllRule,
+    AnyRule,
+    CriteriaSet,
+    LabRule,
+    NoResultRule,
+    PerformanceStatusRule,
+    Rule,
+    load_criteria,
+)
 from service.engine import reach
 from service.gather import observation_searches
 from service.mappings import Mappings
@@ -46,7 +55,9 @@ def test_the_real_criteria_bound_labs_and_leave_tests_and_stage_unbounded(
     }
     bounded, unbounded = plan.for_keys(plan.keys, "p1", AT)
     assert bounded.search.query.endswith("&date=ge2026-08-24&_sort=-date&_count=200")  # 90 days and 1 back
-    assert "date=" not in unbounded.search.query and unbounded.search.query.endswith("&_sort=-date&_count=200")
+    assert "date=" not in unbounded.search.query and unbounded.search.query.endswith(
+        "&_sort=-date&_count=200"
+    )
     assert set(bounded.keys) == {k for k, days in lookbacks.items() if days is not None}
     asked = _codes(bounded.search.query) + _codes(unbounded.search.query)
     expected = [code for codes in mappings.observation_codes_by_group.values() for code in codes]
