@@ -201,7 +201,9 @@ class Pages:
 
     Paging stops early at the client's page limit, or once more resources than its resource
     limit were read; :attr:`stopped` then says so, for the caller to report (the pages read
-    are still good).  A page that is not a Bundle, or any failure, raises ``FhirServerError``.
+    are still good).  A page that is not a Bundle, a search still paging when the time
+    budget (``timeout_seconds``, counted from the first page) is spent, or any failure
+    raises ``FhirServerError``.
     """
 
     def __init__(self, client: FhirClient, first_url: str) -> None:
@@ -210,6 +212,7 @@ class Pages:
         self._url: str | None = first_url
         self._pages = 0
         self._resources = 0
+        self._deadline = time.monotonic() + client.limits.timeout_seconds
 
     def __aiter__(self) -> Pages:
         return self
@@ -224,6 +227,10 @@ class Pages:
         if self._resources > limits.max_resources:
             self.stopped = f"more than {limits.max_resources} resources; the rest were not read"
             raise StopAsyncIteration
+        if self._pages and time.monotonic() > self._deadline:
+            raise FhirTimeoutError(
+                f"the search was still paging after {limits.timeout_seconds:g} s ({self._pages} pages read)"
+            )
         bundle = await self.client.read(self._url)
         self._pages += 1
         if bundle.get("resourceType") != "Bundle":

@@ -6,6 +6,7 @@ limits, a ``next`` link to another origin, and httpx failures translated once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import doctest
 from collections.abc import Callable
@@ -114,6 +115,23 @@ async def test_pages_stop_past_the_resource_limit_and_say_so() -> None:
     ids, stopped, seen = await _read_all(_paged(10, per_page=3), FetchLimits(max_resources=5))
     assert len(seen) == 2 and len(ids) == 6
     assert stopped == "more than 5 resources; the rest were not read"
+
+
+async def test_a_search_still_paging_when_the_time_budget_is_spent_times_out() -> None:
+    slow = _paged(1000)
+    requested: list[int] = []
+
+    async def slow_pages(request: httpx.Request) -> httpx.Response:
+        requested.append(1)
+        await asyncio.sleep(0.05)
+        return slow(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slow_pages)) as http:
+        client = FhirClient(http, BASE, None, FetchLimits(timeout_seconds=0.2, max_pages=1000))
+        with pytest.raises(FhirTimeoutError, match=r"still paging after 0.2 s \(\d+ pages read\)"):
+            async for _ in client.pages(Search("Observation")):
+                pass
+    assert 1 <= len(requested) < 1000
 
 
 async def test_a_next_link_to_another_server_is_refused() -> None:
