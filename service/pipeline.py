@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from service.engine import Decision, decide
 from service.engine.decision import decision_json
 from service.errors import PreconditionFailedError, RequestError
 from service.facts import build_facts, draft_order_exposures, unavailable_sources, unique_resources
-from service.gather import REQUIRED_KEYS, FetchLimits, gather
+from service.gather import REQUIRED_KEYS, FetchLimits, ObservationSearches, gather, observation_searches
 from service.mappings import Mappings
 
 __all__ = ["HookOutcome", "Runtime", "run_hook", "SERVICES", "SERVICE_ID", "ORDER_SELECT_SERVICE_ID"]
@@ -45,6 +46,11 @@ class Runtime:
     http: httpx.AsyncClient
     limits: FetchLimits
     review_url: Any = None  # Callable[[str], str] | None: decision id -> review page URL
+
+    @cached_property
+    def observation_searches(self) -> ObservationSearches:
+        """Fetch mode's Observation searches, from these mappings and criteria (a reload builds a new Runtime)."""
+        return observation_searches(self.mappings, self.criteria, self.limits.page_size)
 
 
 @dataclass
@@ -128,7 +134,14 @@ async def run_hook(
         )
     context = _context(request)
     data = await gather(
-        request, context.patientId, runtime.templates, runtime.http, runtime.limits, may_fetch
+        request,
+        context.patientId,
+        runtime.templates,
+        runtime.http,
+        runtime.limits,
+        may_fetch,
+        observations=runtime.observation_searches,
+        at=evaluated_at,
     )
     missing = {k: v for k, v in data.unavailable.items() if k in REQUIRED_KEYS}
     if missing:

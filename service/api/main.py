@@ -53,6 +53,7 @@ def build_runtime(settings: Settings, http: httpx.AsyncClient) -> Runtime:
             max_pages=settings.fhir_max_pages,
             max_concurrency=settings.fhir_max_concurrency,
             max_resources=settings.max_prefetch_resources,
+            page_size=settings.fhir_page_size,
         ),
     )
 

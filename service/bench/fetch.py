@@ -3,7 +3,9 @@
 For each sized patient (loaded into HAPI with the sandbox loader), rounds alternate:
 the service answering a request with no prefetch (in process, fetching everything from
 HAPI with a real httpx client, as the app does), and the service's own searches — the
-prefetch templates rendered, ``next`` links followed — issued one by one with httpx.
+non-Observation prefetch templates rendered and the combined Observation searches that
+fetch mode issues instead of one per group, ``next`` links followed — issued one by one
+with httpx.
 The slowest of those searches is the floor: a service that runs its searches in
 parallel cannot answer faster than its slowest one.  A third timing issues the same
 searches all at once, directly, under the service's own concurrency limit: what
@@ -17,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urljoin
 
@@ -27,11 +29,12 @@ import orjson
 from service.bench._stats import Loop, percentiles
 from service.bench.inprocess import build_bench_runtime, serve_body
 from service.bench.patients import sized_patient
+from service.pipeline import Runtime
 from service.sandbox.hapi import HapiServer, build_server, free_port, start_server
 from service.sandbox.loader import load_bundles
 from service.sandbox.synthetic import hook_request, transaction_bundle
 
-__all__ = ["bench_fetch", "hapi_sandbox"]
+__all__ = ["bench_fetch", "hapi_sandbox", "service_searches"]
 
 _ACCEPT = {"Accept": "application/fhir+json"}
 
@@ -62,6 +65,21 @@ async def _search(client: httpx.AsyncClient, base: str, query: str) -> int:
     return count
 
 
+def service_searches(runtime: Runtime, patient_id: str, at: datetime) -> dict[str, str]:
+    """The searches the service issues in fetch mode, by name: every non-Observation template,
+    and the combined Observation searches that stand for the per-group templates."""
+    plan = runtime.observation_searches
+    queries = {
+        key: template.replace("{{context.patientId}}", patient_id)
+        for key, template in runtime.templates.items()
+        if key not in plan.keys
+    }
+    for combined in plan.for_keys(plan.keys, patient_id, at):
+        dated = "date-bounded" if "date=ge" in combined.search.query else "any date"
+        queries[f"Observation search, {len(combined.keys)} groups, {dated}"] = combined.search.query
+    return queries
+
+
 async def bench_fetch(
     sizes: list[int], calls: int, max_seconds: float, base_url: str | None = None
 ) -> dict[str, Any]:
@@ -86,10 +104,7 @@ async def bench_fetch(
                 body = orjson.dumps(
                     hook_request(patient, runtime.mappings, prefetch="none", fhir_server=server.base_url)
                 )
-                queries = {
-                    key: template.replace("{{context.patientId}}", patient.id)
-                    for key, template in runtime.templates.items()
-                }
+                queries = service_searches(runtime, patient.id, datetime.now(UTC))
                 service: list[float] = []
                 slowest: list[float] = []
                 in_sequence: list[float] = []

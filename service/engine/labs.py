@@ -8,10 +8,16 @@ from service.criteria import LabRule, NoResultRule
 from service.engine.context import EvaluationContext
 from service.engine.results import Evidence, RuleOutcome, State, window_text
 from service.facts import LabResult, age_in_years
-from service.mappings import DerivedAnalyte
+from service.mappings import DerivedAnalyte, Mappings
 from service.units import UnitConversionError, convert, number_text
 
-__all__ = ["evaluate_lab", "evaluate_no_result", "older_than_text"]
+__all__ = [
+    "evaluate_lab",
+    "evaluate_no_result",
+    "older_than_text",
+    "rule_lookback_days",
+    "weight_lookback_days",
+]
 
 DEFAULT_LOOKBACK_DAYS = 30
 _TOLERANCE = 1e-9
@@ -87,8 +93,13 @@ def older_than_text(result: LabResult | None, name: str, lookback_days: int) -> 
     return f"{name} {value} of {result.when.date().isoformat()} is older than {lookback_days} days"
 
 
+def weight_lookback_days(mappings: Mappings, inputs: DerivedAnalyte) -> int:
+    """How old a body weight may be for Cockcroft-Gault: the weight analyte's look-back, else 90 days."""
+    return mappings.analytes[inputs.inputs["weight"]].lookback_days or 90
+
+
 def _weight_lookback(context: EvaluationContext, inputs: DerivedAnalyte) -> int:
-    return context.mappings.analytes[inputs.inputs["weight"]].lookback_days or 90
+    return weight_lookback_days(context.mappings, inputs)
 
 
 def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext, inputs: DerivedAnalyte) -> float:
@@ -266,8 +277,12 @@ def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) ->
 
 def lab_lookback_days(rule: LabRule, context: EvaluationContext) -> int:
     """How old a result may be: the criterion's window, else the analyte's, else the default."""
-    definition = context.mappings.analytes[rule.analyte]
-    return rule.lookback_days or definition.lookback_days or DEFAULT_LOOKBACK_DAYS
+    return rule_lookback_days(rule, context.mappings)
+
+
+def rule_lookback_days(rule: LabRule, mappings: Mappings) -> int:
+    """:func:`lab_lookback_days` from the mappings alone (what gather's date bound needs)."""
+    return rule.lookback_days or mappings.analytes[rule.analyte].lookback_days or DEFAULT_LOOKBACK_DAYS
 
 
 def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
@@ -281,7 +296,11 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
     lookback = lab_lookback_days(rule, context)
     latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, ()), context.at, lookback)
     hint = definition.order_hint
-    cockcroft_gault = context.mappings.derivations("cockcroft_gault").get(rule.analyte)
+    cockcroft_gault = (
+        context.mappings.derivations("cockcroft_gault").get(rule.analyte)
+        if rule.derive_cockcroft_gault
+        else None
+    )
     if latest is None and cockcroft_gault is not None:
         derived = _cockcroft_gault(context, lookback, rule.analyte, cockcroft_gault)
         if isinstance(derived, LabResult):

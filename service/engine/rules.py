@@ -44,8 +44,9 @@ from service.facts import (
     TestResult,
     age_in_years,
 )
+from service.mappings import Mappings
 
-__all__ = ["evaluate_rule"]
+__all__ = ["evaluate_rule", "performance_status_window_days"]
 
 DEFAULT_TEST_LOOKBACK_DAYS = 365
 
@@ -628,8 +629,12 @@ def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationConte
 
 
 def _performance_status_window(context: EvaluationContext) -> int:
+    return performance_status_window_days(context.mappings)
+
+
+def performance_status_window_days(mappings: Mappings) -> int:
     """Days an ECOG or Karnofsky assessment stays usable (the ECOG analyte's look-back)."""
-    ecog = context.mappings.analytes[context.mappings.roles.analytes.ecog_performance_status]
+    ecog = mappings.analytes[mappings.roles.analytes.ecog_performance_status]
     return ecog.lookback_days or 90
 
 

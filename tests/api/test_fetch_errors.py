@@ -224,3 +224,35 @@ async def test_paged_prefetch_follows_next_links_on_the_same_server_only(
     assert elsewhere.seen == []  # type: ignore[attr-defined]
     card = response.json()["cards"][0]
     assert "refused to follow a link to another server" in card["detail"]
+
+
+async def test_issue_17_a_lost_dated_observation_search_makes_exactly_its_groups_unknown(
+    app_factory: Callable[..., Any],
+    request_for: Callable[..., Any],
+    patients: dict[str, SyntheticPatient],
+    settings: Settings,
+) -> None:
+    patient = patients["til-lung-eligible"]
+
+    def dated_search_fails(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path.endswith("/Observation") and "date" in request.url.params:
+            return httpx.Response(
+                503,
+                json={
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "transient"}],
+                },
+            )
+        return None
+
+    transport = fhir_server(patient, dated_search_fails)
+    response = await _call(app_factory, transport, _with_server(request_for(patient.id, prefetch="none")))
+    searches = [r for r in transport.seen if r.url.path.endswith("/Observation")]  # type: ignore[attr-defined]
+    assert len(searches) == 2
+    card = next(c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "NCT06538012")
+    decision = recorded_decision(settings, card["uuid"])
+    for lost in ("absolute-neutrophil-count", "total-bilirubin", "performance-status"):
+        verdict = criterion(decision, "NCT06538012", lost)
+        assert verdict.state == "unknown" and "could not be retrieved" in verdict.reason, verdict
+    assert criterion(decision, "NCT06538012", "hiv").state == "met"  # serology came in the undated search
+    assert sum("HTTP 503" in problem for problem in decision.data_problems) == 3  # one per lost group

@@ -19,6 +19,7 @@ from service.facts import SourceRef, build_facts, registry
 from service.facts.collector import Collector
 from service.facts.common import Shape
 from service.facts.registry import READERS, SOURCES, FhirSource, Reader
+from service.gather import prefetch
 from service.mappings import Mappings
 from tests.conftest import REPO
 
@@ -44,9 +45,14 @@ def test_a_new_source_shows_up_in_every_derived_table(mappings: Mappings) -> Non
 def test_gather_and_discovery_read_the_registry(mappings: Mappings) -> None:
     assert gather.prefetch_templates is registry.prefetch_templates
     assert gather.REQUIRED_KEYS == registry.REQUIRED_KEYS == ("patient", "conditions", "medications")
-    assert set(gather._HARVESTED_TYPES) == {t for s in SOURCES for t in s.resource_types} | {"Observation"}
-    assert gather._expected_types("medications") == ("MedicationStatement", "MedicationRequest", "Medication")
-    assert gather._expected_types("observations-blood-counts") == ("Observation",)
+    assert set(registry.HARVESTED_TYPES) == {t for s in SOURCES for t in s.resource_types} | {"Observation"}
+    assert prefetch.expected_types is registry.expected_types
+    assert prefetch.expected_types("medications") == (
+        "MedicationStatement",
+        "MedicationRequest",
+        "Medication",
+    )
+    assert prefetch.expected_types("observations-blood-counts") == ("Observation",)
     usage = discovery._usage()
     for source in SOURCES:
         assert source.description in usage
@@ -58,8 +64,9 @@ def test_every_resource_type_a_search_returns_has_a_reader_or_is_only_referenced
 
 
 def test_no_other_module_lists_a_search_of_a_resource_type() -> None:
-    """A search template ("Procedure?patient=") written anywhere else would be a second list."""
-    search = re.compile(r"\b[A-Z][A-Za-z]+\?(patient|subject)=")
+    """A search template ("Procedure?patient={...}") written anywhere else would be a second
+    list (a worked example with a literal id, as in a docstring, is not a template)."""
+    search = re.compile(r"\b[A-Z][A-Za-z]+\?(patient|subject)=\{")
     listed = [
         str(path.relative_to(REPO))
         for path in sorted((REPO / "service").rglob("*.py"))
