@@ -717,6 +717,25 @@ def test_renal_function_without_a_weight_is_bounded_by_the_weight_it_would_need(
     assert said in renal.reason
 
 
+def test_clearance_is_estimated_only_where_the_criterion_asks_for_cockcroft_gault(mappings: Mappings) -> None:
+    """The derivation is declared in the mappings; whether an estimate may stand for a measured
+    clearance is the criterion's choice (``derive_cockcroft_gault``), as the protocol words it."""
+    from service.criteria import LabRule
+
+    inputs = [
+        patient(),
+        observation("2160-0", 1.6, "mg/dL", id="cr"),
+        observation("29463-7", 90.0, "kg", id="wt"),
+    ]
+    measured_only = LabRule(
+        kind="lab", analyte="creatinine_clearance", comparison="ge", value=50, unit="mL/min"
+    )
+    outcome = run(measured_only, inputs, mappings)
+    assert outcome.state is State.UNKNOWN and "Cockcroft-Gault" not in outcome.reason
+    estimated = measured_only.model_copy(update={"derive_cockcroft_gault": True})
+    assert run(estimated, inputs, mappings).state is State.MET
+
+
 def _procedure(
     system: str, code: str, display: str, performed: str, status: str = "completed"
 ) -> dict[str, Any]:
