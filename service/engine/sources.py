@@ -1,7 +1,8 @@
 """Which data sources each kind of rule reads, so that one wrapper guards every rule.
 
 A source is an analyte or test (its Observation search), the Procedures, the
-Immunizations or the MedicationRequests: what ``PatientFacts.unavailable`` can name.
+Immunizations, the MedicationRequests or the MedicationAdministrations: what
+``PatientFacts.unavailable`` can name (every optional source of ``service.facts.registry``).
 A rule that answers *met* while a source it reads could not be obtained may be wrong
 ("no live vaccine recorded" when the Immunizations never arrived), so
 :func:`guard_unread_sources` turns that *met* into *unknown*.  Each evaluator may say
@@ -32,7 +33,7 @@ from service.criteria import (
     WashoutRule,
 )
 from service.engine.results import RuleOutcome, State
-from service.facts import IMMUNIZATIONS, MEDICATION_REQUESTS, PROCEDURES
+from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, MEDICATION_REQUESTS, PROCEDURES
 from service.mappings import Mappings
 
 __all__ = ["guard_unread_sources", "sources_read"]
@@ -41,6 +42,7 @@ _SOURCE_NAMES = {
     PROCEDURES: "the Procedures",
     IMMUNIZATIONS: "the Immunizations",
     MEDICATION_REQUESTS: "the MedicationRequests",
+    ADMINISTRATIONS: "the MedicationAdministrations",
 }
 
 
@@ -53,7 +55,7 @@ def _medications(classes: Iterable[str], mappings: Mappings) -> list[str]:
     if not names:
         return []
     immunizations = any(mappings.drug_classes[c].includes_immunizations for c in names)
-    return [MEDICATION_REQUESTS, *([IMMUNIZATIONS] if immunizations else [])]
+    return [MEDICATION_REQUESTS, ADMINISTRATIONS, *([IMMUNIZATIONS] if immunizations else [])]
 
 
 def sources_read(rule: Any, mappings: Mappings) -> list[str]:

@@ -39,7 +39,15 @@ from service.engine.context import EvaluationContext
 from service.engine.results import RuleOutcome, State
 from service.engine.rules import _EVALUATORS, evaluate_rule
 from service.engine.sources import sources_read
-from service.facts import IMMUNIZATIONS, MEDICATION_REQUESTS, PROCEDURES, PatientFacts, build_facts
+from service.facts import (
+    ADMINISTRATIONS,
+    IMMUNIZATIONS,
+    MEDICATION_REQUESTS,
+    PROCEDURES,
+    PatientFacts,
+    build_facts,
+    registry,
+)
 from service.mappings import Mappings
 from service.sandbox.synthetic import generate_patients
 from tests.conftest import EVALUATED_AT
@@ -81,8 +89,9 @@ def _every_rule(criteria: CriteriaSet) -> list[tuple[str, Any]]:
 
 
 def _every_source(mappings: Mappings) -> list[str]:
-    """Everything ``PatientFacts.unavailable`` can name."""
-    return [*mappings.observation_definitions, PROCEDURES, IMMUNIZATIONS, MEDICATION_REQUESTS]
+    """Everything ``PatientFacts.unavailable`` can name: each Observation definition and every
+    optional source of the registry (a source added there is covered here by itself)."""
+    return [*mappings.observation_definitions, *(s.key for s in registry.SOURCES if not s.required)]
 
 
 def _outcome(rule: Any, facts: PatientFacts, mappings: Mappings) -> RuleOutcome:
@@ -182,8 +191,12 @@ def test_issue_13_sources_read_names_what_each_kind_reads(mappings: Mappings) ->
     assert sources_read(MINIMAL_RULES[AgeRule], mappings) == []
     assert sources_read(MINIMAL_RULES[LabRule], mappings) == ["hemoglobin"]
     assert sources_read(MINIMAL_RULES[NoConditionRule], mappings) == [PROCEDURES]
-    assert sources_read(MINIMAL_RULES[NoMedicationRule], mappings) == [MEDICATION_REQUESTS, IMMUNIZATIONS]
-    assert sources_read(MINIMAL_RULES[SteroidDoseRule], mappings) == [MEDICATION_REQUESTS]
+    assert sources_read(MINIMAL_RULES[NoMedicationRule], mappings) == [
+        MEDICATION_REQUESTS,
+        ADMINISTRATIONS,
+        IMMUNIZATIONS,
+    ]
+    assert sources_read(MINIMAL_RULES[SteroidDoseRule], mappings) == [MEDICATION_REQUESTS, ADMINISTRATIONS]
     assert sources_read(MINIMAL_RULES[PerformanceStatusRule], mappings) == [
         roles.analytes.ecog_performance_status,
         roles.analytes.karnofsky_performance_status,
