@@ -18,6 +18,8 @@ from typing import Any, cast
 
 import orjson
 
+from service.facts import registry
+
 __all__ = [
     "BAD_INPUT_KINDS",
     "READ_TYPES",
@@ -33,16 +35,10 @@ __all__ = [
     "split_ranges",
 ]
 
-READ_TYPES = (
-    "Patient",
-    "Condition",
-    "MedicationStatement",
-    "MedicationRequest",
-    "Procedure",
-    "Immunization",
-    "Observation",
-)
-"""The resource types the hook reads, in the order it gathers them (its prefetch keys)."""
+READ_TYPES = tuple(kind for kind in registry.HARVESTED_TYPES if kind in registry.READERS)
+"""The resource types the hook reads, from the facts registry.  A Medication is read only where
+a medication record refers to it, and a bulk export's Medications name no patient, so a drug
+named only by such a reference is unknown here, as in a hook call without the Medication."""
 TYPE_RANK = {kind: rank for rank, kind in enumerate(READ_TYPES)}
 
 BAD_INPUT_KINDS = {

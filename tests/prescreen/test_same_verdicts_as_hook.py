@@ -21,6 +21,7 @@ _KEYS = {
     "Condition": "conditions",
     "MedicationStatement": "medications",
     "MedicationRequest": "medication-requests",
+    "MedicationAdministration": "medication-administrations",
     "Procedure": "procedures",
     "Immunization": "immunizations",
     "Observation": "all-observations",  # a key of the client's own naming: harvested by type
