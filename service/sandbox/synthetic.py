@@ -17,6 +17,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from service.facts import registry
 from service.mappings import Mappings
 from service.sandbox.patient_files import (
     PATIENTS_DIR,
@@ -30,9 +31,8 @@ from service.sandbox.patient_files import (
 )
 
 __all__ = [
-    "DRAFT_DRUG_CLASS",
+    "PARTIAL_PREFETCH_KEYS",
     "SyntheticPatient",
-    "draft_order_context",
     "find_patient",
     "generate_patients",
     "hook_request",
@@ -117,15 +117,10 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
     by_type: dict[str, list[dict[str, Any]]] = {}
     for resource in copy.deepcopy(patient.resources):
         by_type.setdefault(resource["resourceType"], []).append(resource)
-    prefetch: dict[str, Any] = {
-        "patient": by_type["Patient"][0],
-        "conditions": _searchset(by_type.get("Condition", [])),
-        "medications": _searchset(by_type.get("MedicationStatement", [])),
-        "medication-requests": _searchset(by_type.get("MedicationRequest", [])),
-        "medication-administrations": _searchset(by_type.get("MedicationAdministration", [])),
-        "procedures": _searchset(by_type.get("Procedure", [])),
-        "immunizations": _searchset(by_type.get("Immunization", [])),
-    }
+    prefetch: dict[str, Any] = {"patient": by_type["Patient"][0]}
+    for source in registry.SOURCES:
+        if source.key != "patient":  # a search returns the type it asks for; _include'd ones are not sent
+            prefetch[source.key] = _searchset(by_type.get(source.resource_types[0], []))
     for group, codes in mappings.observation_codes_by_group.items():
         matching = [
             o
@@ -133,11 +128,12 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
             if any(c.get("code") in codes for c in o["code"]["coding"])
         ]
         matching.sort(key=lambda o: o.get("effectiveDateTime", ""), reverse=True)
-        prefetch[f"observations-{group}"] = _searchset(matching)
+        prefetch[f"{registry.OBSERVATIONS.key_prefix}{group}"] = _searchset(matching)
     return prefetch
 
 
-DRAFT_DRUG_CLASS = "systemic_anticancer_therapy"
+PARTIAL_PREFETCH_KEYS = ("patient", "conditions")
+"""What a 'partial' prefetch holds: the rest is left for the service to fetch."""
 _RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 _ATC = "http://www.whocc.no/atc"
 
@@ -145,10 +141,10 @@ _ATC = "http://www.whocc.no/atc"
 def draft_order_context(patient: SyntheticPatient, mappings: Mappings, drug: str) -> dict[str, Any]:
     """``selections`` and ``draftOrders`` of an order-select call: one draft order for ``drug``.
 
-    ``drug`` is a member of the systemic anticancer therapy class in ``mappings/``; the
+    ``drug`` is a member of the drug class ``roles.yaml`` names current anticancer therapy; the
     order is coded as an EHR would code it (RxNorm, else ATC), with the name as text.
     """
-    members = dict(mappings.class_members(DRAFT_DRUG_CLASS))
+    members = dict(mappings.class_members(mappings.roles.drug_classes.current_anticancer_therapy))
     if drug not in members:
         raise ValueError(f"unknown drug '{drug}'; one of: {', '.join(sorted(members))}")
     member = members[drug]
@@ -197,7 +193,7 @@ def hook_request(
         body["fhirServer"] = fhir_server
     if prefetch != "none":
         full = prefetch_for(patient, mappings)
-        body["prefetch"] = full if prefetch == "full" else {k: full[k] for k in ("patient", "conditions")}
+        body["prefetch"] = full if prefetch == "full" else {k: full[k] for k in PARTIAL_PREFETCH_KEYS}
     return body
 
 

@@ -25,13 +25,12 @@ from service.api.deps import RuntimeDep, SettingsDep
 from service.api.routes.review import HTML_HEADERS, templates
 from service.pipeline import SERVICE_ID, Runtime
 from service.sandbox.patient_files import read_patient_files
-from service.sandbox.synthetic import find_patient, hook_request
+from service.sandbox.synthetic import PARTIAL_PREFETCH_KEYS, find_patient, hook_request
 from service.settings import Settings
 
 __all__ = ["router"]
 
 DEFAULT_FHIR_SERVER = "http://127.0.0.1:8080/fhir"
-_PARTIAL_KEYS = ("patient", "conditions")
 # CommonMark with raw HTML off: card text is escaped, and unsafe link schemes are refused.
 _markdown = MarkdownIt("commonmark", {"html": False})
 
@@ -133,7 +132,7 @@ async def _hook_body(
         "context": {"userId": "Practitioner/sandbox-console", "patientId": request.patient_id},
     }
     if request.prefetch != "none":
-        keys = list(runtime.templates) if request.prefetch == "full" else list(_PARTIAL_KEYS)
+        keys = list(runtime.templates) if request.prefetch == "full" else list(PARTIAL_PREFETCH_KEYS)
         body["prefetch"] = await _fill_prefetch(runtime, settings, server, request.patient_id, keys, notes)
     return body
 
