@@ -214,7 +214,9 @@ def _order_warning(trials: tuple[TrialVerdict, ...], context: EvaluationContext)
     """Drafted systemic anticancer drugs not already taken, when a trial may still fit.
 
     Starting one restarts the trials' washouts, so the order composer is the moment to
-    mention the trial; a drug the patient already takes changes nothing.
+    mention the trial; a drug the patient already takes changes nothing.  "Already takes"
+    is the rules' own test (:meth:`EvaluationContext.is_current`): an order that ended or went
+    stale is not current, so drafting that drug again does restart the washout.
     """
     suggested = tuple(t.trial_id for t in trials if t.suggested)
     if not context.facts.draft_orders or not suggested:
@@ -223,7 +225,7 @@ def _order_warning(trials: tuple[TrialVerdict, ...], context: EvaluationContext)
     current = set()
     for drug in context.drugs_in(class_name):
         match = context.mappings.match_drug(class_name, list(drug.codings), drug.text)
-        if match is not None and drug.status == "active":
+        if match is not None and context.is_current(drug):
             current.add(match.member)
     new: list[str] = []
     for draft in context.facts.draft_orders:

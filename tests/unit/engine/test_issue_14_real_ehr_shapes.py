@@ -302,3 +302,24 @@ def test_a_neoplasm_of_prostate_weighs_as_another_malignancy_to_confirm(
     other = next(c for c in verdict.criteria if c.id == "other-malignancy")
     assert other.state is State.UNKNOWN
     assert "Neoplasm of prostate (126906006)" in other.reason
+
+
+def test_a_stale_active_order_does_not_silence_the_order_select_warning(
+    criteria: CriteriaSet, mappings: Mappings
+) -> None:
+    """Drafting a drug the patient "already takes" restarts nothing, and "already takes" is the
+    rules' own test: an order left active since 1998 is not current, so drafting it again warns."""
+    from service.facts import draft_order_exposures
+    from service.sandbox.synthetic import draft_order_context, find_patient
+
+    patient = find_patient("til-lung-eligible", EVALUATED_AT.date())
+    drafts = draft_order_context(patient, mappings, "docetaxel")
+    draft_orders = draft_order_exposures(drafts["draftOrders"], drafts["selections"])
+
+    def warning(order_authored: str) -> Any:
+        old_order = {**docetaxel_order(order_authored), "subject": {"reference": f"Patient/{patient.id}"}}
+        facts = build_facts(patient.id, [*patient.resources, old_order], mappings, draft_orders=draft_orders)
+        return decide(facts, criteria, mappings, EVALUATED_AT).order_warning
+
+    stale = warning("1998-04-02")
+    assert stale is not None and stale.drugs == ("docetaxel",)
