@@ -11,6 +11,7 @@ from service.facts.common import (
     SourceRef,
     codings_of,
     parse_fhir_datetime,
+    relative_reference,
     text_of,
 )
 from service.facts.medication import MedicationRecord, medication_concept, unidentified
@@ -47,7 +48,7 @@ def read_administration(administration: AdministrationShape, source: SourceRef, 
     given = end or start
     request = administration.request.reference if administration.request is not None else None
     if request is not None and given is not None:
-        into.given_for_request[request.split("/_history/")[0]].append(given)
+        into.given_for_request[relative_reference(request)].append(given)
     into.drugs.append(
         DrugExposure(
             codings=tuple(codings_of(concept)),

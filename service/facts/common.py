@@ -28,6 +28,7 @@ __all__ = [
     "SourceRef",
     "codings_of",
     "concept_text",
+    "relative_reference",
     "decode",
     "last_day_meant",
     "parse_fhir_datetime",
@@ -144,6 +145,13 @@ def text_of(concept: CodeableConcept | None) -> str:
         if coding.display:
             unique[coding.display] = None
     return " | ".join(unique)
+
+
+def relative_reference(reference: str) -> str:
+    """ "Type/id" for "Type/id", "https://ehr/fhir/Type/id/_history/2" and the like: the one
+    form in which a reference is looked up among the resources read."""
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:])
 
 
 def concept_text(concept: Any) -> str:

@@ -22,6 +22,7 @@ from service.facts.common import (
     SourceRef,
     codings_of,
     parse_fhir_datetime,
+    relative_reference,
     text_of,
 )
 from service.facts.model import DrugExposure
@@ -116,19 +117,13 @@ class MedicationStatementShape(MedicationRecord):
     dispenseRequest: DispenseRequest | None = None
 
 
-def _medication_key(reference: str) -> str:
-    """ "Medication/abc" for "Medication/abc", "https://ehr/fhir/Medication/abc/_history/2" and the like."""
-    parts = reference.split("/_history/")[0].rstrip("/").split("/")
-    return "/".join(parts[-2:])
-
-
 def _referenced(
     record: MedicationRecord, target: str, medications: dict[str, MedicationShape]
 ) -> MedicationShape | None:
     """The Medication a ``medicationReference`` points to: contained ("#id"), or one of ``medications``."""
     if target.startswith("#"):
         return next((m for m in record.contained or () if target == f"#{m.id}"), None)
-    return medications.get(_medication_key(target)) if target else None
+    return medications.get(relative_reference(target)) if target else None
 
 
 def medication_concept(

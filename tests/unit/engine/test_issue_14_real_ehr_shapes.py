@@ -248,9 +248,17 @@ def test_the_last_administration_starts_the_washout(mappings: Mappings) -> None:
     assert outcome.until == (given + timedelta(days=28)).date()
 
 
-def test_an_administration_keeps_an_old_order_current(mappings: Mappings) -> None:
+@pytest.mark.parametrize(
+    "request_reference",
+    [
+        "MedicationRequest/mr-cis",
+        "MedicationRequest/mr-cis/_history/3",
+        "https://ehr.example.org/fhir/MedicationRequest/mr-cis",
+    ],
+)
+def test_an_administration_keeps_an_old_order_current(request_reference: str, mappings: Mappings) -> None:
     order = docetaxel_order("2020-01-01", id="mr-cis")
-    given = administration(days_before(20), request="MedicationRequest/mr-cis")
+    given = administration(days_before(20), request=request_reference)
     washout = WashoutRule(kind="washout", classes=["systemic_anticancer_therapy"], days=28)
     outcome = run(washout, [order, given], mappings)
     assert outcome.state is State.NOT_YET
