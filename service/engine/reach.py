@@ -64,7 +64,7 @@ def _leaves(rule: Any) -> Iterator[Any]:
 def observation_lookbacks(criteria: CriteriaSet, mappings: Mappings) -> dict[str, int | None]:
     """Per Observation definition (``mappings.observation_definitions``): days back a rule reads, or None for any age.
 
-    Numeric analytes start at their own look-back (what the review page shows for them);
+    Numeric analytes start at their own look-back (what the Decision reports as their look-back);
     qualitative tests and the stage group are always read whatever their age.  A rule
     kind this function does not know makes every definition unbounded: a new evaluator
     then costs a slower search, never a wrong verdict.
