@@ -261,17 +261,16 @@ def _negative_test(rule: NegativeTestRule, context: EvaluationContext) -> RuleOu
         )
         return RuleOutcome(State.UNKNOWN, shown, resolve_hint=test.order_hint)
     latest = results[0]
-    if latest.polarity == "positive":
-        return RuleOutcome(
-            State.NOT_MET,
-            f"{test.display} positive on {_day(latest.when) or 'undated'}",
-            (_test_evidence(latest),),
-        )
-    if latest.polarity == "negative":
-        return RuleOutcome(
-            State.MET,
-            f"{test.display} negative on {_day(latest.when) or 'undated'}",
-            (_test_evidence(latest),),
+    if latest.polarity in ("positive", "negative"):
+        # A result read inside the test's look-back goes stale like a lab's (a negative hCG
+        # of 20 days ago stops counting in 10): the evidence says when.
+        return with_lookback(
+            RuleOutcome(
+                State.MET if latest.polarity == "negative" else State.NOT_MET,
+                f"{test.display} {latest.polarity} on {_day(latest.when) or 'undated'}",
+                (_test_evidence(latest),),
+            ),
+            lookback.days,
         )
     return RuleOutcome(
         State.UNKNOWN,

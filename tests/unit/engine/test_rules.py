@@ -641,6 +641,23 @@ def test_an_old_or_disproved_pregnancy_code_does_not_rule_out(
     assert _criterion_state(LUNG, "pregnancy", resources, criteria, mappings) is State.MET
 
 
+def test_a_negative_test_says_when_it_stops_counting(mappings: Mappings) -> None:
+    """A negative hCG is read for 30 days (``lookback_days``): its evidence carries that window
+    and the day it goes stale, as a lab result's does."""
+    from datetime import timedelta
+
+    from service.criteria import NegativeTestRule
+
+    rule = NegativeTestRule(kind="negative_test", test="pregnancy_test", value_sets=["pregnancy"])
+    negative = observation("2106-3", None, None, days_ago=20, id="obs-hcg")
+    negative["valueCodeableConcept"] = {"coding": [{"system": "http://loinc.org", "code": "LA6577-6"}]}
+    outcome = run(rule, [patient(gender="female"), negative], mappings)
+    assert outcome.state is State.MET
+    (evidence,) = outcome.evidence
+    taken = (EVALUATED_AT - timedelta(days=20)).date()
+    assert (evidence.lookback_days, evidence.stale_on) == (30, taken + timedelta(days=30))
+
+
 def _nyha(answer: dict[str, Any], days_ago: int = 10) -> dict[str, Any]:
     resource = observation("88020-3", None, None, days_ago=days_ago, id="obs-nyha")
     resource.update(answer)
