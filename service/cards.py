@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from service.cdshooks import Action, Card, Coding, Link, Source, Suggestion
 from service.criteria import Trial
 from service.engine import State, TrialVerdict
+from service.terminology import LOINC, SNOMED
 
 __all__ = [
     "CONFIRMATION",
@@ -40,8 +41,6 @@ __all__ = [
 SUMMARY_LIMIT = 139
 DETAIL_BUDGET = 600
 MAX_NEXT_STEPS = 3
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
 TRIAL_SYSTEM = "urn:til-cds:trial"
 OVERRIDE_SYSTEM = "urn:til-cds:override-reason"
 OVERRIDE_REASONS = [

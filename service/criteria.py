@@ -43,6 +43,7 @@ __all__ = [
     "criteria_from_raw",
     "criteria_from_snapshot",
     "load_criteria",
+    "walk_rules",
 ]
 
 Comparison = Literal["ge", "gt", "le", "lt"]
@@ -392,9 +393,10 @@ def criteria_json_schema() -> dict[str, Any]:
     return Trial.model_json_schema()
 
 
-def _rules(rule: Any) -> list[Any]:
+def walk_rules(rule: Any) -> list[Any]:
+    """The rule and every rule inside it, combinators included (none for a criterion without one)."""
     if isinstance(rule, AllRule | AnyRule):
-        return [rule, *(r for child in rule.rules for r in _rules(child))]
+        return [rule, *(r for child in rule.rules for r in walk_rules(child))]
     return [rule] if rule is not None else []
 
 
@@ -417,7 +419,7 @@ def _check_references(trial: Trial, mappings: Mappings, path: Path) -> None:
         for name in criterion.evidence_classes:
             if name not in classes:
                 refuse(criterion.id, "evidence_classes", name, classes)
-        for rule in _rules(criterion.rule):
+        for rule in walk_rules(criterion.rule):
             checks: list[tuple[str, list[Any], list[str]]] = [
                 ("analyte", [getattr(rule, "analyte", None)], analytes),
                 ("test", [getattr(rule, "test", None)], tests),

@@ -11,9 +11,6 @@ the same look-back rules the evaluators use, so the two cannot drift.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 from service.criteria import (
     AgeRule,
     AllRule,
@@ -31,6 +28,7 @@ from service.criteria import (
     StageRule,
     SteroidDoseRule,
     WashoutRule,
+    walk_rules,
 )
 from service.engine.labs import DEFAULT_LOOKBACK_DAYS, rule_lookback_days, weight_lookback_days
 from service.engine.results import EVER_DAYS
@@ -40,6 +38,8 @@ from service.mappings import Analyte, Mappings
 __all__ = ["observation_lookbacks"]
 
 _READ_NO_OBSERVATION = (
+    AllRule,  # a combinator reads what its children read, and they are walked too
+    AnyRule,
     AgeRule,
     HistologyRule,
     NoConditionRule,
@@ -51,14 +51,6 @@ _READ_NO_OBSERVATION = (
 """Rule kinds that read Conditions, medications, Procedures or the Patient only."""
 _READ_UNBOUNDED = (NegativeTestRule, NoDriverAlterationRule, StageRule)
 """Rule kinds that read qualitative tests or stage groups, which are never date-bounded."""
-
-
-def _leaves(rule: Any) -> Iterator[Any]:
-    if isinstance(rule, AllRule | AnyRule):
-        for child in rule.rules:
-            yield from _leaves(child)
-    elif rule is not None:
-        yield rule
 
 
 def observation_lookbacks(criteria: CriteriaSet, mappings: Mappings) -> dict[str, int | None]:
@@ -79,7 +71,7 @@ def observation_lookbacks(criteria: CriteriaSet, mappings: Mappings) -> dict[str
         reach[name] = None if days is None or current is None else max(current, days)
 
     roles = mappings.roles.analytes
-    rules = [leaf for trial in criteria.trials for c in trial.all_criteria() for leaf in _leaves(c.rule)]
+    rules = [leaf for trial in criteria.trials for c in trial.all_criteria() for leaf in walk_rules(c.rule)]
     for rule in rules:
         if isinstance(rule, LabRule):
             days = rule_lookback_days(rule, mappings)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from service.terminology import LOINC
+
 __all__ = [
     "LOINC",
     "CodeableConcept",
@@ -36,7 +38,6 @@ __all__ = [
     "text_of",
 ]
 
-LOINC = "http://loinc.org"
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 S = TypeVar("S", bound="Shape")
 

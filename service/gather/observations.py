@@ -21,10 +21,10 @@ from service.engine.reach import observation_lookbacks
 from service.facts.registry import OBSERVATIONS
 from service.gather.fhir_client import Search
 from service.mappings import Mappings
+from service.terminology import LOINC
 
-__all__ = ["ObservationGroup", "ObservationSearch", "ObservationSearches", "observation_searches"]
+__all__ = ["ObservationGroup", "CombinedSearch", "ObservationSearches", "observation_searches"]
 
-_LOINC = "http://loinc.org"
 _MARGIN = timedelta(days=1)
 """Subtracted from the date bound: a server may read a bare date in its own time zone."""
 
@@ -39,7 +39,7 @@ class ObservationGroup:
 
 
 @dataclass(frozen=True)
-class ObservationSearch:
+class CombinedSearch:
     """One search fetch mode issues, and the prefetch keys it stands for."""
 
     search: Search
@@ -57,7 +57,7 @@ class ObservationSearches:
     def keys(self) -> frozenset[str]:
         return frozenset(group.key for group in self.groups)
 
-    def for_keys(self, keys: Iterable[str], patient_id: str, at: datetime) -> list[ObservationSearch]:
+    def for_keys(self, keys: Iterable[str], patient_id: str, at: datetime) -> list[CombinedSearch]:
         """The searches that fetch ``keys``' groups for the patient, evaluated at ``at``."""
         wanted = set(keys)
         chosen = [group for group in self.groups if group.key in wanted]
@@ -68,12 +68,12 @@ class ObservationSearches:
             if not part:
                 continue
             codes = list(dict.fromkeys(code for group in part for code in group.codes))
-            search = Search("Observation").where(patient=patient_id, code=[f"{_LOINC}|{c}" for c in codes])
+            search = Search("Observation").where(patient=patient_id, code=[f"{LOINC}|{c}" for c in codes])
             if part is bounded:
                 longest = max(group.lookback_days or 0 for group in part)
                 search = search.where(date=f"ge{(at - timedelta(days=longest) - _MARGIN).date().isoformat()}")
             searches.append(
-                ObservationSearch(search.sort("-date").count(self.page_size), tuple(g.key for g in part))
+                CombinedSearch(search.sort("-date").count(self.page_size), tuple(g.key for g in part))
             )
         return searches
 

@@ -17,6 +17,7 @@ from typing import IO, Any
 import orjson
 
 from service.sandbox.synthetic import SyntheticPatient, generate_patients
+from service.terminology import LOINC
 
 __all__ = [
     "POPULATION_MIX",
@@ -31,7 +32,6 @@ POPULATION_MIX = {"lung": 0.05, "gastro": 0.02}
 """Shares of generated patients with lung and gastro-esophageal cancer; the rest have neither."""
 _GASTRO_TEMPLATES = ("til-gastric", "til-esophageal")
 _OBSERVATIONS = (50, 2000)
-_LOINC = "http://loinc.org"
 # Routine results, some read by the criteria (blood counts, creatinine) and some not (vital signs).
 _ROUTINE = (
     ("8867-4", "Heart rate", "/min", 60.0, 100.0),
@@ -137,7 +137,7 @@ def _routine_observations(patient_id: str, today: date, rng: random.Random) -> I
             "resourceType": "Observation",
             "id": f"{patient_id}-routine-{index}",
             "status": "final",
-            "code": {"coding": [{"system": _LOINC, "code": code, "display": display}]},
+            "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
             "subject": {"reference": f"Patient/{patient_id}"},
             "effectiveDateTime": moment.isoformat().replace("+00:00", "Z"),
             "valueQuantity": {

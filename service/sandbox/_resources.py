@@ -11,18 +11,19 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
+from service.terminology import CPT, CVX, ICD10_CM, LOINC, RXNORM, SNOMED, UCUM
+
 if TYPE_CHECKING:
     from service.sandbox.patient_files import Condition, Immunization, Medication, Observation, Procedure
 
 SYSTEMS = {
-    "loinc": "http://loinc.org",
-    "snomed": "http://snomed.info/sct",
-    "icd10": "http://hl7.org/fhir/sid/icd-10-cm",
-    "cpt": "http://www.ama-assn.org/go/cpt",
-    "cvx": "http://hl7.org/fhir/sid/cvx",
-    "rxnorm": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "loinc": LOINC,
+    "snomed": SNOMED,
+    "icd10": ICD10_CM,
+    "cpt": CPT,
+    "cvx": CVX,
+    "rxnorm": RXNORM,
 }
-_UCUM = "http://unitsofmeasure.org"
 _TERMINOLOGY = "http://terminology.hl7.org/CodeSystem/"
 _ANSWERS = {"positive": ("LA6576-8", "Positive"), "negative": ("LA6577-6", "Negative")}
 
@@ -165,7 +166,7 @@ class ResourceWriter:
 
 
 def _quantity(value: float, unit: str | None) -> dict[str, Any]:
-    return {"value": value, "unit": unit, "system": _UCUM, "code": unit}
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
 
 
 def _coded(system: str, code: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from service.sandbox.patient_files import (
     patient_resources,
     read_patient_file,
 )
+from service.terminology import ATC, RXNORM
 
 __all__ = [
     "PARTIAL_PREFETCH_KEYS",
@@ -134,8 +135,6 @@ def prefetch_for(patient: SyntheticPatient, mappings: Mappings) -> dict[str, Any
 
 PARTIAL_PREFETCH_KEYS = ("patient", "conditions")
 """What a 'partial' prefetch holds: the rest is left for the service to fetch."""
-_RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-_ATC = "http://www.whocc.no/atc"
 
 
 def draft_order_context(patient: SyntheticPatient, mappings: Mappings, drug: str) -> dict[str, Any]:
@@ -148,8 +147,8 @@ def draft_order_context(patient: SyntheticPatient, mappings: Mappings, drug: str
     if drug not in members:
         raise ValueError(f"unknown drug '{drug}'; one of: {', '.join(sorted(members))}")
     member = members[drug]
-    codings = [{"system": _RXNORM, "code": code} for code in member.rxnorm] or [
-        {"system": _ATC, "code": code} for code in member.atc
+    codings = [{"system": RXNORM, "code": code} for code in member.rxnorm] or [
+        {"system": ATC, "code": code} for code in member.atc
     ]
     order_id = f"draft-{drug.replace('_', '-')}"
     order = {

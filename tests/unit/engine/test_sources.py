@@ -9,7 +9,6 @@ engine can evaluate declares what it reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from functools import cache
@@ -34,6 +33,7 @@ from service.criteria import (
     StageRule,
     SteroidDoseRule,
     WashoutRule,
+    walk_rules,
 )
 from service.engine.context import EvaluationContext
 from service.engine.results import RuleOutcome, State
@@ -70,20 +70,13 @@ def _state(rule: Any, facts: PatientFacts, mappings: Mappings, at: datetime = EV
     return evaluate_rule(rule, EvaluationContext(facts=facts, mappings=mappings, at=at)).state
 
 
-def _walk(rule: Any) -> Iterator[Any]:
-    yield rule
-    if isinstance(rule, AllRule | AnyRule):
-        for child in rule.rules:
-            yield from _walk(child)
-
-
 def _every_rule(criteria: CriteriaSet) -> list[tuple[str, Any]]:
     """(trial/criterion, rule) for every rule and nested child in every criteria file."""
     found = []
     for trial in criteria.trials:
         for criterion in trial.all_criteria():
             if criterion.rule is not None:
-                for number, rule in enumerate(_walk(criterion.rule)):
+                for number, rule in enumerate(walk_rules(criterion.rule)):
                     found.append((f"{trial.id}/{criterion.id}#{number}", rule))
     return found
 
