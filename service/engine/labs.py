@@ -6,7 +6,14 @@ from datetime import datetime, timedelta
 
 from service.criteria import LabRule, NoResultRule
 from service.engine.context import EvaluationContext
-from service.engine.results import Evidence, RuleOutcome, State, window_text
+from service.engine.results import (
+    DEFAULT_ASSESSMENT_LOOKBACK_DAYS,
+    DEFAULT_LOOKBACK_DAYS,
+    Evidence,
+    RuleOutcome,
+    State,
+    window_text,
+)
 from service.facts import LabResult, age_in_years
 from service.mappings import DerivedAnalyte, Mappings
 from service.units import UnitConversionError, convert, number_text
@@ -19,7 +26,6 @@ __all__ = [
     "weight_lookback_days",
 ]
 
-DEFAULT_LOOKBACK_DAYS = 30
 _TOLERANCE = 1e-9
 _SYMBOL = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
 
@@ -95,11 +101,7 @@ def older_than_text(result: LabResult | None, name: str, lookback_days: int) -> 
 
 def weight_lookback_days(mappings: Mappings, inputs: DerivedAnalyte) -> int:
     """How old a body weight may be for Cockcroft-Gault: the weight analyte's look-back, else 90 days."""
-    return mappings.analytes[inputs.inputs["weight"]].lookback_days or 90
-
-
-def _weight_lookback(context: EvaluationContext, inputs: DerivedAnalyte) -> int:
-    return weight_lookback_days(context.mappings, inputs)
+    return mappings.analytes[inputs.inputs["weight"]].lookback_days or DEFAULT_ASSESSMENT_LOOKBACK_DAYS
 
 
 def _creatinine_mg_dl(creatinine: LabResult, context: EvaluationContext, inputs: DerivedAnalyte) -> float:
@@ -128,7 +130,7 @@ def _cockcroft_gault(
     creatinine, old_creatinine = _latest_in_window(
         facts.labs.get(inputs.inputs["creatinine"], ()), context.at, lookback_days
     )
-    weight_days = _weight_lookback(context, inputs)
+    weight_days = weight_lookback_days(context.mappings, inputs)
     weight, old_weight = _latest_in_window(
         facts.labs.get(inputs.inputs["weight"], ()), context.at, weight_days
     )
@@ -218,7 +220,7 @@ def _clearance_bounded_by_weight(
         return None
     weight_needed, creatinine = bound
     when = creatinine.when.date().isoformat() if creatinine.when else "undated"
-    weight_days = _weight_lookback(context, inputs)
+    weight_days = weight_lookback_days(context.mappings, inputs)
     _, old_weight = _latest_in_window(
         context.facts.labs.get(inputs.inputs["weight"], ()), context.at, weight_days
     )
@@ -275,13 +277,9 @@ def _upper_limit(result: LabResult, context: EvaluationContext, analyte: str) ->
     )
 
 
-def lab_lookback_days(rule: LabRule, context: EvaluationContext) -> int:
-    """How old a result may be: the criterion's window, else the analyte's, else the default."""
-    return rule_lookback_days(rule, context.mappings)
-
-
 def rule_lookback_days(rule: LabRule, mappings: Mappings) -> int:
-    """:func:`lab_lookback_days` from the mappings alone (what gather's date bound needs)."""
+    """How old a result may be: the criterion's window, else the analyte's, else the default
+    (read by the evaluator and by fetch mode's date bound alike)."""
     return rule.lookback_days or mappings.analytes[rule.analyte].lookback_days or DEFAULT_LOOKBACK_DAYS
 
 
@@ -293,7 +291,7 @@ def evaluate_lab(rule: LabRule, context: EvaluationContext) -> RuleOutcome:
             f"{definition.display} could not be retrieved: {context.facts.unavailable[rule.analyte]}",
             resolve_hint=definition.order_hint,
         )
-    lookback = lab_lookback_days(rule, context)
+    lookback = rule_lookback_days(rule, context.mappings)
     latest, newest = _latest_in_window(context.facts.labs.get(rule.analyte, ()), context.at, lookback)
     hint = definition.order_hint
     cockcroft_gault = (

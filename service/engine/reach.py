@@ -30,8 +30,8 @@ from service.criteria import (
     WashoutRule,
     walk_rules,
 )
-from service.engine.labs import DEFAULT_LOOKBACK_DAYS, rule_lookback_days, weight_lookback_days
-from service.engine.results import EVER_DAYS
+from service.engine.labs import rule_lookback_days, weight_lookback_days
+from service.engine.results import DEFAULT_LOOKBACK_DAYS, EVER_DAYS
 from service.engine.rules import performance_status_window_days
 from service.mappings import Analyte, Mappings
 

@@ -12,6 +12,17 @@ __all__ = ["Evidence", "RuleOutcome", "State", "window_text", "with_lookback"]
 EVER_DAYS = 3650
 """A look-back this long means "on record": such results never go stale."""
 
+# How old a result may be where neither the criterion nor its analyte or test says
+# (``lookback_days`` in ``mappings/analytes.yaml`` normally does): written once, here.
+DEFAULT_LOOKBACK_DAYS = 30
+"""A lab result."""
+DEFAULT_ASSESSMENT_LOOKBACK_DAYS = 90
+"""A body weight for Cockcroft-Gault, an ECOG or Karnofsky performance status."""
+DEFAULT_TEST_LOOKBACK_DAYS = 365
+"""A qualitative test (serology, pregnancy, a driver mutation)."""
+ALL_HISTORY_DAYS = 36_500
+"""The whole record: the window of a drug criterion without ``within_days``."""
+
 
 def window_text(days: int) -> str:
     """'in the last N days', or 'on record' for look-backs that mean 'ever' (10 years or more)."""

@@ -31,8 +31,17 @@ from service.criteria import (
     WashoutRule,
 )
 from service.engine.context import EvaluationContext
-from service.engine.labs import evaluate_lab, evaluate_no_result, lab_lookback_days, older_than_text
-from service.engine.results import Evidence, RuleOutcome, State, window_text, with_lookback
+from service.engine.labs import evaluate_lab, evaluate_no_result, older_than_text, rule_lookback_days
+from service.engine.results import (
+    ALL_HISTORY_DAYS,
+    DEFAULT_ASSESSMENT_LOOKBACK_DAYS,
+    DEFAULT_TEST_LOOKBACK_DAYS,
+    Evidence,
+    RuleOutcome,
+    State,
+    window_text,
+    with_lookback,
+)
 from service.engine.sources import guard_unread_sources
 from service.facts import (
     ADMINISTRATIONS,
@@ -47,8 +56,6 @@ from service.facts import (
 from service.mappings import Mappings
 
 __all__ = ["evaluate_rule", "performance_status_window_days"]
-
-DEFAULT_TEST_LOOKBACK_DAYS = 365
 
 
 def _day(moment: datetime | None) -> str | None:
@@ -627,14 +634,10 @@ def _no_driver_alteration(rule: NoDriverAlterationRule, context: EvaluationConte
     return RuleOutcome(State.MET, f"negative: {tested}", tuple(evidence))
 
 
-def _performance_status_window(context: EvaluationContext) -> int:
-    return performance_status_window_days(context.mappings)
-
-
 def performance_status_window_days(mappings: Mappings) -> int:
     """Days an ECOG or Karnofsky assessment stays usable (the ECOG analyte's look-back)."""
     ecog = mappings.analytes[mappings.roles.analytes.ecog_performance_status]
-    return ecog.lookback_days or 90
+    return ecog.lookback_days or DEFAULT_ASSESSMENT_LOOKBACK_DAYS
 
 
 def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext) -> RuleOutcome:
@@ -648,7 +651,7 @@ def _performance_status(rule: PerformanceStatusRule, context: EvaluationContext)
             "performance status could not be retrieved",
             resolve_hint=ecog_definition.order_hint,
         )
-    window = timedelta(days=_performance_status_window(context))
+    window = timedelta(days=performance_status_window_days(context.mappings))
     assessments = [
         (result, scale)
         for scale in ("ecog", "karnofsky")
@@ -804,7 +807,7 @@ def _combine(rule: AllRule | AnyRule, context: EvaluationContext) -> RuleOutcome
 _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = {
     AgeRule: _age,
     LabRule: lambda rule, context: with_lookback(
-        evaluate_lab(rule, context), lab_lookback_days(rule, context)
+        evaluate_lab(rule, context), rule_lookback_days(rule, context.mappings)
     ),
     NoResultRule: evaluate_no_result,
     NegativeTestRule: _negative_test,
@@ -814,7 +817,7 @@ _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = 
         _no_medication(rule, context),
         context,
         rule.classes,
-        36500 if rule.within_days is None else rule.within_days,
+        ALL_HISTORY_DAYS if rule.within_days is None else rule.within_days,
         State.MET,
     ),
     OnMedicationRule: lambda rule, context: _drug_caveats(
@@ -832,7 +835,7 @@ _EVALUATORS: dict[type[Any], Callable[[Any, EvaluationContext], RuleOutcome]] = 
     ),
     NoDriverAlterationRule: _no_driver_alteration,
     PerformanceStatusRule: lambda rule, context: with_lookback(
-        _performance_status(rule, context), _performance_status_window(context)
+        _performance_status(rule, context), performance_status_window_days(context.mappings)
     ),
     StageRule: _stage,
     AllRule: _combine,
