@@ -19,6 +19,7 @@ from typing import Any, cast
 import orjson
 
 from service.facts import registry
+from service.facts.common import relative_reference
 
 __all__ = [
     "BAD_INPUT_KINDS",
@@ -139,10 +140,8 @@ def patient_of(resource: dict[str, Any]) -> str | None:
     reference = subject.get("reference") if isinstance(subject, dict) else None
     if not isinstance(reference, str):
         return None
-    parts = reference.split("/_history/")[0].split("/")
-    if len(parts) < 2 or parts[-2] != "Patient" or not parts[-1]:
-        return None
-    return parts[-1]
+    kind, _, patient_id = relative_reference(reference).partition("/")
+    return patient_id if kind == "Patient" and patient_id else None
 
 
 def _names_a_code(observation: dict[str, Any], codes: frozenset[str]) -> bool:
