@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -44,6 +44,31 @@ def _link_administrations(drugs: list[DrugExposure], into: Collector) -> None:
             drugs[index] = replace(drug, last_evidence=(newest, "given"))
 
 
+_LIST_OF: dict[type[Shape], Any] = {}
+
+
+def _decoded_batches(resources: list[dict[str, Any]], readers: Mapping[str, Reader]) -> dict[str, Iterator[Shape]]:
+    """Each resource type's resources decoded in one call, in order, where all of them decode
+    as they are: the common case, half the cost of a call per resource.  A type with any
+    resource that does not is left out, and its resources go through ``decode`` one by one."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for resource in resources:
+        resource_type = resource.get("resourceType")
+        if isinstance(resource_type, str) and resource_type in readers:
+            by_type.setdefault(resource_type, []).append(resource)
+    batches: dict[str, Iterator[Shape]] = {}
+    for resource_type, batch in by_type.items():
+        shape = readers[resource_type].shape
+        list_of = _LIST_OF.get(shape)
+        if list_of is None:
+            list_of = _LIST_OF[shape] = list[shape]  # type: ignore[valid-type]  # a shape class held in a variable
+        try:
+            batches[resource_type] = iter(msgspec.convert(batch, list_of, strict=True))
+        except msgspec.ValidationError:
+            continue
+    return batches
+
+
 def _newest_first(item: LabResult | TestResult) -> datetime:
     return item.when or datetime.min.replace(tzinfo=UTC)
 
@@ -70,17 +95,19 @@ def build_facts(
     into = Collector(mappings)
     _medications(resources, into)
     inputs: list[SourceRef] = []
+    batches = _decoded_batches(resources, readers)
     for resource in resources:
         source = source_ref(resource)
         inputs.append(source)
         reader = readers.get(source.resource_type)
         if reader is None:
             continue
-        try:  # the common case, without decode's bookkeeping: thousands of resources a call
-            decoded: Shape | None = msgspec.convert(resource, reader.shape, strict=True)
-        except msgspec.ValidationError:
+        batch = batches.get(source.resource_type)
+        decoded: Shape | None = next(batch) if batch is not None else None
+        if decoded is None:
             decoded, problem = decode(resource, reader.shape, source)
-            into.problems.append(problem or f"{source} could not be decoded; ignored")
+            if problem is not None or decoded is None:
+                into.problems.append(problem or f"{source} could not be decoded; ignored")
         if decoded is not None:
             reader.read(decoded, source, into)
     derive_absolute_counts(into)

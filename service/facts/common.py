@@ -136,6 +136,10 @@ def text_of(concept: CodeableConcept | None) -> str:
     """The concept's text and codings' displays, de-duplicated, joined with ' | '."""
     if concept is None:
         return ""
+    if not concept.coding:
+        return concept.text or ""
+    if not concept.text and len(concept.coding) == 1:  # most concepts: one coding, no text
+        return concept.coding[0].display or ""
     unique: dict[str, None] = {}
     if concept.text:
         unique[concept.text] = None

@@ -95,8 +95,7 @@ def read_observation(observation: ObservationShape, source: SourceRef, into: Col
     if observation.status in _IGNORED_STATUSES:
         return
     mappings = into.mappings
-    codings = codings_of(observation.code)
-    loinc_codes = [code for system, code in codings if system == LOINC or not system]
+    loinc_codes = [code for system, code in codings_of(observation.code) if system == LOINC or not system]
     when = _effective(observation)
     for code in loinc_codes:
         analyte = mappings.analyte_by_loinc.get(code)
