@@ -169,7 +169,7 @@ def _numeric(
         if comparator and comparator not in _BOUND_COMPARATORS:
             problem = f"value is qualified ('{comparator}{quantity.value}')"
         value = float(quantity.value)
-        unit = normalise_unit(quantity.code or quantity.unit, mappings.unit_aliases)
+        unit = into.unit(quantity.code or quantity.unit)
         if unit is None and definition.unit.startswith("{"):
             unit = definition.unit
     elif measured.valueInteger is not None:
@@ -226,7 +226,7 @@ def _percent(
     quantity = observation.valueQuantity
     if quantity is None or quantity.value is None:
         return
-    unit = normalise_unit(quantity.code or quantity.unit, into.mappings.unit_aliases)
+    unit = into.unit(quantity.code or quantity.unit)
     if unit != "%":
         into.problems.append(f"{source}: differential percentage in '{unit}', not %; ignored")
         return
