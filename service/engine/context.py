@@ -28,7 +28,9 @@ class EvaluationContext:
     _value_set_cache: dict[str, list[RecordedCondition]] = field(default_factory=dict)
     _tentative_cache: dict[str, list[RecordedCondition]] = field(default_factory=dict)
     _class_cache: dict[str, list[Exposure]] = field(default_factory=dict)
-    _value_sets_by_entry: dict[tuple[tuple[tuple[str, str], ...], str], set[str]] = field(default_factory=dict)
+    _value_sets_by_entry: dict[tuple[tuple[tuple[str, str], ...], str], set[str]] = field(
+        default_factory=dict
+    )
 
     def diagnoses_in(self, value_set: str) -> list[RecordedCondition]:
         """Established diagnoses (any clinical status) coded in the value set, memoised per call;

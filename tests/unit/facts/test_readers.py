@@ -115,7 +115,12 @@ def test_issue_17_one_wrong_typed_observation_among_many_costs_only_itself(mappi
         "Observation/bad: valueQuantity.value: expected a number, got text; ignored",
         "Observation/bad has no numeric value; ignored",
     )
-    assert [str(source) for source in facts.inputs] == ["Observation/o0", "Observation/bad", "Observation/o1", "Observation/o2"]
+    assert [str(source) for source in facts.inputs] == [
+        "Observation/o0",
+        "Observation/bad",
+        "Observation/o1",
+        "Observation/o2",
+    ]
 
 
 def test_a_coding_with_a_numeric_code_is_left_out_not_the_observation(mappings: Mappings) -> None:
