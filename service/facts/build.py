@@ -42,9 +42,6 @@ def _link_administrations(drugs: list[DrugExposure], into: Collector) -> None:
             drugs[index] = replace(drug, last_evidence=(newest, "given"))
 
 
-_LIST_OF: dict[type[Shape], Any] = {}
-
-
 def _by_type(resources: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The resources of each type, in order (one pass over thousands of resources)."""
     by_type: dict[str, list[dict[str, Any]]] = {}
@@ -57,23 +54,34 @@ def _by_type(resources: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 
 def _decoded_batches(
     by_type: dict[str, list[dict[str, Any]]], readers: Mapping[str, Reader]
-) -> dict[str, Iterator[Shape]]:
-    """Each read resource type's resources decoded in one call, in order, where all of them
-    decode as they are: the common case, half the cost of a call per resource.  A type with
-    any resource that does not is left out, and its resources go through ``decode`` one by one."""
-    batches: dict[str, Iterator[Shape]] = {}
-    for resource_type, batch in by_type.items():
-        if resource_type not in readers:
-            continue
-        shape = readers[resource_type].shape
-        list_of = _LIST_OF.get(shape)
-        if list_of is None:
-            list_of = _LIST_OF[shape] = list[shape]  # type: ignore[valid-type]  # a shape class held in a variable
-        try:
-            batches[resource_type] = iter(msgspec.convert(batch, list_of, strict=True))
-        except msgspec.ValidationError:
-            continue
+) -> dict[str, Iterator[Shape | None]]:
+    """Each read resource type's resources decoded, in order, a chunk per msgspec call."""
+    batches: dict[str, Iterator[Shape | None]] = {}
+    for resource_type, resources in by_type.items():
+        reader = readers.get(resource_type)
+        if reader is not None:
+            batches[resource_type] = _decoded_in_chunks(resources, reader.shape)
     return batches
+
+
+_CHUNK = 256
+"""Resources per msgspec call: one call per resource cost twice as much as one per chunk,
+and a resource that does not decode sends only its chunk through ``decode``."""
+_LIST_OF: dict[type[Shape], Any] = {}
+
+
+def _decoded_in_chunks(resources: list[dict[str, Any]], shape: type[Shape]) -> Iterator[Shape | None]:
+    """The resources decoded as they are; None for each of a chunk holding one that does
+    not decode, to be decoded one by one (``decode``, which names what it leaves out)."""
+    list_of = _LIST_OF.get(shape)
+    if list_of is None:
+        list_of = _LIST_OF[shape] = list[shape]  # type: ignore[valid-type]  # a shape class held in a variable
+    for start in range(0, len(resources), _CHUNK):
+        chunk = resources[start : start + _CHUNK]
+        try:
+            yield from msgspec.convert(chunk, list_of, strict=True)
+        except msgspec.ValidationError:
+            yield from (None for _ in chunk)
 
 
 def _newest_first(item: LabResult | TestResult) -> datetime:
@@ -110,8 +118,7 @@ def build_facts(
         reader = readers.get(source.resource_type)
         if reader is None:
             continue
-        batch = batches.get(source.resource_type)
-        decoded: Shape | None = next(batch) if batch is not None else None
+        decoded = next(batches[source.resource_type])
         if decoded is None:
             decoded, problem = decode(resource, reader.shape, source)
             if problem is not None or decoded is None:

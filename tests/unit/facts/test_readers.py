@@ -100,27 +100,27 @@ def test_a_boolean_is_not_a_number(mappings: Mappings) -> None:
     )
 
 
-def test_issue_17_one_wrong_typed_observation_among_many_costs_only_itself(mappings: Mappings) -> None:
-    """Observations are decoded in one batch; one that does not decode sends its type through
-    the field-by-field path, which must read the others as before and name only the bad one."""
+@pytest.mark.parametrize("before", [1, 300])
+def test_issue_17_one_wrong_typed_observation_among_many_costs_only_itself(
+    mappings: Mappings, before: int
+) -> None:
+    """Observations are decoded a chunk at a time; one that does not decode sends its chunk
+    field by field, which must read the others as before, in order, and name only the bad one
+    (300 puts it past the first chunk)."""
     good = [
-        {**_observation("751-8", valueQuantity={"value": 2 + i, "unit": "10*9/L"}), "id": f"o{i}"}
-        for i in range(3)
+        {**_observation("751-8", valueQuantity={"value": i, "unit": "10*9/L"}), "id": f"o{i}"}
+        for i in range(before + 2)
     ]
     bad = {**_observation("751-8", valueQuantity={"value": "2.1", "unit": "10*9/L"}), "id": "bad"}
-    facts = _read(mappings, good[0], bad, *good[1:])
-    assert [r.source.id for r in facts.labs["absolute_neutrophil_count"]] == ["o0", "o1", "o2"]
-    assert [r.value for r in facts.labs["absolute_neutrophil_count"]] == [2.0, 3.0, 4.0]
+    resources = [*good[:before], bad, *good[before:]]
+    facts = _read(mappings, *resources)
+    read = facts.labs["absolute_neutrophil_count"]
+    assert [(r.source.id, r.value) for r in read] == [(f"o{i}", float(i)) for i in range(before + 2)]
     assert facts.data_problems == (
         "Observation/bad: valueQuantity.value: expected a number, got text; ignored",
         "Observation/bad has no numeric value; ignored",
     )
-    assert [str(source) for source in facts.inputs] == [
-        "Observation/o0",
-        "Observation/bad",
-        "Observation/o1",
-        "Observation/o2",
-    ]
+    assert [source.id for source in facts.inputs] == [r["id"] for r in resources]
 
 
 def test_a_coding_with_a_numeric_code_is_left_out_not_the_observation(mappings: Mappings) -> None:
