@@ -182,6 +182,8 @@ def _harvest_other_keys(
         where = f"prefetch.{key}"
         if value.get("resourceType") == "Bundle":
             entries = value.get("entry") or []
+            if not isinstance(entries, list):
+                raise PrefetchError(f"{where}.entry must be a list", expression=f"{where}.entry")
             candidates = [
                 (f"{where}.entry[{i}].resource", e.get("resource"))
                 for i, e in enumerate(entries)

@@ -485,6 +485,14 @@ async def test_issue_17_a_bundle_entry_that_is_not_a_list_is_a_clear_400(
     body = request_for("til-lung-eligible")
     body["prefetch"]["conditions"]["entry"] = 5
     assert_outcome(await client.post(SERVICE_URL, json=body), 400, "prefetch.conditions.entry must be a list")
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["all-observations"] = {
+        "resourceType": "Bundle",
+        "entry": 5,
+    }  # a key of the client's naming
+    assert_outcome(
+        await client.post(SERVICE_URL, json=body), 400, "prefetch.all-observations.entry must be a list"
+    )
 
 
 async def test_issue_17_entries_off_the_fast_path_are_still_checked_in_full(
