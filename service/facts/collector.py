@@ -19,6 +19,7 @@ from service.facts.model import (
     TestResult,
 )
 from service.mappings import Mappings
+from service.units import normalise_unit
 
 if TYPE_CHECKING:
     from service.facts.medication import MedicationShape
@@ -51,6 +52,13 @@ class Collector:
     problems: list[str] = field(default_factory=list)
     given_for_request: defaultdict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     """When each MedicationRequest (by "MedicationRequest/id") was given, from its administrations."""
+    _units: dict[str | None, str | None] = field(default_factory=dict)
+
+    def unit(self, written: str | None) -> str | None:
+        """``normalise_unit`` with the mappings' aliases, once per distinct unit string a call."""
+        if written not in self._units:
+            self._units[written] = normalise_unit(written, self.mappings.unit_aliases)
+        return self._units[written]
 
     def add_stage(
         self, codings: list[tuple[str, str]], text: str, when: datetime | None, source: SourceRef

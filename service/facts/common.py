@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import calendar
 import re
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
@@ -47,9 +46,9 @@ class Shape(msgspec.Struct, gc=False):
     strings, numbers and other shapes, never a cycle), which makes decoding thousands cheaper."""
 
 
-@dataclass(frozen=True)
-class SourceRef:
-    """Which resource (and version) a fact came from."""
+class SourceRef(msgspec.Struct, frozen=True, gc=False):
+    """Which resource (and version) a fact came from (a frozen msgspec struct: one per
+    resource per call, and a dataclass's frozen ``__init__`` cost four times as much)."""
 
     resource_type: str
     id: str
@@ -139,6 +138,10 @@ def text_of(concept: CodeableConcept | None) -> str:
     """The concept's text and codings' displays, de-duplicated, joined with ' | '."""
     if concept is None:
         return ""
+    if not concept.coding:
+        return concept.text or ""
+    if not concept.text and len(concept.coding) == 1:  # most concepts: one coding, no text
+        return concept.coding[0].display or ""
     unique: dict[str, None] = {}
     if concept.text:
         unique[concept.text] = None

@@ -13,6 +13,8 @@ from datetime import date, datetime
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
+
 from service.facts.common import SourceRef
 
 __all__ = [
@@ -31,8 +33,10 @@ __all__ = [
 _ACTIVE_CLINICAL_STATUSES = {"active", "recurrence", "relapse"}
 
 
-@dataclass(frozen=True)
-class LabResult:
+class LabResult(msgspec.Struct, frozen=True, gc=False):
+    """One numeric result (a frozen msgspec struct: thousands a call, built five times faster
+    than a frozen dataclass, and never part of a cycle)."""
+
     analyte: str
     value: float | None
     unit: str | None

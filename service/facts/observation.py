@@ -95,8 +95,7 @@ def read_observation(observation: ObservationShape, source: SourceRef, into: Col
     if observation.status in _IGNORED_STATUSES:
         return
     mappings = into.mappings
-    codings = codings_of(observation.code)
-    loinc_codes = [code for system, code in codings if system == LOINC or not system]
+    loinc_codes = [code for system, code in codings_of(observation.code) if system == LOINC or not system]
     when = _effective(observation)
     for code in loinc_codes:
         analyte = mappings.analyte_by_loinc.get(code)
@@ -170,7 +169,7 @@ def _numeric(
         if comparator and comparator not in _BOUND_COMPARATORS:
             problem = f"value is qualified ('{comparator}{quantity.value}')"
         value = float(quantity.value)
-        unit = normalise_unit(quantity.code or quantity.unit, mappings.unit_aliases)
+        unit = into.unit(quantity.code or quantity.unit)
         if unit is None and definition.unit.startswith("{"):
             unit = definition.unit
     elif measured.valueInteger is not None:
@@ -227,7 +226,7 @@ def _percent(
     quantity = observation.valueQuantity
     if quantity is None or quantity.value is None:
         return
-    unit = normalise_unit(quantity.code or quantity.unit, into.mappings.unit_aliases)
+    unit = into.unit(quantity.code or quantity.unit)
     if unit != "%":
         into.problems.append(f"{source}: differential percentage in '{unit}', not %; ignored")
         return

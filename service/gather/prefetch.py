@@ -111,22 +111,44 @@ def bundle_resources(
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise PrefetchError(f"{where}.entry must be a list", expression=f"{where}.entry")
+    expected = set(expected_types(key)) - {"Patient"}
+    own_reference = f"Patient/{patient_id}"
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
-            data.problems.append(f"{label or key}: the FHIR server reported: {outcome_text(resource)}")
-            continue
+        if isinstance(resource, dict):
+            resource_type = resource.get("resourceType")
+            if resource_type == "OperationOutcome":
+                data.problems.append(f"{label or key}: the FHIR server reported: {outcome_text(resource)}")
+                continue
+            if resource_type in expected and _is_plainly_owned(resource, own_reference):
+                resources.append(resource)
+                continue
         resources.append(check_resource(key, f"{where}.entry[{index}].resource", resource, patient_id))
     return resources
+
+
+def _is_plainly_owned(resource: dict[str, Any], own_reference: str) -> bool:
+    """The common case of :func:`check_resource`, for thousands of entries a call: an id, and
+    a subject (or patient) that is exactly ``Patient/<id>``.  Anything else is checked in full."""
+    if not isinstance(resource.get("id"), str):
+        return False
+    subject = resource.get("subject") or resource.get("patient")
+    return isinstance(subject, dict) and subject.get("reference") == own_reference
 
 
 def _only_outcomes(bundle: dict[str, Any]) -> bool:
     """A Bundle whose entries are all OperationOutcomes: the EHR's search failed."""
     entries = bundle.get("entry") or []
-    resources = [e.get("resource") for e in entries if isinstance(e, dict)]
-    return bool(resources) and all(
-        isinstance(r, dict) and r.get("resourceType") == "OperationOutcome" for r in resources
-    )
+    if not isinstance(entries, list):
+        return False  # bundle_resources refuses it, by its path
+    any_entry = False
+    for entry in entries:
+        if isinstance(entry, dict):
+            resource = entry.get("resource")
+            if not isinstance(resource, dict) or resource.get("resourceType") != "OperationOutcome":
+                return False  # stops at the first real resource, not after thousands
+            any_entry = True
+    return any_entry
 
 
 def _next_link(bundle: dict[str, Any]) -> str | None:
@@ -160,6 +182,8 @@ def _harvest_other_keys(
         where = f"prefetch.{key}"
         if value.get("resourceType") == "Bundle":
             entries = value.get("entry") or []
+            if not isinstance(entries, list):
+                raise PrefetchError(f"{where}.entry must be a list", expression=f"{where}.entry")
             candidates = [
                 (f"{where}.entry[{i}].resource", e.get("resource"))
                 for i, e in enumerate(entries)

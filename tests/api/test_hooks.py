@@ -477,3 +477,36 @@ async def test_issue_14_an_included_medication_in_a_prefetch_bundle_is_read_not_
     reference = await client.post(SERVICE_URL, json=request_for("til-lung-eligible"))
     # 40 mg/day prednisone, named only by the included Medication, rules the trials out
     assert "NCT04614103" in reference.text and "NCT04614103" not in response.text
+
+
+async def test_issue_17_a_bundle_entry_that_is_not_a_list_is_a_clear_400(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["conditions"]["entry"] = 5
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "prefetch.conditions.entry must be a list")
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["all-observations"] = {
+        "resourceType": "Bundle",
+        "entry": 5,
+    }  # a key of the client's naming
+    assert_outcome(
+        await client.post(SERVICE_URL, json=body), 400, "prefetch.all-observations.entry must be a list"
+    )
+
+
+async def test_issue_17_entries_off_the_fast_path_are_still_checked_in_full(
+    client: httpx.AsyncClient, request_for: RequestFor
+) -> None:
+    """The common entry (an id, subject ``Patient/<id>``) is accepted at a glance; any other is
+    checked as before: a full URL of the patient is hers, a missing id is refused by its path."""
+    body = request_for("til-lung-eligible")
+    entries = body["prefetch"]["observations-blood-counts"]["entry"]
+    entries[0]["resource"]["subject"]["reference"] = "https://ehr.example/fhir/Patient/til-lung-eligible"
+    assert (await client.post(SERVICE_URL, json=body)).status_code == 200
+    del entries[1]["resource"]["id"]
+    assert_outcome(
+        await client.post(SERVICE_URL, json=body),
+        400,
+        "prefetch.observations-blood-counts.entry[1].resource has no id",
+    )

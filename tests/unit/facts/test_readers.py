@@ -100,6 +100,29 @@ def test_a_boolean_is_not_a_number(mappings: Mappings) -> None:
     )
 
 
+@pytest.mark.parametrize("before", [1, 300])
+def test_issue_17_one_wrong_typed_observation_among_many_costs_only_itself(
+    mappings: Mappings, before: int
+) -> None:
+    """Observations are decoded a chunk at a time; one that does not decode sends its chunk
+    field by field, which must read the others as before, in order, and name only the bad one
+    (300 puts it past the first chunk)."""
+    good = [
+        {**_observation("751-8", valueQuantity={"value": i, "unit": "10*9/L"}), "id": f"o{i}"}
+        for i in range(before + 2)
+    ]
+    bad = {**_observation("751-8", valueQuantity={"value": "2.1", "unit": "10*9/L"}), "id": "bad"}
+    resources = [*good[:before], bad, *good[before:]]
+    facts = _read(mappings, *resources)
+    read = facts.labs["absolute_neutrophil_count"]
+    assert [(r.source.id, r.value) for r in read] == [(f"o{i}", float(i)) for i in range(before + 2)]
+    assert facts.data_problems == (
+        "Observation/bad: valueQuantity.value: expected a number, got text; ignored",
+        "Observation/bad has no numeric value; ignored",
+    )
+    assert [source.id for source in facts.inputs] == [r["id"] for r in resources]
+
+
 def test_a_coding_with_a_numeric_code_is_left_out_not_the_observation(mappings: Mappings) -> None:
     resource = _observation("751-8", valueQuantity={"value": 2, "unit": "10*9/L"})
     resource["code"]["coding"].insert(0, {"system": LOINC, "code": 751})
