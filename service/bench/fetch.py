@@ -29,6 +29,8 @@ import orjson
 from service.bench._stats import Loop, percentiles
 from service.bench.inprocess import build_bench_runtime, serve_body
 from service.bench.patients import sized_patient
+from service.gather.fhir_client import next_link
+from service.gather.prefetch import render_template
 from service.pipeline import Runtime
 from service.sandbox.hapi import HapiServer, build_server, free_port, start_server
 from service.sandbox.loader import load_bundles
@@ -61,7 +63,7 @@ async def _search(client: httpx.AsyncClient, base: str, query: str) -> int:
         response.raise_for_status()
         bundle = orjson.loads(response.content)
         count += len(bundle.get("entry") or [])
-        url = next((link["url"] for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
+        url = next_link(bundle)
     return count
 
 
@@ -70,7 +72,7 @@ def service_searches(runtime: Runtime, patient_id: str, at: datetime) -> dict[st
     and the combined Observation searches that stand for the per-group templates."""
     plan = runtime.observation_searches
     queries = {
-        key: template.replace("{{context.patientId}}", patient_id)
+        key: render_template(template, {"patientId": patient_id})
         for key, template in runtime.templates.items()
         if key not in plan.keys
     }

@@ -23,7 +23,7 @@ import orjson
 from service.errors import FhirResponseError, FhirTimeoutError, FhirUnavailableError
 from service.observability import FHIR_FETCH_ERRORS, FHIR_FETCH_SECONDS
 
-__all__ = ["FetchLimits", "FhirClient", "Pages", "Search", "outcome_text"]
+__all__ = ["FetchLimits", "FhirClient", "Pages", "Search", "next_link", "outcome_text"]
 
 _FHIR_JSON = "application/fhir+json"
 _READABLE = ",|:/"
@@ -102,7 +102,8 @@ def outcome_text(outcome: dict[str, Any]) -> str:
     return "; ".join(texts) or "an OperationOutcome without detail"
 
 
-def _next_link(bundle: dict[str, Any]) -> str | None:
+def next_link(bundle: dict[str, Any]) -> str | None:
+    """The URL of a searchset's next page, if it names one."""
     for link in bundle.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return str(link["url"])
@@ -236,5 +237,5 @@ class Pages:
         if bundle.get("resourceType") != "Bundle":
             raise FhirResponseError(f"the search answered a {bundle.get('resourceType')}, not a Bundle")
         self._resources += _resource_count(bundle)
-        self._url = _next_link(bundle)
+        self._url = next_link(bundle)
         return bundle

@@ -9,6 +9,7 @@ client prefetched under keys of its own naming are used by type.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +19,17 @@ from pydantic import ValidationError
 from service.cdshooks import HookRequest
 from service.errors import PrefetchError
 from service.facts import registry
-from service.gather.fhir_client import outcome_text
+from service.facts.common import relative_reference
+from service.gather.fhir_client import next_link, outcome_text
 
-__all__ = ["GatheredData", "PrefetchReading", "bundle_resources", "check_resource", "read_prefetch"]
+__all__ = [
+    "GatheredData",
+    "PrefetchReading",
+    "bundle_resources",
+    "check_resource",
+    "read_prefetch",
+    "render_template",
+]
 
 
 @dataclass
@@ -54,8 +63,7 @@ def _belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
     subject = resource.get("subject") or resource.get("patient")
     if not isinstance(subject, dict) or not isinstance(subject.get("reference"), str):
         return True
-    reference = subject["reference"].split("/_history/")[0]
-    return bool(reference == f"Patient/{patient_id}" or reference.endswith(f"/Patient/{patient_id}"))
+    return relative_reference(subject["reference"]) == f"Patient/{patient_id}"
 
 
 def _check_owner(where: str, resource: dict[str, Any], patient_id: str) -> None:
@@ -151,16 +159,10 @@ def _only_outcomes(bundle: dict[str, Any]) -> bool:
     return any_entry
 
 
-def _next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return str(link["url"])
-    return None
-
-
-def _render(template: str, request: HookRequest) -> str:
+def render_template(template: str, context: Mapping[str, Any]) -> str:
+    """A prefetch template with its ``{{context.name}}`` tokens filled from a hook context."""
     rendered = template
-    for name, value in request.context.items():
+    for name, value in context.items():
         if isinstance(value, str | int | float):
             rendered = rendered.replace("{{context." + name + "}}", str(value))
     return rendered
@@ -220,7 +222,7 @@ def read_prefetch(
     for key, template in templates.items():
         where = f"prefetch.{key}"
         if key not in prefetch:
-            reading.missing[key] = _render(template, request)
+            reading.missing[key] = render_template(template, request.context)
             continue
         value = prefetch[key]
         if value is None:
@@ -230,7 +232,7 @@ def read_prefetch(
             raise PrefetchError(f"{where} must be a FHIR resource, a Bundle or null", expression=where)
         if value["resourceType"] == "OperationOutcome":
             data.problems.append(f"{key}: the EHR could not prefetch it ({outcome_text(value)})")
-            reading.missing[key] = _render(template, request)
+            reading.missing[key] = render_template(template, request.context)
             continue
         if key == "patient":
             data.resources.append(check_resource(key, where, value, patient_id))
@@ -244,11 +246,11 @@ def read_prefetch(
             data.problems.append(
                 f"{key}: the EHR's prefetch holds only OperationOutcomes; fetching it instead"
             )
-            reading.missing[key] = _render(template, request)
+            reading.missing[key] = render_template(template, request.context)
             continue
         data.resources.extend(bundle_resources(key, where, value, patient_id, data))
         data.sources[key] = "prefetch"
-        next_url = _next_link(value)
+        next_url = next_link(value)
         if next_url is not None and may_page:
             reading.next_pages[key] = next_url
         elif next_url is not None:

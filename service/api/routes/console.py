@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from service.api.deps import RuntimeDep, SettingsDep
 from service.api.routes.review import HTML_HEADERS, templates
+from service.gather.prefetch import render_template
 from service.pipeline import SERVICE_ID, Runtime
 from service.sandbox.patient_files import read_patient_files
 from service.sandbox.synthetic import PARTIAL_PREFETCH_KEYS, find_patient, hook_request
@@ -95,8 +96,9 @@ async def _fill_prefetch(
     """Act as the EHR: run each prefetch template against the FHIR server; a failed key stays absent."""
 
     async def one(key: str) -> tuple[str, dict[str, Any] | None]:
-        query = runtime.templates[key].replace("{{context.patientId}}", patient_id)
-        query = query.replace("{{context.userId}}", "Practitioner/sandbox-console")
+        query = render_template(
+            runtime.templates[key], {"patientId": patient_id, "userId": "Practitioner/sandbox-console"}
+        )
         try:
             return key, await _get_json(runtime, settings, urljoin(server + "/", query))
         except (httpx.HTTPError, ValueError) as exc:
