@@ -186,6 +186,8 @@ def replay(
         report = replay_decision(store, decision_id, evaluate)
     for difference in report.differences:
         typer.echo(difference.describe())
+    for what in report.not_compared:
+        typer.echo(f"not compared: {what}")
     verdict = "agrees" if report.agrees else f"DIFFERS in {len(report.differences)} places"
     typer.echo(
         f"decision {decision_id} (criteria {report.criteria_fingerprint}, evaluated at "

@@ -49,6 +49,9 @@ class ReplayReport:
     criteria_fingerprint: str
     evaluated_at: str
     differences: list[ReplayDifference] = field(default_factory=list)
+    not_compared: tuple[str, ...] = ()
+    """What the recorded decision holds that a replay cannot decide again, said so rather
+    than counted as agreement."""
 
     @property
     def agrees(self) -> bool:
@@ -103,9 +106,18 @@ def replay_decision(store: AuditStore, decision_id: str, evaluate: Evaluate) -> 
     replayed = evaluate(
         snapshot, store.input_resources(decision), evaluated_at, dict(recorded.unavailable or {})
     )
+    warning = recorded.order_warning
     return ReplayReport(
         decision_id=decision_id,
         criteria_fingerprint=fingerprint,
         evaluated_at=evaluated_at,
         differences=compare_decisions(recorded, replayed),
+        not_compared=(
+            (
+                f"the order-select warning about {', '.join(warning.drugs)}: the draft orders it "
+                "read are not part of the recorded inputs, so it was not decided again",
+            )
+            if warning is not None
+            else ()
+        ),
     )

@@ -78,6 +78,25 @@ def test_replay_agrees_with_the_same_engine(store: AuditStore, make_decision: De
     assert report.evaluated_at == datetime.fromisoformat(record["recorded_at"]).isoformat()
 
 
+def test_replay_says_it_did_not_decide_an_order_warning_again(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    """The draft orders of an order-select call are not recorded inputs: the replay says the
+    warning was not compared instead of letting "agrees" cover it."""
+    record = make_decision(service_id="til-trials-order-select", hook="order-select")
+    record["decision"]["order_warning"] = {"drugs": ["docetaxel"], "trial_ids": ["NCT05727904"]}
+    store.save_criteria_version(record["decision"]["criteria_fingerprint"], CRITERIA)
+    store.append_decision(record)
+    report = replay_decision(store, record["decision_id"], _evaluate_like_recorded)
+    assert report.agrees
+    assert report.not_compared == (
+        "the order-select warning about docetaxel: the draft orders it read are not part of the "
+        "recorded inputs, so it was not decided again",
+    )
+    plain = _recorded(store, make_decision)
+    assert replay_decision(store, plain["decision_id"], _evaluate_like_recorded).not_compared == ()
+
+
 def test_replay_uses_the_recorded_criteria_and_lists_differences(
     store: AuditStore, make_decision: DecisionFactory
 ) -> None:
