@@ -19,6 +19,7 @@ import httpx
 import orjson
 
 from service.errors import FhirResponseError, FhirServerError, FhirTimeoutError, FhirUnavailableError
+from service.gather.fhir_client import outcome_text
 from service.prescreen.read import READ_TYPES
 
 __all__ = ["BulkExport", "BulkLimits", "bulk_export"]
@@ -66,9 +67,7 @@ def _outcome_detail(response: httpx.Response) -> str:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return "no OperationOutcome"
-    issues = body.get("issue") if isinstance(body, dict) else None
-    texts = [str(i.get("diagnostics") or i.get("code")) for i in issues or [] if isinstance(i, dict)]
-    return "; ".join(texts) or "no OperationOutcome"
+    return outcome_text(body) if isinstance(body, dict) else "no OperationOutcome"
 
 
 def _retry_after(response: httpx.Response, limits: BulkLimits) -> float:
