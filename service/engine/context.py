@@ -6,10 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from service.engine.sources import read_when_matching
 from service.facts import (
-    ADMINISTRATIONS,
-    IMMUNIZATIONS,
-    PROCEDURES,
     DrugExposure,
     Exposure,
     PatientFacts,
@@ -80,15 +78,8 @@ class EvaluationContext:
         reason = self.facts.unavailable.get(source)
         if not reason:
             return None
-        if source == PROCEDURES and any(self.mappings.value_sets[v].includes_procedures for v in value_sets):
-            return reason
-        if source == ADMINISTRATIONS and classes:
-            return reason
-        if source == IMMUNIZATIONS and any(
-            self.mappings.drug_classes[c].includes_immunizations for c in classes
-        ):
-            return reason
-        return None
+        read = read_when_matching(source, self.mappings, value_sets=value_sets, classes=classes)
+        return reason if read else None
 
     def has_active_condition(self, value_set: str) -> bool:
         return any(d.is_active for d in self.diagnoses_in(value_set))

@@ -36,7 +36,7 @@ from service.engine.results import RuleOutcome, State
 from service.facts import ADMINISTRATIONS, IMMUNIZATIONS, MEDICATION_REQUESTS, PROCEDURES
 from service.mappings import Mappings
 
-__all__ = ["guard_unread_sources", "sources_read"]
+__all__ = ["guard_unread_sources", "read_when_matching", "sources_read"]
 
 _SOURCE_NAMES = {
     PROCEDURES: "the Procedures",
@@ -56,6 +56,14 @@ def _medications(classes: Iterable[str], mappings: Mappings) -> list[str]:
         return []
     immunizations = any(mappings.drug_classes[c].includes_immunizations for c in names)
     return [MEDICATION_REQUESTS, ADMINISTRATIONS, *([IMMUNIZATIONS] if immunizations else [])]
+
+
+def read_when_matching(
+    source: str, mappings: Mappings, *, value_sets: Iterable[str] = (), classes: Iterable[str] = ()
+) -> bool:
+    """Whether matching these value sets or drug classes reads ``source`` (the declaration the
+    guard below relies on, for an evaluator that words the loss itself)."""
+    return source in (*_procedures(value_sets, mappings), *_medications(classes, mappings))
 
 
 def sources_read(rule: Any, mappings: Mappings) -> list[str]:
