@@ -295,6 +295,14 @@ class Mappings:
         return {code: key for key, test in self.qualitative_tests.items() for code in test.loinc}
 
     @cached_property
+    def definitions_by_group(self) -> dict[str, list[str]]:
+        """The analytes and tests each prefetch group's search brings, by name, in file order."""
+        groups: dict[str, list[str]] = {}
+        for name, definition in self.observation_definitions.items():
+            groups.setdefault(definition.prefetch_group, []).append(name)
+        return groups
+
+    @cached_property
     def observation_codes_by_group(self) -> dict[str, list[str]]:
         """LOINC codes per prefetch group, in file order (genomics panels included)."""
         groups: dict[str, list[str]] = {}

@@ -197,10 +197,8 @@ def unavailable_sources(
             if not source.required:
                 lost[key] = reason
             continue
-        group = key.removeprefix(OBSERVATIONS.key_prefix)
-        for name, definition in mappings.observation_definitions.items():
-            if definition.prefetch_group == group:
-                lost[name] = reason
+        for name in mappings.definitions_by_group.get(key.removeprefix(OBSERVATIONS.key_prefix), []):
+            lost[name] = reason
     return lost
 
 

@@ -83,11 +83,7 @@ def observation_searches(mappings: Mappings, criteria: CriteriaSet, page_size: i
     lookbacks = observation_lookbacks(criteria, mappings)
     groups = []
     for group, codes in mappings.observation_codes_by_group.items():
-        reads = [
-            lookbacks[name]
-            for name, definition in mappings.observation_definitions.items()
-            if definition.prefetch_group == group
-        ]
+        reads = [lookbacks[name] for name in mappings.definitions_by_group.get(group, [])]
         bounded = [days for days in reads if days is not None]
         lookback = max(bounded) if reads and len(bounded) == len(reads) else None
         groups.append(ObservationGroup(f"{OBSERVATIONS.key_prefix}{group}", tuple(codes), lookback))
