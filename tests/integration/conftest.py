@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
@@ -26,6 +26,8 @@ from service.sandbox.hapi import (
     start_server,
     wait_until_ready,
 )
+from service.sandbox.loader import load_bundles
+from service.sandbox.synthetic import SyntheticPatient, transaction_bundle
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +49,12 @@ def hapi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HapiServer
         yield server
     finally:
         server.stop()
+
+
+def load_patients(server: HapiServer, patients: Iterable[SyntheticPatient]) -> str:
+    """Load synthetic patients into the HAPI server (each as its transaction Bundle); its base URL."""
+    report = load_bundles(
+        ((p.id, transaction_bundle(p)) for p in patients), server.base_url, show_progress=False
+    )
+    assert not report.failed, report.failed
+    return server.base_url

@@ -22,10 +22,10 @@ from service.cdshooks import HookRequest
 from service.mappings import Mappings
 from service.pipeline import Runtime, run_hook
 from service.sandbox.hapi import HapiServer
-from service.sandbox.loader import load_bundles
-from service.sandbox.synthetic import SyntheticPatient, generate_patients, hook_request, transaction_bundle
+from service.sandbox.synthetic import SyntheticPatient, generate_patients, hook_request
 from service.settings import Settings
 from tests.benchmarks.verdicts import verdicts
+from tests.integration.conftest import load_patients
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,7 @@ PATIENTS = [
 
 @pytest.fixture(scope="module")
 def fhir_url(hapi_server: HapiServer) -> str:
-    report = load_bundles(
-        ((p.id, transaction_bundle(p)) for p in PATIENTS), hapi_server.base_url, show_progress=False
-    )
-    assert not report.failed, report.failed
-    return hapi_server.base_url
+    return load_patients(hapi_server, PATIENTS)
 
 
 @pytest.fixture(scope="module")

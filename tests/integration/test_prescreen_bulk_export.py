@@ -8,16 +8,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from service.sandbox.hapi import HapiServer
-from service.sandbox.loader import load_bundles
-from service.sandbox.synthetic import generate_patients, transaction_bundle
+from service.sandbox.synthetic import generate_patients
+from tests.integration.conftest import load_patients
 from tests.prescreen.conftest import run_cli
 
 
 def test_prescreen_from_a_bulk_export_of_hapi(hapi_server: HapiServer, tmp_path: Path) -> None:
     at = datetime.now(UTC).replace(microsecond=0)
     patients = generate_patients(at.date())
-    report = load_bundles(((p.id, transaction_bundle(p)) for p in patients), hapi_server.base_url)
-    assert not report.failed
+    load_patients(hapi_server, patients)
     out = tmp_path / "out"
     done = run_cli(
         "prescreen",

@@ -22,10 +22,10 @@ import pytest
 from service.api.main import create_app
 from service.mappings import Mappings
 from service.sandbox.hapi import HapiServer, free_port
-from service.sandbox.loader import load_bundles
-from service.sandbox.synthetic import SyntheticPatient, generate_patients, hook_request, transaction_bundle
+from service.sandbox.synthetic import SyntheticPatient, generate_patients, hook_request
 from service.settings import Settings
 from tests.api.conftest import SERVICE_URL, started
+from tests.integration.conftest import load_patients
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,7 @@ _VERSION = re.compile(r"/_history/\d+")
 
 @pytest.fixture(scope="module")
 def loaded_fhir(hapi_server: HapiServer) -> str:
-    report = load_bundles(
-        ((p.id, transaction_bundle(p)) for p in PATIENTS), hapi_server.base_url, show_progress=False
-    )
-    assert not report.failed, report.failed
-    return hapi_server.base_url
+    return load_patients(hapi_server, PATIENTS)
 
 
 def comparable(cards: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
