@@ -16,7 +16,6 @@ __all__ = [
     "as_utc",
     "canonical_json",
     "chain_hash",
-    "may_hold_secrets",
     "parse_timestamp",
     "scrub_secrets",
     "utc_iso",
@@ -45,16 +44,6 @@ def chain_hash(fields: Mapping[str, Any], prev_hash: str) -> str:
     digest.update(canonical_json(dict(fields)).encode("utf-8"))
     digest.update(prev_hash.encode("ascii"))
     return digest.hexdigest()
-
-
-def may_hold_secrets(canonical: str) -> bool:
-    """Whether canonical JSON text has any secret key; a no skips the costly deep scrub.
-
-    Canonical JSON has no whitespace, so a key appears as ``"name":``; only false
-    positives are possible (they fall back to :func:`scrub_secrets`), never misses.
-    """
-    lowered = canonical.lower()
-    return any(f'"{key}":' in lowered for key in SECRET_KEYS)
 
 
 def scrub_secrets(value: Any) -> Any:

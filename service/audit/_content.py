@@ -34,8 +34,9 @@ __all__ = [
     "Document",
     "address_of",
     "decode_body",
-    "document",
+    "content_document",
     "encode_body",
+    "holds_secret_keys",
     "input_list",
     "input_text",
     "smallest_encoding",
@@ -132,13 +133,30 @@ def _canonical_bytes(value: Any, where: str) -> bytes:
         raise InvalidAuditRecordError(f"{where} is not plain JSON: {exc}") from exc
 
 
-def document(text: str) -> Document:
-    """A document of canonical JSON text (a decision's content)."""
-    data = text.encode("utf-8")
-    return Document(address_of(data), data)
-
-
 _SECRET_KEY_MARKS = tuple(sorted(f'"{key}":'.encode("ascii") for key in SECRET_KEYS))
+
+
+def holds_secret_keys(text: bytes) -> bool:
+    """Whether canonical JSON bytes have any secret key; a no skips the costly deep scrub.
+
+    Canonical JSON has no whitespace, so a key appears as ``"name":``; only false positives
+    are possible (they fall back to :func:`scrub_secrets`), never misses.
+    """
+    lowered = text.lower()
+    return any(mark in lowered for mark in _SECRET_KEY_MARKS)
+
+
+def content_document(record: dict[str, Any], where: str) -> tuple[dict[str, Any], Document]:
+    """A decision's content without secrets, and its document (canonical JSON by orjson).
+
+    The address is taken over the stored bytes, and ``audit verify`` hashes what is stored,
+    so records written with the standard library's encoder before still verify.
+    """
+    text = _canonical_bytes(record, where)
+    if holds_secret_keys(text):
+        record = scrub_secrets(record)
+        text = _canonical_bytes(record, where)
+    return record, Document(address_of(text), text)
 
 
 def input_text(resources: list[Any], where: str) -> bytes:
@@ -155,8 +173,7 @@ def input_list(text: bytes, resources: list[Any], where: str) -> Document:
     for index, resource in enumerate(resources):
         if not isinstance(resource, Mapping):
             raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
-    lowered = text.lower()
-    if any(mark in lowered for mark in _SECRET_KEY_MARKS):
+    if holds_secret_keys(text):
         text = _canonical_bytes(scrub_secrets(resources), where)
     return Document(address_of(text), text)
 

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
 
-from ._canonical import canonical_json, may_hold_secrets, parse_timestamp, scrub_secrets, utc_iso
-from ._content import Document, address_of, document, input_list, input_text
+from ._canonical import canonical_json, parse_timestamp, scrub_secrets, utc_iso
+from ._content import Document, address_of, content_document, input_list, input_text
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -174,10 +174,7 @@ def prepare_decision(
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
     clean, inputs = _split_inputs(record, known_inputs or {})
-    content = canonical_json(clean)
-    if may_hold_secrets(content):
-        clean = scrub_secrets(clean)
-        content = canonical_json(clean)
+    clean, content = content_document(clean, "decision")
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)
     try:
@@ -222,12 +219,11 @@ def prepare_decision(
         "dedupe_key": None,
         "content": "",
     }
-    stored = document(content)
-    values["content_sha256"] = stored.address.hex()
+    values["content_sha256"] = content.address.hex()
     return PreparedDecision(
         values=values,
         cards=list(card_rows.values()),
-        content=stored,
+        content=content,
         inputs=inputs.document if inputs is not None else None,
         inputs_address=inputs.address if inputs is not None else None,
         inputs_key=inputs.key if inputs is not None else None,

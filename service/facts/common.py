@@ -46,7 +46,7 @@ class Shape(msgspec.Struct, gc=False):
     strings, numbers and other shapes, never a cycle), which makes decoding thousands cheaper."""
 
 
-class SourceRef(msgspec.Struct, frozen=True, gc=False):
+class SourceRef(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """Which resource (and version) a fact came from (a frozen msgspec struct: one per
     resource per call, and a dataclass's frozen ``__init__`` cost four times as much)."""
 

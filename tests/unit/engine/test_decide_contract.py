@@ -10,9 +10,11 @@ cohorts' fit, and a JSON form that reads back to the same decision.
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from service.criteria import CriteriaSet
 from service.engine import decide
@@ -214,10 +216,30 @@ def test_the_decision_names_its_inputs_with_versions(decision: Decision) -> None
 
 def test_the_decision_round_trips_through_json(decision: Decision, criteria: CriteriaSet) -> None:
     stored = json.loads(json.dumps(decision_json(decision)))
+    assert decision_json(decision) == DECISION_ADAPTER.dump_python(decision, mode="json") == stored
     assert DECISION_ADAPTER.validate_python(stored) == decision
     assert read_decision({"decision": stored}) == decision
     assert stored["schema_version"] == 2
     assert stored["criteria_fingerprint"] == criteria.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [
+        (
+            {"resource_type": "Observation", "id": 7, "version_id": None},
+            "Expected `str`, got `int` - at `$[0].id`",
+        ),
+        ({"resource_type": "Observation", "id": "7", "note": "x"}, "unknown field `note`"),
+        ({"resource_type": "Observation"}, "missing required field `id`"),
+    ],
+)
+def test_a_stored_input_reference_of_another_shape_is_refused_by_its_path(
+    decision: Decision, reference: dict[str, object], problem: str
+) -> None:
+    stored = {**decision_json(decision), "inputs": [reference]}
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        DECISION_ADAPTER.validate_python(stored)
 
 
 def test_decide_refuses_a_naive_evaluation_time(criteria: CriteriaSet, mappings: Mappings) -> None:
