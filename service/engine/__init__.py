@@ -50,7 +50,7 @@ __all__ = [
 
 def input_fingerprint(facts: PatientFacts) -> str:
     """A hash of the ids and versions of every input resource, in a stable order."""
-    refs = sorted(str(ref) for ref in facts.inputs)
+    refs = sorted(map(str, facts.inputs))
     return "sha256:" + hashlib.sha256("\n".join(refs).encode()).hexdigest()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -92,6 +93,13 @@ def parse_fhir_datetime(value: Any) -> datetime | None:
     anything else (text, an impossible day) is no date."""
     if not isinstance(value, str) or not value:
         return None
+    return _parsed_datetime(value)
+
+
+@lru_cache(maxsize=8192)
+def _parsed_datetime(value: str) -> datetime | None:
+    """Cached, because a chart repeats its timestamps (a panel's results share one, a chart
+    opened again has the same) and a lookup costs a third of a parse; datetimes are immutable."""
     match = _DATE_RE.match(value) if len(value) <= 11 else None  # longer text has a time part
     if match:
         year, month, day = match.groups()

@@ -95,7 +95,12 @@ def read_observation(observation: ObservationShape, source: SourceRef, into: Col
     if observation.status in _IGNORED_STATUSES:
         return
     mappings = into.mappings
-    loinc_codes = [code for system, code in codings_of(observation.code) if system == LOINC or not system]
+    concept = observation.code
+    loinc_codes = [
+        coding.code
+        for coding in (concept.coding or () if concept is not None else ())
+        if coding.code is not None and (coding.system == LOINC or not coding.system)
+    ]
     when = _effective(observation)
     for code in loinc_codes:
         analyte = mappings.analyte_by_loinc.get(code)
