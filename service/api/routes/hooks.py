@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, BackgroundTasks, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import AuditDep, ClientDep, RuntimeDep, SettingsDep
@@ -35,6 +35,7 @@ async def call_service(
     settings: SettingsDep,
     audit: AuditDep,
     client: ClientDep,
+    after_response: BackgroundTasks,
 ) -> Any:
     """Evaluate every trial for the patient; the decision is recorded before the answer."""
     note_hook(body.hook if body.hook in SERVICES.values() else "other")
@@ -58,4 +59,11 @@ async def call_service(
     for card in outcome.response.cards:
         if card.source.topic is not None:
             CARDS_SHOWN.labels(trial=card.source.topic.code, hook=body.hook).inc()
+    after_response.add_task(_release, body, outcome)
     return outcome.response.model_dump(mode="json", exclude_none=True)
+
+
+def _release(*request_data: object) -> None:
+    """Holds the parsed body and the outcome until the answer is sent, so that freeing their
+    hundreds of thousands of objects (about 2 ms at 1,000 Observations) is not on the
+    clinician's wait; the work is the same, after the response instead of before it."""
