@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from service.engine.decision import DECISION_ADAPTER, Decision, read_decision
+from service.engine.decision import Decision, DecisionShapeError, decision_from_data, read_decision
 
 from ._canonical import canonical_json, parse_timestamp, scrub_secrets, utc_iso
 from ._content import Document, address_of, content_document, input_list, input_text
@@ -93,12 +91,8 @@ def stored_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None
     """
     try:
         return read_decision(content, titles)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidAuditRecordError(
-            f"the record's decision is not readable: {where}: {first['msg']}"
-        ) from exc
+    except DecisionShapeError as exc:
+        raise InvalidAuditRecordError(f"the record's decision is not readable: {exc}") from exc
 
 
 def suggested_trial_ids(decision: Decision) -> list[str]:
@@ -186,11 +180,10 @@ def prepare_decision(
     if not isinstance(stored, Mapping):
         raise InvalidAuditRecordError("decision.decision must be the engine's decision (an object)")
     try:
-        decision = DECISION_ADAPTER.validate_python(stored)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise InvalidAuditRecordError(f"decision.decision.{path}: {first['msg']}") from exc
+        decision = decision_from_data(stored)
+    except DecisionShapeError as exc:
+        path = f"decision.decision.{exc.path}" if exc.path else "decision.decision"
+        raise InvalidAuditRecordError(f"{path}: {exc.problem}") from exc
     cards = _list_of_dicts(clean, "cards", where)
     trial_ids = list(dict.fromkeys(verdict.trial_id for verdict in decision.trials))
     card_rows: dict[str, dict[str, Any]] = {}

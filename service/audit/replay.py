@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.engine.decision import Decision
+import msgspec
+
+from service.engine.decision import Decision, DecisionShapeError, decision_from_data, decision_json
 
 from ._records import stored_decision
-from .errors import MissingCriteriaVersionError, UnknownDecisionError
+from .errors import InvalidAuditRecordError, MissingCriteriaVersionError, UnknownDecisionError
 from .store import AuditStore
 
 __all__ = ["Evaluate", "ReplayDifference", "ReplayReport", "compare_decisions", "replay_decision"]
@@ -89,6 +91,17 @@ def compare_decisions(recorded: Decision, replayed: Decision) -> list[ReplayDiff
     return differences
 
 
+def _checked(replayed: object) -> Decision:
+    """An evaluator's answer read like a stored decision: a Decision is not validated as it is
+    built, and an evaluator of our own or a plug-in may hand over a state as its text."""
+    if not isinstance(replayed, Decision):
+        raise InvalidAuditRecordError(f"the evaluator returned {type(replayed).__name__}, not a Decision")
+    try:
+        return decision_from_data(decision_json(replayed))
+    except (DecisionShapeError, msgspec.EncodeError, TypeError) as exc:
+        raise InvalidAuditRecordError(f"the evaluator's decision is not readable: {exc}") from exc
+
+
 def replay_decision(store: AuditStore, decision_id: str, evaluate: Evaluate) -> ReplayReport:
     """Evaluate the recorded inputs again with the recorded criteria version and compare."""
     decision = store.get_decision(decision_id)
@@ -103,8 +116,8 @@ def replay_decision(store: AuditStore, decision_id: str, evaluate: Evaluate) -> 
         )
     recorded = stored_decision(content, snapshot)
     evaluated_at = recorded.evaluated_at.isoformat()
-    replayed = evaluate(
-        snapshot, store.input_resources(decision), evaluated_at, dict(recorded.unavailable or {})
+    replayed = _checked(
+        evaluate(snapshot, store.input_resources(decision), evaluated_at, dict(recorded.unavailable or {}))
     )
     warning = recorded.order_warning
     return ReplayReport(

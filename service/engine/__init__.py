@@ -12,6 +12,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from service.criteria import Arm, CriteriaSet, Criterion, Trial
 from service.engine.context import EvaluationContext
 from service.engine.decision import (
@@ -137,7 +139,7 @@ def evaluate_trial(trial: Trial, context: EvaluationContext) -> TrialVerdict:
         criteria_complete=trial.criteria_complete,
     )
     if context.facts.deceased:
-        return replace(base, reason="the patient is recorded as deceased")
+        return msgspec.structs.replace(base, reason="the patient is recorded as deceased")
     cancers = [d for vs in trial.disease.value_sets for d in context.diagnoses_in(vs) if d.is_active]
     if not cancers:
         return base
@@ -152,7 +154,7 @@ def evaluate_trial(trial: Trial, context: EvaluationContext) -> TrialVerdict:
     criteria = tuple(_evaluate_criterion(c, context) for c in [*trial.inclusion, *trial.exclusion])
     cohorts = tuple(_evaluate_cohort(arm, context) for arm in trial.arms)
     status, reason, blocking = trial_status(criteria, cohorts, trial.disease.display)
-    return replace(
+    return msgspec.structs.replace(
         base,
         status=status,
         reason=reason,

@@ -7,8 +7,10 @@ re-derive a verdict or hold a clinical constant; if they need to know something 
 result goes stale, which criteria rule a trial out, the patient's age) the engine says it
 here.
 
-The types are frozen pydantic dataclasses: positional construction stays cheap in the
-engine, and :data:`DECISION_ADAPTER` validates a stored decision on the way back in, so a
+The types are frozen msgspec structs: the engine builds some hundred of them a call from
+values it has already typed, so they are not validated as they are built (a pydantic
+dataclass took about 3 µs each, a quarter of a small patient's call), and
+:func:`decision_from_data` checks a stored decision field by field on the way back in, so a
 record that does not have this shape is refused rather than half-read.  Records written
 before the decision had a type (schema version 1: loose ``verdicts`` dicts) are read by
 :func:`read_decision`, which upgrades them without re-deciding anything.
@@ -19,16 +21,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-from pydantic import ConfigDict, PlainSerializer, PlainValidator, TypeAdapter, WithJsonSchema
-from pydantic.dataclasses import dataclass
 
 from service.facts.common import SourceRef
 
 __all__ = [
-    "DECISION_ADAPTER",
     "SCHEMA_VERSION",
     "CohortFit",
     "CohortVerdict",
@@ -42,6 +41,8 @@ __all__ = [
     "State",
     "TrialStatus",
     "TrialVerdict",
+    "DecisionShapeError",
+    "decision_from_data",
     "decision_json",
     "read_decision",
 ]
@@ -49,7 +50,10 @@ __all__ = [
 SCHEMA_VERSION = 2
 """2: the typed decision.  1: records before it (loose ``verdicts``, read by an upgrade)."""
 
-_FROZEN = ConfigDict(extra="forbid")
+
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """The base of the decision's types: immutable, a stored field it does not know is refused,
+    and untracked by the garbage collector (a decision holds no cycle)."""
 
 
 class State(StrEnum):
@@ -66,8 +70,7 @@ TrialStatus = Literal["may_be_eligible", "ruled_out", "not_applicable"]
 CohortFit = Literal["fits", "may_fit", "does_not_fit"]
 
 
-@dataclass(frozen=True, config=_FROZEN)
-class Evidence:
+class Evidence(_Frozen, frozen=True):
     """One datum a criterion rests on, traceable to its FHIR resource.
 
     ``source`` is the resource reference with its version (``Observation/7/_history/2``).
@@ -87,16 +90,14 @@ class Evidence:
     value_text: str | None = None  # the value as a lab report prints it: "6.2 ×10⁹/L"
 
 
-@dataclass(frozen=True, config=_FROZEN)
-class LabOrderCode:
+class LabOrderCode(_Frozen, frozen=True):
     """A test that would resolve an unknown criterion: LOINC code and short name."""
 
     loinc: str
     label: str
 
 
-@dataclass(frozen=True, config=_FROZEN)
-class CriterionVerdict:
+class CriterionVerdict(_Frozen, frozen=True):
     """One criterion's state for this patient, with its label for people and id for machines."""
 
     id: str
@@ -120,8 +121,7 @@ class CriterionVerdict:
         return self.until if self.state is State.NOT_YET else None
 
 
-@dataclass(frozen=True, config=_FROZEN)
-class CohortVerdict:
+class CohortVerdict(_Frozen, frozen=True):
     """A cohort (arm) and its own criteria; ``fit`` is decided by the engine."""
 
     id: str
@@ -136,8 +136,7 @@ class CohortVerdict:
         return self.fit != "does_not_fit"
 
 
-@dataclass(frozen=True, config=_FROZEN)
-class TrialVerdict:
+class TrialVerdict(_Frozen, frozen=True):
     """One trial's verdict: the headline, its trial-level criteria and its cohorts.
 
     ``blocking`` lists the ids of the criteria that rule the trial out (trial-level ones,
@@ -185,8 +184,7 @@ class TrialVerdict:
         return max(dates) if dates else None
 
 
-@dataclass(frozen=True, config=_FROZEN)
-class PatientSummary:
+class PatientSummary(_Frozen, frozen=True):
     """Who was decided for, as the engine read it (age at the evaluation time)."""
 
     reference: str
@@ -201,56 +199,14 @@ InputReference = SourceRef
 reference, kept as it is (a msgspec struct; a call at 1,000 Observations has over a thousand)."""
 
 
-def _input_references(value: Any) -> tuple[SourceRef, ...]:
-    """The engine's references as they are; a stored list of objects converted strictly.
-
-    A pydantic dataclass per reference cost about 1.6 µs to validate and again to dump, more
-    than reading the Observation it names; msgspec converts a stored list in one C call.
-    """
-    if isinstance(value, tuple) and set(map(type, value)) <= {SourceRef}:
-        return value
-    try:
-        return msgspec.convert(value, tuple[SourceRef, ...], strict=True)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"not a list of input references: {exc}") from exc
-
-
-def _input_references_json(references: tuple[SourceRef, ...]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = msgspec.to_builtins(list(references))
-    return found
-
-
-InputReferences = Annotated[
-    tuple[SourceRef, ...],
-    PlainValidator(_input_references),
-    PlainSerializer(_input_references_json),
-    WithJsonSchema(
-        {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "resource_type": {"type": "string"},
-                    "id": {"type": "string"},
-                    "version_id": {"type": ["string", "null"]},
-                },
-                "required": ["resource_type", "id"],
-            },
-        }
-    ),
-]
-
-
-@dataclass(frozen=True, config=_FROZEN)
-class OrderWarning:
+class OrderWarning(_Frozen, frozen=True):
     """order-select: drafted systemic anticancer drugs that would restart a trial's washout."""
 
     drugs: tuple[str, ...]
     trial_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True, config=_FROZEN)
-class Decision:
+class Decision(_Frozen, frozen=True):
     """Every trial's verdict for one patient at one evaluation time, and what it rested on."""
 
     evaluated_at: dt.datetime
@@ -260,7 +216,7 @@ class Decision:
     trials: tuple[TrialVerdict, ...] = ()
     data_problems: tuple[str, ...] = ()
     unavailable: dict[str, str] | None = None
-    inputs: InputReferences = ()
+    inputs: tuple[InputReference, ...] = ()
     order_warning: OrderWarning | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -272,15 +228,37 @@ class Decision:
         return next((t for t in self.trials if t.trial_id == trial_id), None)
 
 
-DECISION_ADAPTER: TypeAdapter[Decision] = TypeAdapter(Decision)
+class DecisionShapeError(ValueError):
+    """Stored data that is not a decision: ``path`` names the first wrong field (``trials[0].status``,
+    empty for the whole), ``problem`` says what is wrong with it."""
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.problem = problem
+        self.path = path
+
+
+def decision_from_data(data: Any) -> Decision:
+    """A decision from JSON-ready data (a stored record's ``decision``), checked field by field.
+
+    Dates and times are read from their ISO text, states from their values; a field of the
+    wrong type or one the decision does not have raises :class:`DecisionShapeError`.
+    """
+    try:
+        return msgspec.convert(data, Decision)
+    except msgspec.ValidationError as exc:
+        problem, _, where = str(exc).partition(" - at `$")
+        raise DecisionShapeError(problem, where.removesuffix("`").lstrip(".")) from exc
 
 
 def decision_json(decision: Decision) -> dict[str, Any]:
     """The decision as JSON-ready data (what the audit record stores under ``decision``)."""
-    data: dict[str, Any] = DECISION_ADAPTER.dump_python(decision, mode="json", exclude={"inputs"})
-    # The same as pydantic's dump of the field, without pydantic walking a thousand dicts again.
-    data["inputs"] = _input_references_json(decision.inputs)
+    # Through JSON text, so that every sequence is a list, as it reads back from the store.
+    data: dict[str, Any] = _JSON_DECODER.decode(msgspec.json.encode(decision))
     return data
+
+
+_JSON_DECODER = msgspec.json.Decoder()
 
 
 def read_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None = None) -> Decision:
@@ -288,11 +266,11 @@ def read_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None =
 
     ``titles`` (trial id -> recorded criteria of that trial) is used only for version 1
     records, which did not keep trial titles; it never changes a state or a verdict.
-    Raises ``pydantic.ValidationError`` when the record is neither shape.
+    Raises :class:`DecisionShapeError` when the record is neither shape.
     """
     stored = content.get("decision")
     if isinstance(stored, Mapping):
-        return DECISION_ADAPTER.validate_python(stored)
+        return decision_from_data(stored)
     return _upgrade_v1(content, titles or {})
 
 
@@ -397,7 +375,7 @@ def _upgrade_v1(content: Mapping[str, Any], titles: Mapping[str, Any]) -> Decisi
         {},
     )
     unavailable = content.get("unavailable_facts")
-    return DECISION_ADAPTER.validate_python(
+    return decision_from_data(
         {
             "schema_version": 1,
             "evaluated_at": content.get("evaluated_at") or content.get("recorded_at"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
+import msgspec
+
 from service.engine.decision import Evidence, State
 
 __all__ = ["Evidence", "RuleOutcome", "State", "window_text", "with_lookback"]
@@ -62,5 +64,7 @@ def with_lookback(outcome: RuleOutcome, days: int) -> RuleOutcome:
         except ValueError:
             taken = None
         stale_on = taken + timedelta(days=days) if taken is not None else None
-        evidence.append(replace(item, lookback_days=days, stale_on=stale_on) if stale_on else item)
+        evidence.append(
+            msgspec.structs.replace(item, lookback_days=days, stale_on=stale_on) if stale_on else item
+        )
     return replace(outcome, evidence=tuple(evidence))
