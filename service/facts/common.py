@@ -96,7 +96,7 @@ def parse_fhir_datetime(value: Any) -> datetime | None:
     return _parsed_datetime(value)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
 def _parsed_datetime(value: str) -> datetime | None:
     """Cached, because a chart repeats its timestamps (a panel's results share one, a chart
     opened again has the same) and a lookup costs a third of a parse; datetimes are immutable."""
