@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,14 +20,15 @@ from sqlalchemy import Connection, Row, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ._content import Base, Codec, Document, address_of, decode_body, smallest_encoding
-from ._records import PreparedDecision, record_view
+from ._records import PreparedDecision, card_key, find_card, logical_values, record_view
 from .errors import InvalidAuditRecordError, MissingAuditContentError
-from .models import AuditDocument, AuditRecord
+from .models import AuditCard, AuditDocument, AuditRecord
 
 __all__ = [
     "DocumentReader",
     "Latest",
     "Memory",
+    "decisions_showing",
     "input_resources",
     "latest_of_patient",
     "names_inputs",
@@ -47,6 +48,7 @@ _BASES_KEPT = 16
 """Decoded bases a reader keeps: records come in chain order, patients interleaved."""
 
 _record_table = cast(Table, AuditRecord.__table__)
+_card_table = cast(Table, AuditCard.__table__)
 _document_table = cast(Table, AuditDocument.__table__)
 _rows_query = select(
     _document_table.c.address, _document_table.c.codec, _document_table.c.base, _document_table.c.body
@@ -95,13 +97,7 @@ class DocumentReader:
 
     def fetch_contents(self, rows: Iterable[Row[Any]]) -> None:
         """:meth:`fetch` the content documents of a batch of record rows."""
-        addresses = []
-        for row in rows:
-            try:
-                addresses.append(_address(row.content_sha256, "content"))
-            except MissingAuditContentError:
-                continue  # inline content, or an altered address that :meth:`content` reports
-        self.fetch(addresses, anew=True)
+        self.fetch((row.content_sha256 for row in rows if row.content_sha256 is not None), anew=True)
 
     def row(self, address: bytes) -> Any:
         """The stored row of a document, from the last fetch or one query."""
@@ -145,8 +141,9 @@ class DocumentReader:
             self._bases.popitem(last=False)
         return text
 
-    def content(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """A record row as a plain dict, its content read from its document where kept apart."""
+    def content(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored record row as a plain dict, its content read from its document where kept apart."""
+        values = logical_values(row)
         if values["content_sha256"] is None:
             return record_view(values)
         address = _address(values["content_sha256"], f"record {values['record_id']}: content")
@@ -211,7 +208,7 @@ class Latest:
 
 def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None:
     """The patient's latest chained decision that keeps its documents apart, if any."""
-    address = connection.execute(
+    content_address = connection.execute(
         select(_record_table.c.content_sha256)
         .where(_record_table.c.patient_ref == patient_ref)
         .where(_record_table.c.kind == "decision")
@@ -219,11 +216,10 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
         .order_by(_record_table.c.seq.desc())
         .limit(1)
     ).scalar_one_or_none()
-    if address is None:
+    if content_address is None:
         return None
     reader = DocumentReader(connection)
     try:
-        content_address = _address(address, "content")
         text = reader.text(content_address, "content")
     except MissingAuditContentError:
         return None
@@ -233,6 +229,31 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
     except MissingAuditContentError:
         inputs = None
     return Latest(reader.keyframe(content_address), inputs, None)
+
+
+def decisions_showing(
+    connection: Connection, card_uuid: str, service_id: str | None = None
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """The decisions (of ``service_id``, if given) that showed the card with this uuid, latest
+    first, each with the card as its content holds it.
+
+    Found through the card index (:func:`~service.audit._records.card_key`), then confirmed
+    against the content, which the chain covers.
+    """
+    query = (
+        records_query()
+        .join(_card_table, _card_table.c.seq == _record_table.c.seq)
+        .where(_card_table.c.card == card_key(card_uuid))
+        .order_by(_record_table.c.seq.desc())
+    )
+    if service_id is not None:
+        query = query.where(_record_table.c.service_id == service_id)
+    reader = DocumentReader(connection)
+    for row in connection.execute(query):
+        view = reader.content(row._asdict())
+        card = find_card(view["content"], card_uuid)
+        if card is not None:
+            yield view, card
 
 
 def _is_stored(connection: Connection, address: bytes) -> bool:

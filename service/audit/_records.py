@@ -26,12 +26,17 @@ __all__ = [
     "FEEDBACK_OUTCOMES",
     "PreparedDecision",
     "PreparedFeedback",
+    "card_key",
     "card_trial_ids",
     "feedback_values",
+    "find_card",
     "hash_document",
+    "is_canonical_uuid",
+    "logical_values",
     "prepare_decision",
     "prepare_feedback",
     "record_view",
+    "stored_columns",
     "stored_decision",
     "suggested_trial_ids",
 ]
@@ -42,12 +47,13 @@ FEEDBACK_OUTCOMES = ("accepted", "overridden")
 
 @dataclass(frozen=True)
 class PreparedDecision:
-    """Column values of a decision row (without seq and hashes), the cards it showed, and the
-    documents to store before the row is chained: its content and the input resources it read."""
+    """Column values of a decision row (without seq and hashes), the keys of the cards it showed
+    (:func:`card_key`), and the documents to store before the row is chained: its content and
+    the input resources it read."""
 
     values: dict[str, Any]
     content: Document
-    cards: list[dict[str, Any]] = field(default_factory=list)
+    cards: list[str] = field(default_factory=list)
     inputs: Document | None = None
     """The input list to store, unless a known input list (``input_key``) says it is stored."""
     inputs_address: bytes | None = None
@@ -129,6 +135,71 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
+_CARD_KEY_NAMESPACE = uuid.UUID("5b0e7a3c-2f1d-4c8e-9a6b-17c0d2e4f839")
+"""Names the UUIDs (version 5) that index cards whose ``uuid`` is not a UUID."""
+
+
+def is_canonical_uuid(text: str) -> bool:
+    """Whether ``text`` is a UUID in the one form the store gives back (lowercase, hyphenated).
+
+    Ids are stored as UUIDs, so any other spelling would come back changed and its record's
+    hash, taken over the text, would no longer verify.
+    """
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def card_key(card_uuid: str) -> str:
+    """The UUID a card is indexed by: its ``uuid``, or one named by it when that is not a UUID.
+
+    A named key could in theory equal another card's uuid, so a match is always confirmed
+    against the ``uuid`` text in the decision's content.
+    """
+    if is_canonical_uuid(card_uuid):
+        return card_uuid
+    return str(uuid.uuid5(_CARD_KEY_NAMESPACE, card_uuid))
+
+
+def find_card(content: Mapping[str, Any], card_uuid: str) -> dict[str, Any] | None:
+    """The card with this ``uuid`` among those a decision's content holds, if any."""
+    cards = content.get("cards")
+    if not isinstance(cards, list):
+        return None
+    return next(
+        (card for card in cards if isinstance(card, dict) and card.get("uuid") == card_uuid),
+        None,
+    )
+
+
+_HEX_COLUMNS = ("dedupe_key", "content_sha256", "prev_hash", "hash")
+"""Columns stored as 32 bytes (revision 0004) whose hex text the chain hash and views use."""
+
+
+def stored_columns(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns to insert for a record's values: hex as bytes, ``decision_id`` NULL when it
+    is the record's own id."""
+    row = dict(values)
+    for name in _HEX_COLUMNS:
+        if row.get(name) is not None:
+            row[name] = bytes.fromhex(row[name])
+    if row["decision_id"] == row["record_id"]:
+        row["decision_id"] = None
+    return row
+
+
+def logical_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row's values as the record has them, which its hash covers and views show."""
+    values = dict(row)
+    for name in _HEX_COLUMNS:
+        if values.get(name) is not None:
+            values[name] = bytes(values[name]).hex()
+    if values.get("decision_id") is None:
+        values["decision_id"] = values["record_id"]
+    return values
+
+
 @dataclass(frozen=True)
 class _Inputs:
     document: Document | None
@@ -180,10 +251,10 @@ def prepare_decision(
         content = canonical_json(clean)
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)
-    try:
-        uuid.UUID(decision_id)
-    except ValueError as exc:
-        raise InvalidAuditRecordError(f"decision.decision_id is not a uuid: {decision_id!r}") from exc
+    if not is_canonical_uuid(decision_id):
+        raise InvalidAuditRecordError(
+            f"decision.decision_id is not a uuid in lowercase hyphenated form: {decision_id!r}"
+        )
     recorded_at = parse_timestamp(_require_str(clean, "recorded_at", where), "decision.recorded_at")
     stored = clean.get("decision")
     if not isinstance(stored, Mapping):
@@ -196,18 +267,7 @@ def prepare_decision(
         raise InvalidAuditRecordError(f"decision.decision.{path}: {first['msg']}") from exc
     cards = _list_of_dicts(clean, "cards", where)
     trial_ids = list(dict.fromkeys(verdict.trial_id for verdict in decision.trials))
-    card_rows: dict[str, dict[str, Any]] = {}
-    for card in cards:
-        card_uuid = card.get("uuid")
-        if isinstance(card_uuid, str) and card_uuid:
-            card_rows.setdefault(
-                card_uuid,
-                {
-                    "card_uuid": card_uuid,
-                    "record_id": decision_id,
-                    "trial_ids": card_trial_ids(card, decision),
-                },
-            )
+    card_keys = [card_key(card["uuid"]) for card in cards if isinstance(card.get("uuid"), str) and card["uuid"]]
     values = {
         "record_id": decision_id,
         "kind": "decision",
@@ -226,7 +286,7 @@ def prepare_decision(
     values["content_sha256"] = stored.address.hex()
     return PreparedDecision(
         values=values,
-        cards=list(card_rows.values()),
+        cards=list(dict.fromkeys(card_keys)),
         content=stored,
         inputs=inputs.document if inputs is not None else None,
         inputs_address=inputs.address if inputs is not None else None,

@@ -35,10 +35,10 @@ def _list_address(resources: list[dict[str, Any]]) -> bytes:
 
 def _content_address(store: AuditStore, decision_id: str) -> bytes:
     with store.engine.connect() as connection:
-        text = connection.execute(
+        address: bytes = connection.execute(
             select(AuditRecord.content_sha256).where(AuditRecord.record_id == decision_id)
         ).scalar_one()
-    return bytes.fromhex(text)
+    return address
 
 
 def test_a_repeat_chart_open_stores_no_input_bytes_again(
