@@ -28,6 +28,7 @@ __all__ = [
     "DocumentReader",
     "Latest",
     "Memory",
+    "Stored",
     "decisions_showing",
     "input_resources",
     "latest_of_patient",
@@ -96,8 +97,14 @@ class DocumentReader:
             wanted = [base for base in bases if base not in self._rows and base not in self._bases]
 
     def fetch_contents(self, rows: Iterable[Row[Any]]) -> None:
-        """:meth:`fetch` the content documents of a batch of record rows."""
-        self.fetch((row.content_sha256 for row in rows if row.content_sha256 is not None), anew=True)
+        """:meth:`fetch` the content documents (or the bases of contents kept in the row) of a
+        batch of record rows."""
+        addresses = (
+            row.content_sha256 if row.content_body is None else row.content_base
+            for row in rows
+            if row.content_sha256 is not None
+        )
+        self.fetch((address for address in addresses if address is not None), anew=True)
 
     def row(self, address: bytes) -> Any:
         """The stored row of a document, from the last fetch or one query."""
@@ -110,20 +117,32 @@ class DocumentReader:
 
     def text(self, address: bytes, what: str) -> bytes:
         """A document's canonical JSON; raises :class:`MissingAuditContentError` naming ``what``."""
-        name = f"{what} {address.hex()}"
         row = self.row(address)
         if row is None:
-            raise MissingAuditContentError(f"{name} is missing")
-        base = None
-        if row.base is not None:
-            base = self._base(row.base, name)
+            raise MissingAuditContentError(f"{what} {address.hex()} is missing")
+        return self.decoded(address, row.codec, row.base, row.body, what)
+
+    def decoded(self, address: bytes, codec: int, base: bytes | None, body: bytes, what: str) -> bytes:
+        """The canonical JSON of a stored body (through its base), checked against its address."""
+        name = f"{what} {address.hex()}"
+        base_text = None if base is None else self._base(base, name)
         try:
-            text = decode_body(row.codec, row.body, base)
+            text = decode_body(codec, body, base_text)
         except InvalidAuditRecordError as exc:
             raise MissingAuditContentError(f"{name}: {exc}") from exc
         if address_of(text) != address:
             raise MissingAuditContentError(f"{name} does not match its address")
         return text
+
+    def content_text(self, values: Mapping[str, Any]) -> bytes:
+        """The content of a record kept apart (``content_sha256``): from the row's own
+        ``content_body`` when it holds it, else from its document."""
+        address = _address(values["content_sha256"], "content")
+        if values.get("content_body") is None:
+            return self.text(address, "content")
+        return self.decoded(
+            address, values["content_codec"], values["content_base"], values["content_body"], "content"
+        )
 
     def _base(self, address: bytes, name: str) -> bytes:
         if address in self._bases:
@@ -146,9 +165,8 @@ class DocumentReader:
         values = logical_values(row)
         if values["content_sha256"] is None:
             return record_view(values)
-        address = _address(values["content_sha256"], f"record {values['record_id']}: content")
         try:
-            text = self.text(address, "content")
+            text = self.content_text(values)
         except MissingAuditContentError as exc:
             raise MissingAuditContentError(f"record {values['record_id']}: {exc}") from exc
         return record_view(values, text)
@@ -207,20 +225,28 @@ class Latest:
 
 
 def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None:
-    """The patient's latest chained decision that keeps its documents apart, if any."""
-    content_address = connection.execute(
-        select(_record_table.c.content_sha256)
+    """The patient's latest chained decision that keeps its content apart, if any."""
+    row = connection.execute(
+        select(
+            _record_table.c.record_id,
+            _record_table.c.decision_id,
+            _record_table.c.content_sha256,
+            _record_table.c.content_codec,
+            _record_table.c.content_base,
+            _record_table.c.content_body,
+        )
         .where(_record_table.c.patient_ref == patient_ref)
         .where(_record_table.c.kind == "decision")
         .where(_record_table.c.content_sha256.is_not(None))
         .order_by(_record_table.c.seq.desc())
         .limit(1)
-    ).scalar_one_or_none()
-    if content_address is None:
+    ).first()
+    if row is None:
         return None
     reader = DocumentReader(connection)
+    values = logical_values(row._asdict())
     try:
-        text = reader.text(content_address, "content")
+        text = reader.content_text(values)
     except MissingAuditContentError:
         return None
     reference = orjson.loads(text).get("input_list")
@@ -228,7 +254,8 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
         inputs = _address(reference.get("sha256"), "input list") if isinstance(reference, dict) else None
     except MissingAuditContentError:
         inputs = None
-    return Latest(reader.keyframe(content_address), inputs, None)
+    keyframe = reader.keyframe(row.content_sha256 if row.content_body is None else row.content_base)
+    return Latest(keyframe, inputs, None)
 
 
 def decisions_showing(
@@ -282,12 +309,23 @@ def _row(item: Document, codec: Codec, base: Base | None) -> tuple[dict[str, Any
     return row, Base(item.address, item.text, len(body))
 
 
-def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Latest:
+@dataclass(frozen=True)
+class Stored:
+    """What :func:`store_documents` did: what the decision offers the patient's next one, and
+    the columns that hold its content in its own row when it is a delta (else empty)."""
+
+    offered: Latest
+    content_columns: dict[str, Any]
+
+
+def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Stored:
     """Write a decision's documents, before it is chained and outside the chain's lock.
 
-    ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`); the
-    return value is what this one offers the next. The input list is not written when it is
-    known to be stored (``prepared.inputs`` is None), is the patient's latest, or is found.
+    ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`). The
+    input list is not written when it is known to be stored (``prepared.inputs`` is None), is
+    the patient's latest, or is found. A content that is a delta (a few hundred bytes for a
+    repeat chart open) is not written here but returned, to go into the decision's own row:
+    a document row of its own would cost as much again in row header, address and index entry.
     """
     rows = []
     inputs = prepared.inputs
@@ -304,9 +342,14 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
     row, content_base = _row(
         prepared.content, Codec.DECISIONS, latest.content if latest is not None else None
     )
-    rows.append(row)
-    _insert(connection, rows)
-    return Latest(content_base, prepared.inputs_address, inputs_base)
+    content_columns = {}
+    if row["base"] is None:
+        rows.append(row)
+    else:
+        content_columns = {"content_codec": row["codec"], "content_base": row["base"], "content_body": row["body"]}
+    if rows:
+        _insert(connection, rows)
+    return Stored(Latest(content_base, prepared.inputs_address, inputs_base), content_columns)
 
 
 class Memory:

@@ -50,13 +50,10 @@ class _Documents:
                 self.verdicts[key] = str(exc)
         return self.verdicts[key]
 
-    def content(self, text: object) -> tuple[dict[str, Any] | None, str | None]:
-        """A record's content and, if it cannot be trusted, why."""
-        address = _address(text)
-        if address is None:
-            return None, f"content address {text!r} is not a SHA-256"
+    def content(self, values: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """A record's content (from its document or its own row) and, if it cannot be trusted, why."""
         try:
-            return orjson.loads(self.reader.text(address, "content")), None
+            return orjson.loads(self.reader.content_text(values)), None
         except MissingAuditContentError as exc:
             return None, str(exc)
 
@@ -131,7 +128,7 @@ def walk_chain(connection: Connection, records: Select[Any]) -> tuple[int, list[
             if chain_hash(hash_document(values), values["prev_hash"]) != values["hash"]:
                 problems.append(f"edited content at {label}: hash does not match the record")
             if values["content_sha256"] is not None:
-                content, problem = documents.content(values["content_sha256"])
+                content, problem = documents.content(values)
                 if problem is not None:
                     problems.append(f"{label}: {problem}")
                 elif content is not None:

@@ -57,6 +57,9 @@ class AuditRecord(AuditBase):
 
     __tablename__ = "audit_record"
     __table_args__ = (
+        # Records are appended in time order, so on PostgreSQL a BRIN index (a few pages for
+        # millions of rows) serves the exports' time ranges as well as a B-tree would.
+        Index("ix_audit_record_recorded_at", "recorded_at", postgresql_using="brin"),
         Index(
             "ix_audit_record_dedupe_key",
             "dedupe_key",
@@ -66,8 +69,9 @@ class AuditRecord(AuditBase):
         ),
     )
 
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    content_codec: Mapped[int | None] = mapped_column(SmallInteger)
     record_id: Mapped[str] = mapped_column(Uuid(as_uuid=False), unique=True)
     decision_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
     kind: Mapped[str] = mapped_column(String(16))
@@ -78,12 +82,16 @@ class AuditRecord(AuditBase):
     trial_ids: Mapped[list[str]] = mapped_column(JSON)
     outcome: Mapped[str] = mapped_column(String(32))
     dedupe_key: Mapped[bytes | None] = mapped_column(LargeBinary(32))
-    # Decisions written since revision 0002 keep ``content`` empty and name their content
-    # (in ``audit_document``) by ``content_sha256``; older records hold it inline.
+    # Decisions written since revision 0002 keep ``content`` empty and name their content by
+    # ``content_sha256``; older records hold it inline. Since 0004 a content that is a delta
+    # (``content_codec``, against the document ``content_base``) is kept in ``content_body``
+    # of its own row, any other in ``audit_document``.
     content: Mapped[str] = mapped_column(Text)
     content_sha256: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     prev_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    content_base: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    content_body: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class AuditDocument(AuditBase):

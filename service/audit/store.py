@@ -257,21 +257,27 @@ class AuditStore:
             latest = self._memory.latest(patient_ref)
             if latest is None and patient_ref is not None:
                 latest = _documents.latest_of_patient(connection, patient_ref)
-            offered = _documents.store_documents(connection, prepared, latest)
+            stored = _documents.store_documents(connection, prepared, latest)
 
         def write(connection: Connection, head: _ChainHead) -> str:
-            return self._write_decision(connection, head, prepared)
+            return self._write_decision(connection, head, prepared, stored.content_columns)
 
         decision_id = self._append(write)
-        self._memory.remember(prepared, offered)
+        self._memory.remember(prepared, stored.offered)
         return decision_id
 
-    def _write_decision(self, connection: Connection, head: _ChainHead, prepared: PreparedDecision) -> str:
+    def _write_decision(
+        self,
+        connection: Connection,
+        head: _ChainHead,
+        prepared: PreparedDecision,
+        content_columns: Mapping[str, Any],
+    ) -> str:
         record_id = str(prepared.values["record_id"])
         taken = connection.execute(select(AuditRecord.seq).where(AuditRecord.record_id == record_id)).first()
         if taken is not None:
             raise DuplicateRecordError(f"decision {record_id} is already in the audit trail")
-        seq = self._insert_record(connection, head, prepared.values)
+        seq = self._insert_record(connection, head, {**prepared.values, **content_columns})
         if prepared.cards:
             connection.execute(insert(AuditCard), [{"card": key, "seq": seq} for key in prepared.cards])
         return record_id
