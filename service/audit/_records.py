@@ -267,7 +267,9 @@ def prepare_decision(
         raise InvalidAuditRecordError(f"decision.decision.{path}: {first['msg']}") from exc
     cards = _list_of_dicts(clean, "cards", where)
     trial_ids = list(dict.fromkeys(verdict.trial_id for verdict in decision.trials))
-    card_keys = [card_key(card["uuid"]) for card in cards if isinstance(card.get("uuid"), str) and card["uuid"]]
+    card_rows = {  # card uuid -> the key its row is indexed by
+        card["uuid"]: card_key(card["uuid"]) for card in cards if isinstance(card.get("uuid"), str) and card["uuid"]
+    }
     values = {
         "record_id": decision_id,
         "kind": "decision",
@@ -286,7 +288,7 @@ def prepare_decision(
     values["content_sha256"] = stored.address.hex()
     return PreparedDecision(
         values=values,
-        cards=list(dict.fromkeys(card_keys)),
+        cards=list(card_rows.values()),
         content=stored,
         inputs=inputs.document if inputs is not None else None,
         inputs_address=inputs.address if inputs is not None else None,

@@ -20,6 +20,7 @@ from service.audit import (
     InvalidAuditRecordError,
     UnknownCardError,
 )
+from service.audit._records import card_key
 from service.audit.models import AuditBase
 
 DecisionFactory = Callable[..., dict[str, Any]]
@@ -96,6 +97,7 @@ def test_duplicate_decision_is_refused(store: AuditStore, make_decision: Decisio
     "change",
     [
         {"decision_id": "not-a-uuid"},
+        {"decision_id": "7E6B1F52-3C0A-4F0E-9D7B-2A1C5E8F9B10"},
         {"recorded_at": "yesterday"},
         {"hook": None},
         {"decision": {"trials": [{"suggested": True}]}},
@@ -151,6 +153,37 @@ def test_bare_coding_override_reason_is_nested(store: AuditStore, make_decision:
 
     [stored] = list(store.iter_records(ExportFilters(kind="feedback")))
     assert stored["content"]["feedback"]["overrideReason"] == {"reason": coding}
+
+
+def test_a_card_is_found_by_its_id_even_when_that_is_no_uuid(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    """Cards are indexed by UUID; one whose id is not a UUID by a UUID named by the id, and a
+    match is confirmed against the decision's content, so that UUID is not the card's id."""
+    record = make_decision(suggested={"NCT05727904": True, "NCT06538012": True})
+    record["cards"][0]["uuid"] = "card-7"
+    record["cards"][1]["extension"] = {"trial_ids": ["NCT06538012", "NCT05727904"]}
+    store.append_decision(record)
+
+    found = store.find_decision_by_card("card-7")
+    assert found is not None and found["record_id"] == record["decision_id"]
+    assert store.find_decision_by_card(card_key("card-7")) is None
+    with pytest.raises(UnknownCardError):
+        store.append_feedback("til-trials", _feedback(card_key("card-7")))
+
+    store.append_feedback("til-trials", _feedback("card-7"))
+    store.append_feedback("til-trials", _feedback(record["cards"][1]["uuid"]))
+    feedback = list(store.iter_records(ExportFilters(kind="feedback")))
+    assert [item["trial_ids"] for item in feedback] == [["NCT05727904"], ["NCT06538012", "NCT05727904"]]
+    assert store.verify().ok
+
+
+def test_a_decision_id_that_is_no_uuid_is_not_found(store: AuditStore, make_decision: DecisionFactory) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    assert store.get_decision("not-a-uuid") is None
+    assert store.get_decision(record["decision_id"].upper()) is None
+    assert store.get_decision(record["decision_id"]) is not None
 
 
 def test_unknown_card_raises(store: AuditStore, make_decision: DecisionFactory) -> None:
