@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,7 +29,7 @@ __all__ = [
     "Latest",
     "Memory",
     "Stored",
-    "decisions_showing",
+    "decision_showing",
     "input_resources",
     "latest_of_patient",
     "names_inputs",
@@ -258,11 +258,11 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
     return Latest(keyframe, inputs, None)
 
 
-def decisions_showing(
+def decision_showing(
     connection: Connection, card_uuid: str, service_id: str | None = None
-) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """The decisions (of ``service_id``, if given) that showed the card with this uuid, latest
-    first, each with the card as its content holds it.
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The latest decision (of ``service_id``, if given) that showed the card with this uuid,
+    and the card as its content holds it; None when no decision did.
 
     Found through the card index (:func:`~service.audit._records.card_key`), then confirmed
     against the content, which the chain covers.
@@ -276,11 +276,12 @@ def decisions_showing(
     if service_id is not None:
         query = query.where(_record_table.c.service_id == service_id)
     reader = DocumentReader(connection)
-    for row in connection.execute(query):
+    for row in connection.execute(query).all():
         view = reader.content(row._asdict())
         card = find_card(view["content"], card_uuid)
         if card is not None:
-            yield view, card
+            return view, card
+    return None
 
 
 def _is_stored(connection: Connection, address: bytes) -> bool:
@@ -346,7 +347,11 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
     if row["base"] is None:
         rows.append(row)
     else:
-        content_columns = {"content_codec": row["codec"], "content_base": row["base"], "content_body": row["body"]}
+        content_columns = {
+            "content_codec": row["codec"],
+            "content_base": row["base"],
+            "content_body": row["body"],
+        }
     if rows:
         _insert(connection, rows)
     return Stored(Latest(content_base, prepared.inputs_address, inputs_base), content_columns)

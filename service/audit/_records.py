@@ -268,7 +268,9 @@ def prepare_decision(
     cards = _list_of_dicts(clean, "cards", where)
     trial_ids = list(dict.fromkeys(verdict.trial_id for verdict in decision.trials))
     card_rows = {  # card uuid -> the key its row is indexed by
-        card["uuid"]: card_key(card["uuid"]) for card in cards if isinstance(card.get("uuid"), str) and card["uuid"]
+        card["uuid"]: card_key(card["uuid"])
+        for card in cards
+        if isinstance(card.get("uuid"), str) and card["uuid"]
     }
     values = {
         "record_id": decision_id,

@@ -121,7 +121,9 @@ def walk_chain(connection: Connection, records: Select[Any]) -> tuple[int, list[
             checked += 1
             label = f"seq {seq} (record {values['record_id']})"
             if seq != expected_seq:
-                missing = f"seq {expected_seq}" if seq == expected_seq + 1 else f"seqs {expected_seq}..{seq - 1}"
+                missing = (
+                    f"seq {expected_seq}" if seq == expected_seq + 1 else f"seqs {expected_seq}..{seq - 1}"
+                )
                 problems.append(f"gap before {label}: {missing} missing (deleted record?)")
             if values["prev_hash"] != previous_hash:
                 problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")

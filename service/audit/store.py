@@ -294,10 +294,11 @@ class AuditStore:
             existing = self._feedback_by_key(connection, prepared.dedupe_key)
             if existing is not None:
                 return existing, False
-            shown = _documents.decisions_showing(connection, prepared.card_uuid, service_id)
-            found = next(shown, None)
+            found = _documents.decision_showing(connection, prepared.card_uuid, service_id)
         if found is None:
-            raise UnknownCardError(f"no decision of service {service_id!r} showed card {prepared.card_uuid!r}")
+            raise UnknownCardError(
+                f"no decision of service {service_id!r} showed card {prepared.card_uuid!r}"
+            )
         decision, card = found
         values = feedback_values(
             prepared,
@@ -365,7 +366,7 @@ class AuditStore:
     def find_decision_by_card(self, card_uuid: str) -> dict[str, Any] | None:
         """The latest decision that showed the card with this uuid, or None."""
         with self._transaction(write=False) as connection:
-            found = next(_documents.decisions_showing(connection, card_uuid), None)
+            found = _documents.decision_showing(connection, card_uuid)
         return None if found is None else found[0]
 
     def verify(self) -> VerifyReport:

@@ -324,7 +324,9 @@ def _old_cards(tmp_path: Path, old: OldDatabase) -> list[OldCard]:
             ).all()
     finally:
         engine.dispose()
-    latest = {card_uuid: OldCard(card_uuid, record_id, json.loads(trials)) for card_uuid, record_id, trials in rows}
+    latest = {
+        card_uuid: OldCard(card_uuid, record_id, json.loads(trials)) for card_uuid, record_id, trials in rows
+    }
     return list(latest.values())
 
 
@@ -349,7 +351,9 @@ def test_old_cards_find_their_decision_and_its_trials(
         {"card": card.card_uuid, "outcome": "accepted", "outcomeTimestamp": datetime.now(UTC).isoformat()},
     )
     assert is_new
-    (feedback,) = [r for r in migrated.iter_records(ExportFilters(kind="feedback")) if r["record_id"] == feedback_id]
+    (feedback,) = [
+        r for r in migrated.iter_records(ExportFilters(kind="feedback")) if r["record_id"] == feedback_id
+    ]
     assert (feedback["decision_id"], feedback["trial_ids"]) == (card.record_id, card.trial_ids)
     assert migrated.verify().ok
 
@@ -377,10 +381,15 @@ def test_an_id_a_uuid_column_would_respell_stops_the_migration(tmp_path: Path) -
         engine.dispose()
     store = AuditStore.from_url(url)
     try:
-        with pytest.raises(RuntimeError, match=r"audit record seq 10: record_id '[0-9A-F-]{36}' is not a UUID"):
+        with pytest.raises(
+            RuntimeError, match=r"audit record seq 10: record_id '[0-9A-F-]{36}' is not a UUID"
+        ):
             store.migrate()
         with store.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == V3.revision
+            assert (
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+                == V3.revision
+            )
             assert connection.execute(text("SELECT count(*) FROM audit_record")).scalar_one() == V3.records
     finally:
         store.close()
@@ -392,7 +401,9 @@ def test_a_downgrade_to_0003_gives_cards_their_ids_and_trials_back(tmp_path: Pat
     store = AuditStore.from_url(_old_sqlite(tmp_path, V3))
     try:
         store.migrate()
-        *_, latest = store.iter_records(ExportFilters(kind="decision", patient_ref="Patient/til-lung-eligible"))
+        *_, latest = store.iter_records(
+            ExportFilters(kind="decision", patient_ref="Patient/til-lung-eligible")
+        )
         inputs = store.input_resources(latest)
         repeat = {
             **latest["content"],

@@ -178,7 +178,9 @@ def test_a_card_is_found_by_its_id_even_when_that_is_no_uuid(
     assert store.verify().ok
 
 
-def test_a_decision_id_that_is_no_uuid_is_not_found(store: AuditStore, make_decision: DecisionFactory) -> None:
+def test_a_decision_id_that_is_no_uuid_is_not_found(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
     record = make_decision()
     store.append_decision(record)
     assert store.get_decision("not-a-uuid") is None

@@ -59,7 +59,11 @@ _PG_COMPACT_CONSTRAINTS = {
     "audit_chain_head": ("audit_chain_head_pkey",),
 }
 _OLD_INDEXES = {
-    "audit_record": ("ix_audit_record_recorded_at", "ix_audit_record_patient_ref", "ix_audit_record_decision_id"),
+    "audit_record": (
+        "ix_audit_record_recorded_at",
+        "ix_audit_record_patient_ref",
+        "ix_audit_record_decision_id",
+    ),
     "audit_card": ("ix_audit_card_record_id",),
 }
 
@@ -228,7 +232,9 @@ def upgrade() -> None:
         sa.Column("last_hash", sa.String(length=64)),
     )
     for rows in _batches(sa.select(old_head)):
-        moved = [{**row, "last_hash": _bytes(row["last_hash"], row["last_seq"], "chain head")} for row in rows]
+        moved = [
+            {**row, "last_hash": _bytes(row["last_hash"], row["last_seq"], "chain head")} for row in rows
+        ]
         connection.execute(head.insert(), moved)
     for name in ("audit_card", "audit_record", "audit_chain_head"):
         op.drop_table(name + _OLD)
@@ -302,7 +308,12 @@ def downgrade() -> None:
             text_rows.append(text_row)
         connection.execute(records.insert(), text_rows)
         kept_in_row = [
-            {"address": row["content_sha256"], "codec": row["content_codec"], "base": row["content_base"], "body": row["content_body"]}
+            {
+                "address": row["content_sha256"],
+                "codec": row["content_codec"],
+                "base": row["content_base"],
+                "body": row["content_body"],
+            }
             for row in rows
             if row["content_body"] is not None
         ]
@@ -316,7 +327,7 @@ def downgrade() -> None:
         shown: dict[int, set[str]] = {}
         for seq, card in keys:
             shown.setdefault(seq, set()).add(card)
-        card_rows = []
+        card_rows: list[dict[str, Any]] = []
         for row in rows:
             if row["seq"] not in shown:
                 continue
@@ -328,12 +339,18 @@ def downgrade() -> None:
                 if isinstance(card.get("uuid"), str) and card_key(card["uuid"]) in shown[row["seq"]]
             }
             card_rows.extend(
-                {"card_uuid": text, "record_id": row["record_id"], "trial_ids": card_trial_ids(card, decision)}
+                {
+                    "card_uuid": text,
+                    "record_id": row["record_id"],
+                    "trial_ids": card_trial_ids(card, decision),
+                }
                 for text, card in by_uuid.items()
             )
         if card_rows:
             connection.execute(cards.insert(), card_rows)
     for rows in _batches(sa.select(compact_head)):
-        connection.execute(head.insert(), [{**row, "last_hash": bytes(row["last_hash"]).hex()} for row in rows])
+        connection.execute(
+            head.insert(), [{**row, "last_hash": bytes(row["last_hash"]).hex()} for row in rows]
+        )
     for name in ("audit_card", "audit_record", "audit_chain_head"):
         op.drop_table(name + _NEW)
