@@ -53,7 +53,7 @@ class PreparedDecision:
 
     values: dict[str, Any]
     content: Document
-    cards: list[str] = field(default_factory=list)
+    cards: list[int] = field(default_factory=list)
     inputs: Document | None = None
     """The input list to store, unless a known input list (``input_key``) says it is stored."""
     inputs_address: bytes | None = None
@@ -135,10 +135,6 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
-_CARD_KEY_NAMESPACE = uuid.UUID("5b0e7a3c-2f1d-4c8e-9a6b-17c0d2e4f839")
-"""Names the UUIDs (version 5) that index cards whose ``uuid`` is not a UUID."""
-
-
 def is_canonical_uuid(text: str) -> bool:
     """Whether ``text`` is a UUID in the one form the store gives back (lowercase, hyphenated).
 
@@ -151,15 +147,14 @@ def is_canonical_uuid(text: str) -> bool:
         return False
 
 
-def card_key(card_uuid: str) -> str:
-    """The UUID a card is indexed by: its ``uuid``, or one named by it when that is not a UUID.
+def card_key(card_uuid: str) -> int:
+    """The 64-bit key a card is indexed by: the first 8 bytes of the SHA-256 of its ``uuid``.
 
-    A named key could in theory equal another card's uuid, so a match is always confirmed
-    against the ``uuid`` text in the decision's content.
+    Eight bytes rather than a UUID's sixteen, and any id, UUID or not, keys alike. Two ids may
+    share a key, so an index hit is always confirmed against the ``uuid`` text in the
+    decision's content.
     """
-    if is_canonical_uuid(card_uuid):
-        return card_uuid
-    return str(uuid.uuid5(_CARD_KEY_NAMESPACE, card_uuid))
+    return int.from_bytes(hashlib.sha256(card_uuid.encode("utf-8")).digest()[:8], "big", signed=True)
 
 
 def find_card(content: Mapping[str, Any], card_uuid: str) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -112,17 +113,21 @@ class AuditDocument(AuditBase):
 
 
 class AuditCard(AuditBase):
-    """Which decision showed a card, so feedback can be linked by an index without scanning.
+    """Which decision showed a card, so feedback finds it through an index, not by scanning.
 
-    ``card`` is the card's uuid (``_records.card_key``: a name-based UUID for a card id that is
-    not one), ``seq`` the decision's. The trials a card is about are read from the decision's
-    content, which the chain covers, when feedback on it arrives.
+    ``card`` is the card's 64-bit key (``_records.card_key``), ``seq`` the decision's; a hit is
+    confirmed against the card's ``uuid`` in the decision's content, and the trials the card
+    is about are read from there (the chain covers the content). The table has no primary key:
+    rows are only ever looked up by ``card``, and one index serves that at 20 bytes a card.
     """
 
     __tablename__ = "audit_card"
+    __table_args__ = (Index("ix_audit_card_card", "card"),)
 
-    card: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, ForeignKey("audit_record.seq"), primary_key=True)
+    card: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(Integer, ForeignKey("audit_record.seq"))
+
+    __mapper_args__ = {"primary_key": [card, seq]}
 
 
 class AuditChainHead(AuditBase):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import insert
 
 import service.audit
 from service.audit import (
@@ -21,7 +22,7 @@ from service.audit import (
     UnknownCardError,
 )
 from service.audit._records import card_key
-from service.audit.models import AuditBase
+from service.audit.models import AuditBase, AuditCard
 
 DecisionFactory = Callable[..., dict[str, Any]]
 
@@ -158,8 +159,6 @@ def test_bare_coding_override_reason_is_nested(store: AuditStore, make_decision:
 def test_a_card_is_found_by_its_id_even_when_that_is_no_uuid(
     store: AuditStore, make_decision: DecisionFactory
 ) -> None:
-    """Cards are indexed by UUID; one whose id is not a UUID by a UUID named by the id, and a
-    match is confirmed against the decision's content, so that UUID is not the card's id."""
     record = make_decision(suggested={"NCT05727904": True, "NCT06538012": True})
     record["cards"][0]["uuid"] = "card-7"
     record["cards"][1]["extension"] = {"trial_ids": ["NCT06538012", "NCT05727904"]}
@@ -167,15 +166,26 @@ def test_a_card_is_found_by_its_id_even_when_that_is_no_uuid(
 
     found = store.find_decision_by_card("card-7")
     assert found is not None and found["record_id"] == record["decision_id"]
-    assert store.find_decision_by_card(card_key("card-7")) is None
-    with pytest.raises(UnknownCardError):
-        store.append_feedback("til-trials", _feedback(card_key("card-7")))
-
     store.append_feedback("til-trials", _feedback("card-7"))
     store.append_feedback("til-trials", _feedback(record["cards"][1]["uuid"]))
+
     feedback = list(store.iter_records(ExportFilters(kind="feedback")))
     assert [item["trial_ids"] for item in feedback] == [["NCT05727904"], ["NCT06538012", "NCT05727904"]]
     assert store.verify().ok
+
+
+def test_a_card_key_hit_is_confirmed_by_the_content(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    """Card keys are 64 bits of a hash, so two ids may share one: a decision whose card row has
+    the key of a card it did not show is not that card's decision."""
+    store.append_decision(make_decision())
+    with store.engine.begin() as connection:
+        connection.execute(insert(AuditCard).values(card=card_key("card-it-never-showed"), seq=1))
+
+    assert store.find_decision_by_card("card-it-never-showed") is None
+    with pytest.raises(UnknownCardError):
+        store.append_feedback("til-trials", _feedback("card-it-never-showed"))
 
 
 def test_a_decision_id_that_is_no_uuid_is_not_found(

@@ -6,16 +6,18 @@ Create Date: 2026-11-29 12:00:00
 
 What a repeat chart open stores is mostly its chained row and card rows, so they shrink:
 
-- ``record_id``, ``decision_id`` and card uuids become UUIDs (16 bytes on PostgreSQL, not 37),
-  and ``decision_id`` is NULL where it is the record's own id (decisions, pre-screen runs);
+- ``record_id`` and ``decision_id`` become UUIDs (16 bytes on PostgreSQL, not 37), and
+  ``decision_id`` is NULL where it is the record's own id (decisions, pre-screen runs);
 - ``prev_hash``, ``hash``, ``content_sha256`` and ``dedupe_key`` become 32 bytes, not 64 hex
   characters (the chain hash is still taken over the hex text, so every record verifies as
   it was written), and the head's ``last_hash`` with them;
 - ``dedupe_key`` (feedback only) gets a partial unique index, so decisions add no entry;
 - ``decision_id`` loses its index, which no query used;
-- a card row is ``(card, seq)``: one index finds the decision that showed a card, and the
-  trials it is about are read from the decision's content (which the chain covers), as the
-  monthly counts already did, instead of being copied into every card row;
+- a card row is ``(card, seq)``, a 64-bit key of the card's uuid and the decision's seq,
+  with one index on the key (no primary key, whose B-tree no query used): a hit is confirmed
+  against the card in the decision's content, and the trials the card is about are read from
+  there (the chain covers it), as the monthly counts already did, instead of being copied
+  into every card row;
 - a decision's content that is a delta (a few hundred bytes for a repeat chart open) is kept
   in its own row (``content_codec``, ``content_base``, ``content_body``) rather than in a
   document row, which would cost as much again in row header, address and index entry;
@@ -55,7 +57,7 @@ _PG_CONSTRAINTS = {
 _NEW = "_0004"
 _PG_COMPACT_CONSTRAINTS = {
     "audit_record": ("audit_record_pkey", "audit_record_record_id_key"),
-    "audit_card": ("audit_card_pkey", "audit_card_seq_fkey"),
+    "audit_card": ("audit_card_seq_fkey",),
     "audit_chain_head": ("audit_chain_head_pkey",),
 }
 _OLD_INDEXES = {
@@ -192,11 +194,11 @@ def _create_compact_tables() -> tuple[sa.Table, sa.Table, sa.Table]:
     )
     cards = op.create_table(
         "audit_card",
-        sa.Column("card", sa.Uuid(as_uuid=False), nullable=False),
+        sa.Column("card", sa.BigInteger(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["seq"], ["audit_record.seq"]),
-        sa.PrimaryKeyConstraint("card", "seq"),
     )
+    op.create_index("ix_audit_card_card", "audit_card", ["card"])
     head = op.create_table(
         "audit_chain_head",
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
@@ -256,7 +258,7 @@ def downgrade() -> None:
                 op.execute(f"ALTER TABLE {name}{_NEW} RENAME CONSTRAINT {constraint} TO {constraint}{_NEW}")
     compact_records = _table("audit_record" + _NEW, *_compact_record_columns())
     compact_cards = _table(
-        "audit_card" + _NEW, sa.Column("card", sa.Uuid(as_uuid=False)), sa.Column("seq", sa.Integer())
+        "audit_card" + _NEW, sa.Column("card", sa.BigInteger()), sa.Column("seq", sa.Integer())
     )
     compact_head = _table(
         "audit_chain_head" + _NEW,
@@ -324,7 +326,7 @@ def downgrade() -> None:
                 compact_cards.c.seq.in_([row["seq"] for row in rows])
             )
         ).all()
-        shown: dict[int, set[str]] = {}
+        shown: dict[int, set[int]] = {}
         for seq, card in keys:
             shown.setdefault(seq, set()).add(card)
         card_rows: list[dict[str, Any]] = []
