@@ -3,8 +3,9 @@
 A decision's documents are written before it is chained, with ``INSERT ... ON CONFLICT DO
 NOTHING``. Its input list is not written at all when it is already stored (a repeat chart
 open); otherwise it, like the content, is stored as a delta against the patient's latest
-stored document of its kind when that is much smaller (see ``_content.smallest_encoding``).
-Every read is checked against the document's address.
+stored document of its kind when that is much smaller (see ``_content.smallest_encoding``);
+a content delta then goes into the decision's own row instead (revision 0004). Every read,
+from a document or a row, is checked against the content's address.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ it read and its content — go into one content-addressed table (``INSERT ... ON
 NOTHING``; an input list already stored by an earlier chart open is not written again, and a
 changed one is stored as a delta against the patient's last). Then the chain-head row is
 locked (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link
-a small row that names the content by its hash, so writers in any number of threads or processes extend one linear chain without
-waiting for each other's large writes. A crash between the two leaves unreferenced documents,
+a small row that names the content by its hash (and holds it when it is a delta of a few
+hundred bytes, as on a repeat chart open), so writers in any number of threads or processes
+extend one linear chain without waiting for each other's large writes. A crash between the two leaves unreferenced documents,
 never a record without its content. Database failures surface as
 :class:`AuditUnavailableError`, never as a silent drop, so the caller can refuse to answer a
 hook it could not record.
