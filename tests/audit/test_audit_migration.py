@@ -18,6 +18,7 @@ import gzip
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from service.engine.replay import evaluate_recorded
 from service.review import build_review_page
 
 DATA = Path(__file__).with_name("data")
+DecisionFactory = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -436,5 +438,26 @@ def test_a_downgrade_to_0003_gives_cards_their_ids_and_trials_back(tmp_path: Pat
         again = store.get_decision(new_id)
         assert again is not None and store.input_resources(again) == inputs
         assert all(store.find_decision_by_card(card.card_uuid) is not None for card in old_cards)
+    finally:
+        store.close()
+
+
+def test_a_round_trip_through_0003_copies_every_batch(tmp_path: Path, make_decision: DecisionFactory) -> None:
+    """Both directions copy rows a batch at a time; a store of more than one batch keeps every
+    record and card."""
+    store = AuditStore.from_url(_old_sqlite(tmp_path, V3))
+    try:
+        store.migrate()
+        records = [make_decision(patient_ref=f"Patient/p{n % 7}") for n in range(520)]
+        for record in records:
+            store.append_decision(record)
+        _migrate(store, V3.revision, down=True)
+        store.migrate()
+        report = store.verify()
+        assert report.ok, report.problems
+        assert report.records_checked == V3.records + len(records)
+        for record in (records[0], records[499], records[-1]):
+            found = store.find_decision_by_card(record["cards"][0]["uuid"])
+            assert found is not None and found["record_id"] == record["decision_id"]
     finally:
         store.close()

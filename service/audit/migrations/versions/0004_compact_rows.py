@@ -60,14 +60,8 @@ _PG_COMPACT_CONSTRAINTS = {
     "audit_card": ("audit_card_seq_fkey",),
     "audit_chain_head": ("audit_chain_head_pkey",),
 }
-_OLD_INDEXES = {
-    "audit_record": (
-        "ix_audit_record_recorded_at",
-        "ix_audit_record_patient_ref",
-        "ix_audit_record_decision_id",
-    ),
-    "audit_card": ("ix_audit_card_record_id",),
-}
+_OLD_INDEXES = {"audit_record": ("ix_audit_record_recorded_at", "ix_audit_record_patient_ref")}
+"""Indexes whose names the rebuilt tables take; the others go with their tables."""
 
 
 def _text_record_columns() -> list[sa.Column[Any]]:
@@ -120,10 +114,14 @@ def _table(name: str, *columns: sa.Column[Any]) -> sa.Table:
     return sa.Table(name, sa.MetaData(), *columns)
 
 
-def _batches(query: sa.Select[Any]) -> Iterator[list[dict[str, Any]]]:
-    result = op.get_bind().execute(query)
-    while rows := result.fetchmany(_BATCH):
-        yield [dict(row._mapping) for row in rows]
+def _batches(records: sa.Table) -> Iterator[list[dict[str, Any]]]:
+    """The rows of a records table in seq order, a batch at a time, each batch its own query
+    (by the primary key), so no cursor stays open while the batch is copied."""
+    connection, last = op.get_bind(), 0
+    query = sa.select(records).order_by(records.c.seq).limit(_BATCH)
+    while rows := connection.execute(query.where(records.c.seq > last)).mappings().all():
+        yield [dict(row) for row in rows]
+        last = rows[-1]["seq"]
 
 
 def _set_aside(names: Sequence[str]) -> None:
@@ -214,30 +212,29 @@ def upgrade() -> None:
     _set_aside(("audit_card", "audit_record", "audit_chain_head"))
     records, cards, head = _create_compact_tables()
     old_records = _table("audit_record" + _OLD, *_text_record_columns())
-    for rows in _batches(sa.select(old_records).order_by(old_records.c.seq)):
-        connection.execute(records.insert(), [_compact(row) for row in rows])
     old_cards = _table(
         "audit_card" + _OLD,
         sa.Column("card_uuid", sa.String(length=200)),
         sa.Column("record_id", sa.String(length=36)),
     )
-    shown = sa.select(old_cards.c.card_uuid, old_records.c.seq).join(
-        old_records, old_records.c.record_id == old_cards.c.record_id
-    )
-    for rows in _batches(shown.order_by(old_records.c.seq)):
-        keyed = {(card_key(row["card_uuid"]), row["seq"]) for row in rows}
-        connection.execute(cards.insert(), [{"card": card, "seq": seq} for card, seq in sorted(keyed)])
+    for rows in _batches(old_records):
+        connection.execute(records.insert(), [_compact(row) for row in rows])
+        seqs = {row["record_id"]: row["seq"] for row in rows}
+        shown = connection.execute(
+            sa.select(old_cards.c.card_uuid, old_cards.c.record_id).where(old_cards.c.record_id.in_(seqs))
+        ).all()
+        keyed = sorted({(card_key(card_uuid), seqs[record_id]) for card_uuid, record_id in shown})
+        if keyed:
+            connection.execute(cards.insert(), [{"card": card, "seq": seq} for card, seq in keyed])
     old_head = _table(
         "audit_chain_head" + _OLD,
         sa.Column("id", sa.Integer()),
         sa.Column("last_seq", sa.Integer()),
         sa.Column("last_hash", sa.String(length=64)),
     )
-    for rows in _batches(sa.select(old_head)):
-        moved = [
-            {**row, "last_hash": _bytes(row["last_hash"], row["last_seq"], "chain head")} for row in rows
-        ]
-        connection.execute(head.insert(), moved)
+    for old in connection.execute(sa.select(old_head)).mappings().all():
+        last_hash = _bytes(old["last_hash"], old["last_seq"], "chain head")
+        connection.execute(head.insert().values({**old, "last_hash": last_hash}))
     for name in ("audit_card", "audit_record", "audit_chain_head"):
         op.drop_table(name + _OLD)
 
@@ -300,7 +297,8 @@ def downgrade() -> None:
         sa.Column("body", sa.LargeBinary()),
     )
     reader = DocumentReader(connection)
-    for rows in _batches(sa.select(compact_records).order_by(compact_records.c.seq)):
+    op.create_index("ix_audit_card_0004_seq", "audit_card" + _NEW, ["seq"])
+    for rows in _batches(compact_records):
         text_rows = []
         for row in rows:
             text_row = {column.name: row[column.name] for column in records.columns}
@@ -350,9 +348,7 @@ def downgrade() -> None:
             )
         if card_rows:
             connection.execute(cards.insert(), card_rows)
-    for rows in _batches(sa.select(compact_head)):
-        connection.execute(
-            head.insert(), [{**row, "last_hash": bytes(row["last_hash"]).hex()} for row in rows]
-        )
+    for compact in connection.execute(sa.select(compact_head)).mappings().all():
+        connection.execute(head.insert().values({**compact, "last_hash": bytes(compact["last_hash"]).hex()}))
     for name in ("audit_card", "audit_record", "audit_chain_head"):
         op.drop_table(name + _NEW)
