@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 import service.audit
 from service.audit import (
@@ -48,6 +48,34 @@ def test_migrations_match_the_models(store: AuditStore) -> None:
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), AuditBase.metadata)
     assert differences == []
+
+
+@pytest.mark.postgres
+def test_postgres_indexes_what_the_queries_need(postgres_url: str) -> None:
+    """What ``compare_metadata`` does not compare: the index methods and storage options."""
+    store = AuditStore.from_url(postgres_url)
+    try:
+        store.migrate()
+        with store.engine.connect() as connection:
+            definitions = dict(
+                connection.execute(
+                    text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('audit_record', 'audit_card')"
+                    )
+                ).all()
+            )
+    finally:
+        store.close()
+    assert set(definitions) == {
+        "audit_record_pkey",
+        "audit_record_record_id_key",
+        "ix_audit_record_recorded_at",
+        "ix_audit_record_patient_ref",
+        "ix_audit_record_dedupe_key",
+        "ix_audit_card_card",
+    }
+    assert "USING brin (recorded_at) WITH (autosummarize='on')" in definitions["ix_audit_record_recorded_at"]
+    assert definitions["ix_audit_record_dedupe_key"].endswith("WHERE (dedupe_key IS NOT NULL)")
 
 
 def test_migrate_twice_is_harmless(store: AuditStore) -> None:

@@ -22,7 +22,8 @@ What a repeat chart open stores is mostly its chained row and card rows, so they
   in its own row (``content_codec``, ``content_base``, ``content_body``) rather than in a
   document row, which would cost as much again in row header, address and index entry;
   contents already stored stay where they are;
-- ``recorded_at`` gets a BRIN index on PostgreSQL: records are appended in time order;
+- ``recorded_at`` gets a BRIN index on PostgreSQL (records are appended in time order), with
+  ``autosummarize`` so each block range is summarised once filled, not at the next VACUUM;
 - columns are in PostgreSQL alignment order (the timestamp first), so no row is padded.
 
 Every row is copied (the tables are rebuilt to get the new column order). Ids are checked to
@@ -180,7 +181,13 @@ def _create_compact_tables() -> tuple[sa.Table, sa.Table, sa.Table]:
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("record_id"),
     )
-    op.create_index("ix_audit_record_recorded_at", "audit_record", ["recorded_at"], postgresql_using="brin")
+    op.create_index(
+        "ix_audit_record_recorded_at",
+        "audit_record",
+        ["recorded_at"],
+        postgresql_using="brin",
+        postgresql_with={"autosummarize": "on"},
+    )
     op.create_index("ix_audit_record_patient_ref", "audit_record", ["patient_ref"])
     op.create_index(
         "ix_audit_record_dedupe_key",
