@@ -3,8 +3,9 @@
 A decision's documents are written before it is chained, with ``INSERT ... ON CONFLICT DO
 NOTHING``. Its input list is not written at all when it is already stored (a repeat chart
 open); otherwise it, like the content, is stored as a delta against the patient's latest
-stored document of its kind when that is much smaller (see ``_content.smallest_encoding``).
-Every read is checked against the document's address.
+stored document of its kind when that is much smaller (see ``_content.smallest_encoding``);
+a content delta then goes into the decision's own row instead (revision 0004). Every read,
+from a document or a row, is checked against the content's address.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from sqlalchemy import Connection, Row, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ._content import Base, Codec, Document, address_of, decode_body, smallest_encoding
-from ._records import PreparedDecision, record_view
+from ._records import PreparedDecision, card_key, find_card, logical_values, record_view
 from .errors import InvalidAuditRecordError, MissingAuditContentError
-from .models import AuditDocument, AuditRecord
+from .models import AuditCard, AuditDocument, AuditRecord
 
 __all__ = [
     "DocumentReader",
     "Latest",
     "Memory",
+    "Stored",
+    "decision_showing",
     "input_resources",
     "latest_of_patient",
     "names_inputs",
@@ -47,6 +50,7 @@ _BASES_KEPT = 16
 """Decoded bases a reader keeps: records come in chain order, patients interleaved."""
 
 _record_table = cast(Table, AuditRecord.__table__)
+_card_table = cast(Table, AuditCard.__table__)
 _document_table = cast(Table, AuditDocument.__table__)
 _rows_query = select(
     _document_table.c.address, _document_table.c.codec, _document_table.c.base, _document_table.c.body
@@ -94,14 +98,14 @@ class DocumentReader:
             wanted = [base for base in bases if base not in self._rows and base not in self._bases]
 
     def fetch_contents(self, rows: Iterable[Row[Any]]) -> None:
-        """:meth:`fetch` the content documents of a batch of record rows."""
-        addresses = []
-        for row in rows:
-            try:
-                addresses.append(_address(row.content_sha256, "content"))
-            except MissingAuditContentError:
-                continue  # inline content, or an altered address that :meth:`content` reports
-        self.fetch(addresses, anew=True)
+        """:meth:`fetch` the content documents (or the bases of contents kept in the row) of a
+        batch of record rows."""
+        addresses = (
+            row.content_sha256 if row.content_body is None else row.content_base
+            for row in rows
+            if row.content_sha256 is not None
+        )
+        self.fetch((address for address in addresses if address is not None), anew=True)
 
     def row(self, address: bytes) -> Any:
         """The stored row of a document, from the last fetch or one query."""
@@ -114,20 +118,32 @@ class DocumentReader:
 
     def text(self, address: bytes, what: str) -> bytes:
         """A document's canonical JSON; raises :class:`MissingAuditContentError` naming ``what``."""
-        name = f"{what} {address.hex()}"
         row = self.row(address)
         if row is None:
-            raise MissingAuditContentError(f"{name} is missing")
-        base = None
-        if row.base is not None:
-            base = self._base(row.base, name)
+            raise MissingAuditContentError(f"{what} {address.hex()} is missing")
+        return self.decoded(address, row.codec, row.base, row.body, what)
+
+    def decoded(self, address: bytes, codec: int, base: bytes | None, body: bytes, what: str) -> bytes:
+        """The canonical JSON of a stored body (through its base), checked against its address."""
+        name = f"{what} {address.hex()}"
+        base_text = None if base is None else self._base(base, name)
         try:
-            text = decode_body(row.codec, row.body, base)
+            text = decode_body(codec, body, base_text)
         except InvalidAuditRecordError as exc:
             raise MissingAuditContentError(f"{name}: {exc}") from exc
         if address_of(text) != address:
             raise MissingAuditContentError(f"{name} does not match its address")
         return text
+
+    def content_text(self, values: Mapping[str, Any]) -> bytes:
+        """The content of a record kept apart (``content_sha256``): from the row's own
+        ``content_body`` when it holds it, else from its document."""
+        address = _address(values["content_sha256"], "content")
+        if values.get("content_body") is None:
+            return self.text(address, "content")
+        return self.decoded(
+            address, values["content_codec"], values["content_base"], values["content_body"], "content"
+        )
 
     def _base(self, address: bytes, name: str) -> bytes:
         if address in self._bases:
@@ -145,13 +161,13 @@ class DocumentReader:
             self._bases.popitem(last=False)
         return text
 
-    def content(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """A record row as a plain dict, its content read from its document where kept apart."""
+    def content(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored record row as a plain dict, its content read from its document where kept apart."""
+        values = logical_values(row)
         if values["content_sha256"] is None:
             return record_view(values)
-        address = _address(values["content_sha256"], f"record {values['record_id']}: content")
         try:
-            text = self.text(address, "content")
+            text = self.content_text(values)
         except MissingAuditContentError as exc:
             raise MissingAuditContentError(f"record {values['record_id']}: {exc}") from exc
         return record_view(values, text)
@@ -210,21 +226,28 @@ class Latest:
 
 
 def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None:
-    """The patient's latest chained decision that keeps its documents apart, if any."""
-    address = connection.execute(
-        select(_record_table.c.content_sha256)
+    """The patient's latest chained decision that keeps its content apart, if any."""
+    row = connection.execute(
+        select(
+            _record_table.c.record_id,
+            _record_table.c.decision_id,
+            _record_table.c.content_sha256,
+            _record_table.c.content_codec,
+            _record_table.c.content_base,
+            _record_table.c.content_body,
+        )
         .where(_record_table.c.patient_ref == patient_ref)
         .where(_record_table.c.kind == "decision")
         .where(_record_table.c.content_sha256.is_not(None))
         .order_by(_record_table.c.seq.desc())
         .limit(1)
-    ).scalar_one_or_none()
-    if address is None:
+    ).first()
+    if row is None:
         return None
     reader = DocumentReader(connection)
+    values = logical_values(row._asdict())
     try:
-        content_address = _address(address, "content")
-        text = reader.text(content_address, "content")
+        text = reader.content_text(values)
     except MissingAuditContentError:
         return None
     reference = orjson.loads(text).get("input_list")
@@ -232,7 +255,34 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
         inputs = _address(reference.get("sha256"), "input list") if isinstance(reference, dict) else None
     except MissingAuditContentError:
         inputs = None
-    return Latest(reader.keyframe(content_address), inputs, None)
+    keyframe = reader.keyframe(row.content_sha256 if row.content_body is None else row.content_base)
+    return Latest(keyframe, inputs, None)
+
+
+def decision_showing(
+    connection: Connection, card_uuid: str, service_id: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The latest decision (of ``service_id``, if given) that showed the card with this uuid,
+    and the card as its content holds it; None when no decision did.
+
+    Found through the card index (:func:`~service.audit._records.card_key`), then confirmed
+    against the content, which the chain covers.
+    """
+    query = (
+        records_query()
+        .join(_card_table, _card_table.c.seq == _record_table.c.seq)
+        .where(_card_table.c.card == card_key(card_uuid))
+        .order_by(_record_table.c.seq.desc())
+    )
+    if service_id is not None:
+        query = query.where(_record_table.c.service_id == service_id)
+    reader = DocumentReader(connection)
+    for row in connection.execute(query).all():
+        view = reader.content(row._asdict())
+        card = find_card(view["content"], card_uuid)
+        if card is not None:
+            return view, card
+    return None
 
 
 def _is_stored(connection: Connection, address: bytes) -> bool:
@@ -261,12 +311,23 @@ def _row(item: Document, codec: Codec, base: Base | None) -> tuple[dict[str, Any
     return row, Base(item.address, item.text, len(body))
 
 
-def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Latest:
+@dataclass(frozen=True)
+class Stored:
+    """What :func:`store_documents` did: what the decision offers the patient's next one, and
+    the columns that hold its content in its own row when it is a delta (else empty)."""
+
+    offered: Latest
+    content_columns: dict[str, Any]
+
+
+def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Stored:
     """Write a decision's documents, before it is chained and outside the chain's lock.
 
-    ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`); the
-    return value is what this one offers the next. The input list is not written when it is
-    known to be stored (``prepared.inputs`` is None), is the patient's latest, or is found.
+    ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`). The
+    input list is not written when it is known to be stored (``prepared.inputs`` is None), is
+    the patient's latest, or is found. A content that is a delta (a few hundred bytes for a
+    repeat chart open) is not written here but returned, to go into the decision's own row:
+    a document row of its own would cost as much again in row header, address and index entry.
     """
     rows = []
     inputs = prepared.inputs
@@ -283,9 +344,18 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
     row, content_base = _row(
         prepared.content, Codec.DECISIONS, latest.content if latest is not None else None
     )
-    rows.append(row)
-    _insert(connection, rows)
-    return Latest(content_base, prepared.inputs_address, inputs_base)
+    content_columns = {}
+    if row["base"] is None:
+        rows.append(row)
+    else:
+        content_columns = {
+            "content_codec": row["codec"],
+            "content_base": row["base"],
+            "content_body": row["body"],
+        }
+    if rows:
+        _insert(connection, rows)
+    return Stored(Latest(content_base, prepared.inputs_address, inputs_base), content_columns)
 
 
 class Memory:

@@ -24,12 +24,17 @@ __all__ = [
     "FEEDBACK_OUTCOMES",
     "PreparedDecision",
     "PreparedFeedback",
+    "card_key",
     "card_trial_ids",
     "feedback_values",
+    "find_card",
     "hash_document",
+    "is_canonical_uuid",
+    "logical_values",
     "prepare_decision",
     "prepare_feedback",
     "record_view",
+    "stored_columns",
     "stored_decision",
     "suggested_trial_ids",
 ]
@@ -40,12 +45,13 @@ FEEDBACK_OUTCOMES = ("accepted", "overridden")
 
 @dataclass(frozen=True)
 class PreparedDecision:
-    """Column values of a decision row (without seq and hashes), the cards it showed, and the
-    documents to store before the row is chained: its content and the input resources it read."""
+    """Column values of a decision row (without seq and hashes), the keys of the cards it showed
+    (:func:`card_key`), and the documents to store before the row is chained: its content and
+    the input resources it read."""
 
     values: dict[str, Any]
     content: Document
-    cards: list[dict[str, Any]] = field(default_factory=list)
+    cards: list[int] = field(default_factory=list)
     inputs: Document | None = None
     """The input list to store, unless a known input list (``input_key``) says it is stored."""
     inputs_address: bytes | None = None
@@ -123,6 +129,66 @@ def card_trial_ids(card: Mapping[str, Any], decision: Decision) -> list[str]:
     return suggested if len(suggested) == 1 else []
 
 
+def is_canonical_uuid(text: str) -> bool:
+    """Whether ``text`` is a UUID in the one form the store gives back (lowercase, hyphenated).
+
+    Ids are stored as UUIDs, so any other spelling would come back changed and its record's
+    hash, taken over the text, would no longer verify.
+    """
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def card_key(card_uuid: str) -> int:
+    """The 64-bit key a card is indexed by: the first 8 bytes of the SHA-256 of its ``uuid``.
+
+    Eight bytes rather than a UUID's sixteen, and any id, UUID or not, keys alike. Two ids may
+    share a key, so an index hit is always confirmed against the ``uuid`` text in the
+    decision's content.
+    """
+    return int.from_bytes(hashlib.sha256(card_uuid.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+def find_card(content: Mapping[str, Any], card_uuid: str) -> dict[str, Any] | None:
+    """The card with this ``uuid`` among those a decision's content holds, if any."""
+    cards = content.get("cards")
+    if not isinstance(cards, list):
+        return None
+    return next(
+        (card for card in cards if isinstance(card, dict) and card.get("uuid") == card_uuid),
+        None,
+    )
+
+
+_HEX_COLUMNS = ("dedupe_key", "content_sha256", "prev_hash", "hash")
+"""Columns stored as 32 bytes (revision 0004) whose hex text the chain hash and views use."""
+
+
+def stored_columns(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns to insert for a record's values: hex as bytes, ``decision_id`` NULL when it
+    is the record's own id."""
+    row = dict(values)
+    for name in _HEX_COLUMNS:
+        if row.get(name) is not None:
+            row[name] = bytes.fromhex(row[name])
+    if row["decision_id"] == row["record_id"]:
+        row["decision_id"] = None
+    return row
+
+
+def logical_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row's values as the record has them, which its hash covers and views show."""
+    values = dict(row)
+    for name in _HEX_COLUMNS:
+        if values.get(name) is not None:
+            values[name] = bytes(values[name]).hex()
+    if values.get("decision_id") is None:
+        values["decision_id"] = values["record_id"]
+    return values
+
+
 @dataclass(frozen=True)
 class _Inputs:
     document: Document | None
@@ -171,10 +237,10 @@ def prepare_decision(
     clean, content = content_document(clean, "decision")
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)
-    try:
-        uuid.UUID(decision_id)
-    except ValueError as exc:
-        raise InvalidAuditRecordError(f"decision.decision_id is not a uuid: {decision_id!r}") from exc
+    if not is_canonical_uuid(decision_id):
+        raise InvalidAuditRecordError(
+            f"decision.decision_id is not a uuid in lowercase hyphenated form: {decision_id!r}"
+        )
     recorded_at = parse_timestamp(_require_str(clean, "recorded_at", where), "decision.recorded_at")
     stored = clean.get("decision")
     if not isinstance(stored, Mapping):
@@ -186,18 +252,11 @@ def prepare_decision(
         raise InvalidAuditRecordError(f"{path}: {exc.problem}") from exc
     cards = _list_of_dicts(clean, "cards", where)
     trial_ids = list(dict.fromkeys(verdict.trial_id for verdict in decision.trials))
-    card_rows: dict[str, dict[str, Any]] = {}
-    for card in cards:
-        card_uuid = card.get("uuid")
-        if isinstance(card_uuid, str) and card_uuid:
-            card_rows.setdefault(
-                card_uuid,
-                {
-                    "card_uuid": card_uuid,
-                    "record_id": decision_id,
-                    "trial_ids": card_trial_ids(card, decision),
-                },
-            )
+    card_rows = {  # card uuid -> the key its row is indexed by
+        card["uuid"]: card_key(card["uuid"])
+        for card in cards
+        if isinstance(card.get("uuid"), str) and card["uuid"]
+    }
     values = {
         "record_id": decision_id,
         "kind": "decision",

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Select, select
 
 from ._canonical import GENESIS_HASH, chain_hash
 from ._documents import DocumentReader
-from ._records import hash_document
+from ._records import hash_document, logical_values
 from .errors import MissingAuditContentError
 from .models import AuditChainHead
 
@@ -50,13 +50,10 @@ class _Documents:
                 self.verdicts[key] = str(exc)
         return self.verdicts[key]
 
-    def content(self, text: object) -> tuple[dict[str, Any] | None, str | None]:
-        """A record's content and, if it cannot be trusted, why."""
-        address = _address(text)
-        if address is None:
-            return None, f"content address {text!r} is not a SHA-256"
+    def content(self, values: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """A record's content (from its document or its own row) and, if it cannot be trusted, why."""
         try:
-            return orjson.loads(self.reader.text(address, "content")), None
+            return orjson.loads(self.reader.content_text(values)), None
         except MissingAuditContentError as exc:
             return None, str(exc)
 
@@ -119,27 +116,27 @@ def walk_chain(connection: Connection, records: Select[Any]) -> tuple[int, list[
     for batch in connection.execution_options(yield_per=_STREAM_BATCH).execute(records).partitions():
         documents.reader.fetch_contents(batch)
         for row in batch:
+            values = logical_values(row._asdict())
+            seq = values["seq"]
             checked += 1
-            label = f"seq {row.seq} (record {row.record_id})"
-            if row.seq != expected_seq:
+            label = f"seq {seq} (record {values['record_id']})"
+            if seq != expected_seq:
                 missing = (
-                    f"seq {expected_seq}"
-                    if row.seq == expected_seq + 1
-                    else f"seqs {expected_seq}..{row.seq - 1}"
+                    f"seq {expected_seq}" if seq == expected_seq + 1 else f"seqs {expected_seq}..{seq - 1}"
                 )
                 problems.append(f"gap before {label}: {missing} missing (deleted record?)")
-            if row.prev_hash != previous_hash:
+            if values["prev_hash"] != previous_hash:
                 problems.append(f"broken link at {label}: prev_hash is not the previous record's hash")
-            if chain_hash(hash_document(row._asdict()), row.prev_hash) != row.hash:
+            if chain_hash(hash_document(values), values["prev_hash"]) != values["hash"]:
                 problems.append(f"edited content at {label}: hash does not match the record")
-            if row.content_sha256 is not None:
-                content, problem = documents.content(row.content_sha256)
+            if values["content_sha256"] is not None:
+                content, problem = documents.content(values)
                 if problem is not None:
                     problems.append(f"{label}: {problem}")
                 elif content is not None:
                     problems.extend(f"{label}: {found}" for found in documents.inputs(content))
-            expected_seq, previous_hash = row.seq + 1, row.hash
-    if head.last_seq != expected_seq - 1 or head.last_hash != previous_hash:
+            expected_seq, previous_hash = seq + 1, values["hash"]
+    if head.last_seq != expected_seq - 1 or bytes(head.last_hash).hex() != previous_hash:
         problems.append(
             f"chain head names seq {head.last_seq} but the last record is seq "
             f"{expected_seq - 1} (records deleted at the end?)"

@@ -5,8 +5,9 @@ it read and its content — go into one content-addressed table (``INSERT ... ON
 NOTHING``; an input list already stored by an earlier chart open is not written again, and a
 changed one is stored as a delta against the patient's last). Then the chain-head row is
 locked (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link
-a small row that names the content by its hash, so writers in any number of threads or processes extend one linear chain without
-waiting for each other's large writes. A crash between the two leaves unreferenced documents,
+a small row that names the content by its hash (and holds it when it is a delta of a few
+hundred bytes, as on a repeat chart open), so writers in any number of threads or processes
+extend one linear chain without waiting for each other's large writes. A crash between the two leaves unreferenced documents,
 never a record without its content. Database failures surface as
 :class:`AuditUnavailableError`, never as a silent drop, so the caller can refuse to answer a
 hook it could not record.
@@ -47,10 +48,14 @@ from ._records import (
     DECISION_OUTCOMES,
     FEEDBACK_OUTCOMES,
     PreparedDecision,
+    card_trial_ids,
     feedback_values,
     hash_document,
+    is_canonical_uuid,
     prepare_decision,
     prepare_feedback,
+    stored_columns,
+    stored_decision,
 )
 from .errors import (
     AuditUnavailableError,
@@ -228,20 +233,22 @@ class AuditStore:
                 .with_for_update()
             ).one()
             locked_at = time.perf_counter()
-            result = write(connection, _ChainHead(head.last_seq, head.last_hash))
+            result = write(connection, _ChainHead(head.last_seq, bytes(head.last_hash).hex()))
         self.last_chain_lock_seconds = time.perf_counter() - locked_at
         return result
 
     @staticmethod
-    def _insert_record(connection: Connection, head: _ChainHead, values: dict[str, Any]) -> None:
+    def _insert_record(connection: Connection, head: _ChainHead, values: dict[str, Any]) -> int:
+        """Chain a record after the head (hash taken over its hex text) and return its seq."""
         row = {**values, "seq": head.last_seq + 1, "prev_hash": head.last_hash}
         row["hash"] = chain_hash(hash_document(row), head.last_hash)
-        connection.execute(insert(AuditRecord).values(**row))
+        connection.execute(insert(AuditRecord).values(**stored_columns(row)))
         connection.execute(
             sql_update(AuditChainHead)
             .where(AuditChainHead.id == CHAIN_HEAD_ID)
-            .values(last_seq=row["seq"], last_hash=row["hash"])
+            .values(last_seq=row["seq"], last_hash=bytes.fromhex(row["hash"]))
         )
+        return int(row["seq"])
 
     def append_decision(self, record: Mapping[str, Any]) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``."""
@@ -251,65 +258,70 @@ class AuditStore:
             latest = self._memory.latest(patient_ref)
             if latest is None and patient_ref is not None:
                 latest = _documents.latest_of_patient(connection, patient_ref)
-            offered = _documents.store_documents(connection, prepared, latest)
+            stored = _documents.store_documents(connection, prepared, latest)
 
         def write(connection: Connection, head: _ChainHead) -> str:
-            return self._write_decision(connection, head, prepared)
+            return self._write_decision(connection, head, prepared, stored.content_columns)
 
         decision_id = self._append(write)
-        self._memory.remember(prepared, offered)
+        self._memory.remember(prepared, stored.offered)
         return decision_id
 
-    def _write_decision(self, connection: Connection, head: _ChainHead, prepared: PreparedDecision) -> str:
+    def _write_decision(
+        self,
+        connection: Connection,
+        head: _ChainHead,
+        prepared: PreparedDecision,
+        content_columns: Mapping[str, Any],
+    ) -> str:
         record_id = str(prepared.values["record_id"])
         taken = connection.execute(select(AuditRecord.seq).where(AuditRecord.record_id == record_id)).first()
         if taken is not None:
             raise DuplicateRecordError(f"decision {record_id} is already in the audit trail")
-        self._insert_record(connection, head, prepared.values)
+        seq = self._insert_record(connection, head, {**prepared.values, **content_columns})
         if prepared.cards:
-            connection.execute(insert(AuditCard), prepared.cards)
+            connection.execute(insert(AuditCard), [{"card": key, "seq": seq} for key in prepared.cards])
         return record_id
 
     def append_feedback(self, service_id: str, feedback: Mapping[str, Any]) -> tuple[str, bool]:
         """Record a feedback item linked to its decision: ``(record_id, is_new)``.
 
-        The same card, outcome and outcomeTimestamp again returns the first record's id.
+        The same card, outcome and outcomeTimestamp again returns the first record's id. The
+        decision that showed the card, and the trials the card is about, are read before the
+        chain is locked: records are never changed, so what is read then still holds.
         """
         prepared = prepare_feedback(feedback)
-
-        def write(connection: Connection, head: _ChainHead) -> tuple[str, bool]:
-            existing = connection.execute(
-                select(AuditRecord.record_id).where(AuditRecord.dedupe_key == prepared.dedupe_key)
-            ).scalar_one_or_none()
+        with self._transaction(write=False) as connection:
+            existing = self._feedback_by_key(connection, prepared.dedupe_key)
             if existing is not None:
                 return existing, False
-            shown = connection.execute(
-                select(
-                    _record_table.c.record_id,
-                    _record_table.c.hook,
-                    _record_table.c.patient_ref,
-                    _record_table.c.user_ref,
-                    AuditCard.trial_ids,
-                )
-                .join(AuditCard, AuditCard.record_id == _record_table.c.record_id)
-                .where(AuditCard.card_uuid == prepared.card_uuid)
-                .where(_record_table.c.service_id == service_id)
-                .order_by(_record_table.c.seq.desc())
-            ).first()
-            if shown is None:
-                raise UnknownCardError(
-                    f"no decision of service {service_id!r} showed card {prepared.card_uuid!r}"
-                )
-            values = feedback_values(
-                prepared,
-                service_id=service_id,
-                decision=shown._asdict(),
-                trial_ids=list(shown.trial_ids),
+            found = _documents.decision_showing(connection, prepared.card_uuid, service_id)
+        if found is None:
+            raise UnknownCardError(
+                f"no decision of service {service_id!r} showed card {prepared.card_uuid!r}"
             )
+        decision, card = found
+        values = feedback_values(
+            prepared,
+            service_id=service_id,
+            decision=decision,
+            trial_ids=card_trial_ids(card, stored_decision(decision["content"])),
+        )
+
+        def write(connection: Connection, head: _ChainHead) -> tuple[str, bool]:
+            existing = self._feedback_by_key(connection, prepared.dedupe_key)
+            if existing is not None:
+                return existing, False
             self._insert_record(connection, head, values)
             return str(values["record_id"]), True
 
         return self._append(write)
+
+    @staticmethod
+    def _feedback_by_key(connection: Connection, dedupe_key: str) -> str | None:
+        query = select(AuditRecord.record_id).where(AuditRecord.dedupe_key == bytes.fromhex(dedupe_key))
+        found = connection.execute(query).scalar_one_or_none()
+        return None if found is None else str(found)
 
     def append_prescreen_run(self, record: Mapping[str, Any]) -> str:
         """Record one population pre-screen run as a single record of kind ``prescreen``.
@@ -343,6 +355,8 @@ class AuditStore:
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         """The decision record with this id (metadata plus ``content``), or None."""
+        if not is_canonical_uuid(decision_id):
+            return None
         query = _documents.records_query().where(
             _record_table.c.record_id == decision_id, _record_table.c.kind == "decision"
         )
@@ -352,15 +366,9 @@ class AuditStore:
 
     def find_decision_by_card(self, card_uuid: str) -> dict[str, Any] | None:
         """The latest decision that showed the card with this uuid, or None."""
-        query = (
-            _documents.records_query()
-            .join(AuditCard, AuditCard.record_id == _record_table.c.record_id)
-            .where(AuditCard.card_uuid == card_uuid)
-            .order_by(_record_table.c.seq.desc())
-        )
         with self._transaction(write=False) as connection:
-            row = connection.execute(query).first()
-            return None if row is None else _documents.DocumentReader(connection).content(row._asdict())
+            found = _documents.decision_showing(connection, card_uuid)
+        return None if found is None else found[0]
 
     def verify(self) -> VerifyReport:
         """Walk the chain in one snapshot: edited records, broken links and gaps are problems,

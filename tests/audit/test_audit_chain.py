@@ -129,9 +129,9 @@ def test_untouched_chain_verifies(store: AuditStore, make_decision: DecisionFact
     assert store.verify().ok
 
 
-def _content_address(store: AuditStore, seq: int) -> str:
+def _content_address(store: AuditStore, seq: int) -> bytes:
     with store.engine.begin() as connection:
-        address: str = connection.execute(
+        address: bytes = connection.execute(
             select(AuditRecord.content_sha256).where(AuditRecord.seq == seq)
         ).scalar_one()
     return address
@@ -139,9 +139,8 @@ def _content_address(store: AuditStore, seq: int) -> str:
 
 def test_edited_content_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
     ids = _fill(store, make_decision, 5)
-    address = _content_address(store, 3)
+    key = _content_address(store, 3)
     with store.engine.begin() as connection:
-        key = bytes.fromhex(address)
         edited = DocumentReader(connection).text(key, "content").replace(b"NCT05727904", b"NCT99999999")
         connection.execute(
             update(AuditDocument)
@@ -152,7 +151,7 @@ def test_edited_content_is_detected(store: AuditStore, make_decision: DecisionFa
     report = store.verify()
 
     assert not report.ok
-    assert report.problems == [f"seq 3 (record {ids[2]}): content {address} does not match its address"]
+    assert report.problems == [f"seq 3 (record {ids[2]}): content {key.hex()} does not match its address"]
 
 
 def test_content_swapped_for_another_is_detected(store: AuditStore, make_decision: DecisionFactory) -> None:
@@ -180,7 +179,7 @@ def test_edited_column_is_detected(store: AuditStore, make_decision: DecisionFac
 def test_rehashed_edit_breaks_the_next_link(store: AuditStore, make_decision: DecisionFactory) -> None:
     _fill(store, make_decision, 3)
     with store.engine.begin() as connection:
-        connection.execute(update(AuditRecord).where(AuditRecord.seq == 2).values(hash="f" * 64))
+        connection.execute(update(AuditRecord).where(AuditRecord.seq == 2).values(hash=b"\xff" * 32))
     problems = store.verify().problems
     assert any(problem.startswith("edited content at seq 2") for problem in problems)
     assert any(problem.startswith("broken link at seq 3") for problem in problems)
@@ -188,10 +187,7 @@ def test_rehashed_edit_breaks_the_next_link(store: AuditStore, make_decision: De
 
 def _delete_record(store: AuditStore, seq: int) -> None:
     with store.engine.begin() as connection:
-        record_id = (
-            connection.execute(AuditRecord.__table__.select().where(AuditRecord.seq == seq)).one().record_id
-        )
-        connection.execute(delete(AuditCard).where(AuditCard.record_id == record_id))
+        connection.execute(delete(AuditCard).where(AuditCard.seq == seq))
         connection.execute(delete(AuditRecord).where(AuditRecord.seq == seq))
 
 

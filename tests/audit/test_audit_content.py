@@ -35,10 +35,24 @@ def _list_address(resources: list[dict[str, Any]]) -> bytes:
 
 def _content_address(store: AuditStore, decision_id: str) -> bytes:
     with store.engine.connect() as connection:
-        text = connection.execute(
+        address: bytes = connection.execute(
             select(AuditRecord.content_sha256).where(AuditRecord.record_id == decision_id)
         ).scalar_one()
-    return bytes.fromhex(text)
+    return address
+
+
+def _stored_content(store: AuditStore, decision_id: str) -> Any:
+    """(codec, base, body) of a decision's content: from its own row when it keeps it there."""
+    with store.engine.connect() as connection:
+        row = connection.execute(
+            select(
+                AuditRecord.content_sha256,
+                AuditRecord.content_codec.label("codec"),
+                AuditRecord.content_base.label("base"),
+                AuditRecord.content_body.label("body"),
+            ).where(AuditRecord.record_id == decision_id)
+        ).one()
+    return row if row.body is not None else _documents(store)[row.content_sha256]
 
 
 def test_a_repeat_chart_open_stores_no_input_bytes_again(
@@ -53,10 +67,10 @@ def test_a_repeat_chart_open_stores_no_input_bytes_again(
     documents = _documents(store)
     assert set(after_first) == {inputs, _content_address(store, first_id)}
     assert after_first[inputs].codec == Codec.RESOURCES and after_first[inputs].base is None
-    assert len(documents) == len(after_first) + 3, "one content per repeat, no input list"
+    assert documents == after_first, "no input list again, and each content delta in its decision's row"
     first_content = documents[_content_address(store, first_id)]
     for decision_id in repeat_ids:
-        content = documents[_content_address(store, decision_id)]
+        content = _stored_content(store, decision_id)
         assert (content.codec, content.base) == (Codec.DELTA, _content_address(store, first_id))
         assert len(content.body) * 4 <= len(first_content.body)
         stored = store.get_decision(decision_id)
@@ -71,9 +85,8 @@ def test_another_instance_finds_the_patients_latest_documents(
     other = AuditStore.from_url(database_url)
     try:
         decision_id = other.append_decision(make_decision())
-        documents = _documents(other)
-        assert set(documents) - set(stored) == {_content_address(other, decision_id)}
-        assert documents[_content_address(other, decision_id)].base == _content_address(other, first_id)
+        assert _documents(other) == stored
+        assert _stored_content(other, decision_id).base == _content_address(other, first_id)
         record = other.get_decision(decision_id)
         assert record is not None and len(other.input_resources(record)) == 2
     finally:
@@ -183,7 +196,7 @@ def test_verify_finds_a_missing_input_list(store: AuditStore, make_decision: Dec
 def test_verify_finds_a_missing_or_altered_base(store: AuditStore, make_decision: DecisionFactory) -> None:
     ids = [store.append_decision(make_decision()) for _ in range(2)]
     base, delta = (_content_address(store, decision_id) for decision_id in ids)
-    assert _documents(store)[delta].base == base
+    assert _stored_content(store, ids[1]).base == base
 
     _rewrite(store, base, b'{"altered":true}')
     assert store.verify().problems == [
@@ -199,6 +212,33 @@ def test_verify_finds_a_missing_or_altered_base(store: AuditStore, make_decision
     ]
     with pytest.raises(MissingAuditContentError, match="is missing"):
         store.get_decision(ids[1])
+
+
+def test_verify_finds_an_altered_content_kept_in_its_row(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    ids = [store.append_decision(make_decision()) for _ in range(2)]
+    base, delta = (_content_address(store, decision_id) for decision_id in ids)
+    kept = _stored_content(store, ids[1])
+    assert kept.codec == Codec.DELTA and store.verify().ok
+    base_text = store.get_decision(ids[0])
+    assert base_text is not None
+    altered = orjson.dumps({**base_text["content"], "decision_id": ids[0]}, option=orjson.OPT_SORT_KEYS)
+
+    for body, problem in (
+        (encode_body(altered, Codec.DECISIONS), "does not match its address"),
+        (b"\0" * 40, ": stored content does not decompress"),
+    ):
+        with store.engine.begin() as connection:
+            connection.execute(
+                update(AuditRecord)
+                .where(AuditRecord.seq == 2)
+                .values(content_codec=int(Codec.DECISIONS), content_base=None, content_body=body)
+            )
+        (found,) = store.verify().problems
+        assert found.startswith(f"seq 2 (record {ids[1]}): content {delta.hex()}") and problem in found
+        with pytest.raises(MissingAuditContentError):
+            store.get_decision(ids[1])
 
 
 def test_a_lost_base_makes_the_next_document_stand_alone(

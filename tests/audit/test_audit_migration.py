@@ -1,11 +1,15 @@
-"""Issue 17: databases written before the documents table still verify, export and replay
-after the migration, and new records chain onto their old ones.
+"""Issue 17: databases written before the documents table, and before the compact rows of
+revision 0004, still verify, export and replay after the migration, and new records chain onto
+their old ones.
 
 ``data/v1-audit.sqlite3.gz`` was written by the version before the typed Decision (revision
 0001, version 1 records that embed their input resources); ``data/v2-audit.sqlite3.gz`` at
 revision 0002 (each input resource a row of ``audit_resource``, a manifest of them and the
-decision's content in ``audit_content``; see ``data/write_v2_fixture.py``). On PostgreSQL the
-same rows are copied into a database migrated to that revision, then migrated to the newest.
+decision's content in ``audit_content``; see ``data/write_v2_fixture.py``);
+``data/v3-audit.sqlite3.gz`` at revision 0003 (one document per input list and per content,
+deltas, text ids and hashes, card rows with their trials; see ``data/write_v3_fixture.py``).
+On PostgreSQL the same rows are copied into a database migrated to that revision, then
+migrated to the newest.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import gzip
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +32,9 @@ from sqlalchemy import MetaData, Table, create_engine, delete, func, inspect, se
 from service.audit import AuditStore, ExportFilters, MissingAuditContentError
 from service.audit._content import Codec, encode_body
 from service.audit._documents import DocumentReader
-from service.audit._records import stored_decision
+from service.audit._records import card_trial_ids, find_card, stored_decision
 from service.audit.export import export_ndjson
-from service.audit.models import AuditDocument
+from service.audit.models import AuditDocument, AuditRecord
 from service.audit.replay import replay_decision
 from service.audit.store import MIGRATIONS_DIR
 from service.engine.decision import decision_json
@@ -37,6 +42,7 @@ from service.engine.replay import evaluate_recorded
 from service.review import build_review_page
 
 DATA = Path(__file__).with_name("data")
+DecisionFactory = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ OLD_DATABASES = {
     "v2": OldDatabase(
         "v2-audit.sqlite3.gz", "0002_content_addressed", 7, (*V1_TABLES, "audit_resource", "audit_content")
     ),
+    "v3": OldDatabase("v3-audit.sqlite3.gz", "0003_documents", 10, (*V1_TABLES, "audit_document")),
 }
 
 
@@ -292,5 +299,165 @@ def test_a_downgrade_keeps_every_document_readable(tmp_path: Path) -> None:
         assert report.ok, report.problems
         latest = store.get_decision(new_ids[1])
         assert latest is not None and store.input_resources(latest) == migrated_inputs
+    finally:
+        store.close()
+
+
+V3 = OLD_DATABASES["v3"]
+
+
+@dataclass(frozen=True)
+class OldCard:
+    card_uuid: str
+    record_id: str
+    trial_ids: list[str]
+
+
+def _old_cards(tmp_path: Path, old: OldDatabase) -> list[OldCard]:
+    """The card rows of an old database as stored, each with the latest decision that showed it."""
+    engine = create_engine(_old_sqlite(tmp_path / "raw", old))
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT c.card_uuid, c.record_id, c.trial_ids FROM audit_card c "
+                    "JOIN audit_record r ON r.record_id = c.record_id ORDER BY r.seq"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    latest = {
+        card_uuid: OldCard(card_uuid, record_id, json.loads(trials)) for card_uuid, record_id, trials in rows
+    }
+    return list(latest.values())
+
+
+def test_old_cards_find_their_decision_and_its_trials(
+    migrated: AuditStore, old_database: OldDatabase, tmp_path: Path
+) -> None:
+    """Revision 0004 keys cards by the decision's seq and reads their trials from its content:
+    each old card finds the decision its row named, with the trials its row held."""
+    (tmp_path / "raw").mkdir()
+    cards = _old_cards(tmp_path, old_database)
+    assert cards
+    for card in cards:
+        found = migrated.find_decision_by_card(card.card_uuid)
+        assert found is not None and found["record_id"] == card.record_id
+        shown = find_card(found["content"], card.card_uuid)
+        assert shown is not None
+        assert card_trial_ids(shown, stored_decision(found["content"])) == card.trial_ids
+
+    card = cards[-1]
+    feedback_id, is_new = migrated.append_feedback(
+        str(found["service_id"]),
+        {"card": card.card_uuid, "outcome": "accepted", "outcomeTimestamp": datetime.now(UTC).isoformat()},
+    )
+    assert is_new
+    (feedback,) = [
+        r for r in migrated.iter_records(ExportFilters(kind="feedback")) if r["record_id"] == feedback_id
+    ]
+    assert (feedback["decision_id"], feedback["trial_ids"]) == (card.record_id, card.trial_ids)
+    assert migrated.verify().ok
+
+
+def test_a_card_id_that_is_no_uuid_is_still_found(tmp_path: Path) -> None:
+    store = AuditStore.from_url(_old_sqlite(tmp_path, V3))
+    try:
+        store.migrate()
+        found = store.find_decision_by_card("legacy-card-1")
+        assert found is not None and found["patient_ref"] == "Patient/til-low-anc"
+        assert [card["uuid"] for card in found["content"]["cards"]] == ["legacy-card-1"]
+    finally:
+        store.close()
+
+
+def test_an_id_a_uuid_column_would_respell_stops_the_migration(tmp_path: Path) -> None:
+    """A UUID column gives ids back lowercase and hyphenated; any other spelling would no longer
+    verify, so the migration refuses it and leaves the database as it was."""
+    url = _old_sqlite(tmp_path, V3)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE audit_record SET record_id = upper(record_id) WHERE seq = 10"))
+    finally:
+        engine.dispose()
+    store = AuditStore.from_url(url)
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"audit record seq 10: record_id '[0-9A-F-]{36}' is not a UUID"
+        ):
+            store.migrate()
+        with store.engine.connect() as connection:
+            assert (
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+                == V3.revision
+            )
+            assert connection.execute(text("SELECT count(*) FROM audit_record")).scalar_one() == V3.records
+    finally:
+        store.close()
+
+
+def test_a_downgrade_to_0003_gives_cards_their_ids_and_trials_back(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    old_cards = _old_cards(tmp_path, V3)
+    store = AuditStore.from_url(_old_sqlite(tmp_path, V3))
+    try:
+        store.migrate()
+        *_, latest = store.iter_records(
+            ExportFilters(kind="decision", patient_ref="Patient/til-lung-eligible")
+        )
+        inputs = store.input_resources(latest)
+        repeat = {
+            **latest["content"],
+            "decision_id": str(uuid.uuid4()),
+            "recorded_at": datetime.now(UTC).isoformat(),
+            "cards": [{**card, "uuid": str(uuid.uuid4())} for card in latest["content"]["cards"]],
+            "input_resources": inputs,
+        }
+        del repeat["input_list"]
+        new_id = store.append_decision(repeat)
+        with store.engine.connect() as connection:
+            kept_in_row = connection.execute(
+                select(func.count()).select_from(AuditRecord).where(AuditRecord.content_body.is_not(None))
+            ).scalar_one()
+        assert kept_in_row == 1, "the repeat keeps its content delta in its row"
+
+        _migrate(store, V3.revision, down=True)
+        with store.engine.connect() as connection:
+            rows = connection.execute(text("SELECT card_uuid, record_id, trial_ids FROM audit_card")).all()
+        cards = {(card_uuid, record_id): json.loads(trials) for card_uuid, record_id, trials in rows}
+        for card in old_cards:
+            assert cards[(card.card_uuid, card.record_id)] == card.trial_ids
+        assert {card["uuid"] for card in repeat["cards"]} == {
+            card_uuid for card_uuid, record_id in cards if record_id == new_id
+        }
+
+        store.migrate()
+        report = store.verify()
+        assert report.ok, report.problems
+        again = store.get_decision(new_id)
+        assert again is not None and store.input_resources(again) == inputs
+        assert all(store.find_decision_by_card(card.card_uuid) is not None for card in old_cards)
+    finally:
+        store.close()
+
+
+def test_a_round_trip_through_0003_copies_every_batch(tmp_path: Path, make_decision: DecisionFactory) -> None:
+    """Both directions copy rows a batch at a time; a store of more than one batch keeps every
+    record and card."""
+    store = AuditStore.from_url(_old_sqlite(tmp_path, V3))
+    try:
+        store.migrate()
+        records = [make_decision(patient_ref=f"Patient/p{n % 7}") for n in range(520)]
+        for record in records:
+            store.append_decision(record)
+        _migrate(store, V3.revision, down=True)
+        store.migrate()
+        report = store.verify()
+        assert report.ok, report.problems
+        assert report.records_checked == V3.records + len(records)
+        for record in (records[0], records[499], records[-1]):
+            found = store.find_decision_by_card(record["cards"][0]["uuid"])
+            assert found is not None and found["record_id"] == record["decision_id"]
     finally:
         store.close()

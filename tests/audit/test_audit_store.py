@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import insert, text
 
 import service.audit
 from service.audit import (
@@ -20,7 +21,8 @@ from service.audit import (
     InvalidAuditRecordError,
     UnknownCardError,
 )
-from service.audit.models import AuditBase
+from service.audit._records import card_key
+from service.audit.models import AuditBase, AuditCard
 
 DecisionFactory = Callable[..., dict[str, Any]]
 
@@ -46,6 +48,34 @@ def test_migrations_match_the_models(store: AuditStore) -> None:
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), AuditBase.metadata)
     assert differences == []
+
+
+@pytest.mark.postgres
+def test_postgres_indexes_what_the_queries_need(postgres_url: str) -> None:
+    """What ``compare_metadata`` does not compare: the index methods and storage options."""
+    store = AuditStore.from_url(postgres_url)
+    try:
+        store.migrate()
+        with store.engine.connect() as connection:
+            definitions = dict(
+                connection.execute(
+                    text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('audit_record', 'audit_card')"
+                    )
+                ).all()
+            )
+    finally:
+        store.close()
+    assert set(definitions) == {
+        "audit_record_pkey",
+        "audit_record_record_id_key",
+        "ix_audit_record_recorded_at",
+        "ix_audit_record_patient_ref",
+        "ix_audit_record_dedupe_key",
+        "ix_audit_card_card",
+    }
+    assert "USING brin (recorded_at) WITH (autosummarize='on')" in definitions["ix_audit_record_recorded_at"]
+    assert definitions["ix_audit_record_dedupe_key"].endswith("WHERE (dedupe_key IS NOT NULL)")
 
 
 def test_migrate_twice_is_harmless(store: AuditStore) -> None:
@@ -96,6 +126,7 @@ def test_duplicate_decision_is_refused(store: AuditStore, make_decision: Decisio
     "change",
     [
         {"decision_id": "not-a-uuid"},
+        {"decision_id": "7E6B1F52-3C0A-4F0E-9D7B-2A1C5E8F9B10"},
         {"recorded_at": "yesterday"},
         {"hook": None},
         {"decision": {"trials": [{"suggested": True}]}},
@@ -151,6 +182,48 @@ def test_bare_coding_override_reason_is_nested(store: AuditStore, make_decision:
 
     [stored] = list(store.iter_records(ExportFilters(kind="feedback")))
     assert stored["content"]["feedback"]["overrideReason"] == {"reason": coding}
+
+
+def test_a_card_is_found_by_its_id_even_when_that_is_no_uuid(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    record = make_decision(suggested={"NCT05727904": True, "NCT06538012": True})
+    record["cards"][0]["uuid"] = "card-7"
+    record["cards"][1]["extension"] = {"trial_ids": ["NCT06538012", "NCT05727904"]}
+    store.append_decision(record)
+
+    found = store.find_decision_by_card("card-7")
+    assert found is not None and found["record_id"] == record["decision_id"]
+    store.append_feedback("til-trials", _feedback("card-7"))
+    store.append_feedback("til-trials", _feedback(record["cards"][1]["uuid"]))
+
+    feedback = list(store.iter_records(ExportFilters(kind="feedback")))
+    assert [item["trial_ids"] for item in feedback] == [["NCT05727904"], ["NCT06538012", "NCT05727904"]]
+    assert store.verify().ok
+
+
+def test_a_card_key_hit_is_confirmed_by_the_content(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    """Card keys are 64 bits of a hash, so two ids may share one: a decision whose card row has
+    the key of a card it did not show is not that card's decision."""
+    store.append_decision(make_decision())
+    with store.engine.begin() as connection:
+        connection.execute(insert(AuditCard).values(card=card_key("card-it-never-showed"), seq=1))
+
+    assert store.find_decision_by_card("card-it-never-showed") is None
+    with pytest.raises(UnknownCardError):
+        store.append_feedback("til-trials", _feedback("card-it-never-showed"))
+
+
+def test_a_decision_id_that_is_no_uuid_is_not_found(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    record = make_decision()
+    store.append_decision(record)
+    assert store.get_decision("not-a-uuid") is None
+    assert store.get_decision(record["decision_id"].upper()) is None
+    assert store.get_decision(record["decision_id"]) is not None
 
 
 def test_unknown_card_raises(store: AuditStore, make_decision: DecisionFactory) -> None:

@@ -16,6 +16,7 @@ import io
 import json
 import shutil
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,13 @@ def _decompress(target: Path) -> Path:
 
 
 def _raw_decisions(path: Path) -> dict[str, dict[str, Any]]:
-    """decision id -> the stored content, read with sqlite3 (not through the code under test)."""
+    """decision id -> the stored content, read with sqlite3 (not through the code under test).
+
+    Since revision 0004 SQLite keeps ids as 32 hex digits; ``uuid.UUID`` reads either form.
+    """
     with sqlite3.connect(path) as connection:
         rows = connection.execute("SELECT record_id, content FROM audit_record WHERE kind = 'decision'")
-        return {record_id: json.loads(content) for record_id, content in rows}
+        return {str(uuid.UUID(record_id)): json.loads(content) for record_id, content in rows}
 
 
 @pytest.fixture
