@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Row, Select, Table, select
+from sqlalchemy import Connection, Row, Select, String, Table, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ._content import Base, Codec, Document, address_of, decode_body, smallest_encoding
@@ -57,9 +57,17 @@ _rows_query = select(
 )
 
 
+_ID_COLUMNS = {
+    name: type_coerce(_record_table.c[name], String).label(name) for name in ("record_id", "decision_id")
+}
+"""The id columns read as the database holds them: SQLAlchemy's UUID type would raise on a
+value edited into something else (SQLite keeps any text), before ``verify`` could report it;
+``logical_values`` gives them their form."""
+
+
 def records_query() -> Select[Any]:
     """Every record column; contents kept apart are read by a :class:`DocumentReader`."""
-    return select(_record_table)
+    return select(*(_ID_COLUMNS.get(column.name, column) for column in _record_table.c))
 
 
 def _address(text: object, what: str) -> bytes:
@@ -229,8 +237,8 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
     """The patient's latest chained decision that keeps its content apart, if any."""
     row = connection.execute(
         select(
-            _record_table.c.record_id,
-            _record_table.c.decision_id,
+            _ID_COLUMNS["record_id"],
+            _ID_COLUMNS["decision_id"],
             _record_table.c.content_sha256,
             _record_table.c.content_codec,
             _record_table.c.content_base,
@@ -261,12 +269,15 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
 
 def decision_showing(
     connection: Connection, card_uuid: str, service_id: str | None = None
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
+) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
     """The latest decision (of ``service_id``, if given) that showed the card with this uuid,
     and the card as its content holds it; None when no decision did.
 
     Found through the card index (:func:`~service.audit._records.card_key`), then confirmed
-    against the content, which the chain covers.
+    against the content, which the chain covers.  A decision whose content is lost or altered
+    (``audit verify`` names it) cannot confirm the card: when no readable one does, it is
+    returned with its content None and no card, so that feedback on it is still recorded,
+    linked to it, rather than refused for a fault of the store's.
     """
     query = (
         records_query()
@@ -277,12 +288,18 @@ def decision_showing(
     if service_id is not None:
         query = query.where(_record_table.c.service_id == service_id)
     reader = DocumentReader(connection)
+    unreadable: dict[str, Any] | None = None
     for row in connection.execute(query).all():
-        view = reader.content(row._asdict())
+        try:
+            view = reader.content(row._asdict())
+        except (MissingAuditContentError, InvalidAuditRecordError):
+            if unreadable is None:
+                unreadable = record_view(logical_values(row._asdict()), b"null")
+            continue
         card = find_card(view["content"], card_uuid)
         if card is not None:
             return view, card
-    return None
+    return None if unreadable is None else (unreadable, None)
 
 
 def _is_stored(connection: Connection, address: bytes) -> bool:

@@ -179,14 +179,33 @@ def stored_columns(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def logical_values(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored row's values as the record has them, which its hash covers and views show."""
+    """A stored row's values as the record has them, which its hash covers and views show.
+
+    A column edited by hand into something it cannot hold (text in a hash column, an id that
+    is no UUID: SQLite keeps either) is shown as found, so that its record's hash no longer
+    matches and ``audit verify`` reports it, rather than failing to read the row.
+    """
     values = dict(row)
     for name in _HEX_COLUMNS:
+        found = values.get(name)
+        if isinstance(found, bytes | memoryview):
+            values[name] = bytes(found).hex()
+        elif found is not None:
+            values[name] = str(found)
+    for name in ("record_id", "decision_id"):
         if values.get(name) is not None:
-            values[name] = bytes(values[name]).hex()
+            values[name] = _uuid_text(values[name])
     if values.get("decision_id") is None:
         values["decision_id"] = values["record_id"]
     return values
+
+
+def _uuid_text(found: object) -> str:
+    """An id column's value in the form records hold (lowercase, hyphenated), or as found."""
+    try:
+        return str(found if isinstance(found, uuid.UUID) else uuid.UUID(str(found)))
+    except ValueError:
+        return str(found)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,6 @@ from ._records import (
     card_trial_ids,
     feedback_values,
     hash_document,
-    is_canonical_uuid,
     prepare_decision,
     prepare_feedback,
     stored_columns,
@@ -305,7 +304,7 @@ class AuditStore:
             prepared,
             service_id=service_id,
             decision=decision,
-            trial_ids=card_trial_ids(card, stored_decision(decision["content"])),
+            trial_ids=_trials_of_card(card, decision),
         )
 
         def write(connection: Connection, head: _ChainHead) -> tuple[str, bool]:
@@ -354,8 +353,14 @@ class AuditStore:
         return self._append(write)
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
-        """The decision record with this id (metadata plus ``content``), or None."""
-        if not is_canonical_uuid(decision_id):
+        """The decision record with this id (metadata plus ``content``), or None.
+
+        Any spelling of a UUID finds it (an auditor may paste one in upper case); text that is
+        no UUID finds nothing.
+        """
+        try:
+            decision_id = str(uuid.UUID(decision_id))
+        except ValueError:
             return None
         query = _documents.records_query().where(
             _record_table.c.record_id == decision_id, _record_table.c.kind == "decision"
@@ -468,3 +473,14 @@ class AuditStore:
     def counts(self, since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
         """Per month and trial: cards shown, accepted, overridden, and override reasons."""
         return _counts.monthly_trial_counts(self.iter_records(ExportFilters(since, until)))
+
+
+def _trials_of_card(card: Mapping[str, Any] | None, decision: Mapping[str, Any]) -> list[str]:
+    """The trials a card was about, for feedback on it; none when its decision cannot be read
+    (the feedback is recorded all the same, and ``audit verify`` names the damaged record)."""
+    if card is None:
+        return []
+    try:
+        return card_trial_ids(card, stored_decision(decision["content"]))
+    except InvalidAuditRecordError:
+        return []

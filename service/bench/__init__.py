@@ -50,6 +50,9 @@ class BenchOptions:
     audit_decisions_per_writer: int = 200
     audit_store_decisions: int = 10_000
     audit_store_patients: int = 100
+    audit_first_opens: int = 50
+    audit_repeat_opens: int = 1000
+    audit_warm_up: int = 200
     audit_url: str | None = None
     fhir_url: str | None = None
     uvicorn_args: tuple[str, ...] = ()
@@ -74,6 +77,9 @@ class BenchOptions:
             "audit_decisions_per_writer": 20,
             "audit_store_decisions": 200,
             "audit_store_patients": 10,
+            "audit_first_opens": 5,
+            "audit_repeat_opens": 20,
+            "audit_warm_up": 5,
             "prescreen_sizes": (200,),
         }
         values.update(overrides)
@@ -128,6 +134,9 @@ async def _run(options: BenchOptions) -> dict[str, Any]:
             decisions_per_writer=options.audit_decisions_per_writer,
             store_decisions=options.audit_store_decisions,
             store_patients=options.audit_store_patients,
+            firsts=options.audit_first_opens,
+            repeats=options.audit_repeat_opens,
+            warm_up=options.audit_warm_up,
         )
     if "prescreen" in options.parts:
         from service.bench.prescreen import bench_prescreen

@@ -238,14 +238,16 @@ class DecisionShapeError(ValueError):
         self.path = path
 
 
-def decision_from_data(data: Any) -> Decision:
+def decision_from_data(data: Any, *, lax: bool = False) -> Decision:
     """A decision from JSON-ready data (a stored record's ``decision``), checked field by field.
 
     Dates and times are read from their ISO text, states from their values; a field of the
     wrong type or one the decision does not have raises :class:`DecisionShapeError`.
+    ``lax`` also takes what a version 1 record may hold as it was written (a whole-number
+    float for an integer, "40" for a number, a date-time for a date), as its pydantic reader did.
     """
     try:
-        return msgspec.convert(data, Decision)
+        return msgspec.convert(data, Decision, strict=not lax)
     except msgspec.ValidationError as exc:
         problem, _, where = str(exc).partition(" - at `$")
         raise DecisionShapeError(problem, where.removesuffix("`").lstrip(".")) from exc
@@ -274,11 +276,22 @@ def read_decision(content: Mapping[str, Any], titles: Mapping[str, Any] | None =
     return _upgrade_v1(content, titles or {})
 
 
+def _v1_day(value: Any) -> Any:
+    """A version 1 date as a day: a date-time's day ("2026-01-05T10:00:00Z" -> "2026-01-05")."""
+    return value[:10] if isinstance(value, str) and len(value) > 10 else value
+
+
+def _v1_moment(value: Any) -> Any:
+    """A version 1 time: a bare day is its midnight, as the pydantic reader of the day took it."""
+    return f"{value}T00:00:00" if isinstance(value, str) and len(value) == 10 else value
+
+
 def _v1_evidence(item: Mapping[str, Any]) -> dict[str, Any]:
+    value = item.get("value")
     return {
         "description": str(item.get("description") or ""),
         "source": item.get("source") or item.get("resource"),
-        "value": item.get("value"),
+        "value": float(value) if isinstance(value, bool) else value,
         "unit": item.get("unit"),
         "date": item.get("date"),
         "upper_limit_of_normal": item.get("upper_limit_of_normal"),
@@ -296,7 +309,7 @@ def _v1_criterion(item: Mapping[str, Any], arm: str | None) -> dict[str, Any]:
         "state": item.get("state"),
         "reason": str(item.get("reason") or ""),
         "evidence": [_v1_evidence(e) for e in item.get("evidence") or []],
-        "until": item.get("until"),
+        "until": _v1_day(item.get("until")),
         "flags": list(item.get("flags") or []),
         "resolve_hint": item.get("resolve_hint"),
         "note": item.get("note"),
@@ -376,9 +389,10 @@ def _upgrade_v1(content: Mapping[str, Any], titles: Mapping[str, Any]) -> Decisi
     )
     unavailable = content.get("unavailable_facts")
     return decision_from_data(
-        {
+        lax=True,
+        data={
             "schema_version": 1,
-            "evaluated_at": content.get("evaluated_at") or content.get("recorded_at"),
+            "evaluated_at": _v1_moment(content.get("evaluated_at") or content.get("recorded_at")),
             "criteria_fingerprint": str(content.get("criteria_fingerprint") or ""),
             "input_fingerprint": str(content.get("input_fingerprint") or ""),
             "patient": {
@@ -401,5 +415,5 @@ def _upgrade_v1(content: Mapping[str, Any], titles: Mapping[str, Any]) -> Decisi
                 for i in content.get("inputs") or []
                 if isinstance(i, Mapping)
             ],
-        }
+        },
     )

@@ -91,9 +91,14 @@ class Reference(Shape):
 def parse_fhir_datetime(value: Any) -> datetime | None:
     """Parse a FHIR date/dateTime/instant; partial dates take their first day; naive is UTC;
     anything else (text, an impossible day) is no date."""
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or len(value) > _LONGEST_FHIR_DATETIME:
         return None
     return _parsed_datetime(value)
+
+
+_LONGEST_FHIR_DATETIME = 40
+"""Longer than any FHIR instant ("2026-11-29T09:00:00.123456789+14:00" is 35): such text is no
+date, and is not kept in the cache below, which would otherwise hold it after the call."""
 
 
 @lru_cache(maxsize=4096)

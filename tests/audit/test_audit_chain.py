@@ -176,6 +176,30 @@ def test_edited_column_is_detected(store: AuditStore, make_decision: DecisionFac
     assert not report.ok and "edited content at seq 2" in report.problems[0]
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("record_id", "'tampered'"), ("decision_id", "'not-an-id'"), ("hash", "'f00d'"), ("prev_hash", "'x'")],
+)
+def test_a_column_edited_into_what_it_cannot_hold_is_reported_not_a_crash(
+    store: AuditStore, make_decision: DecisionFactory, column: str, value: str
+) -> None:
+    """SQLite keeps any text in a UUID or 32-byte column; verify, export and review must still
+    read the row and report the edit, not fail on it."""
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's column types refuse such a write")
+    _fill(store, make_decision, 3)
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(f"UPDATE audit_record SET {column} = {value} WHERE seq = 2")
+
+    report = store.verify()
+
+    assert not report.ok
+    assert any(
+        problem.startswith(("edited content at seq 2", "broken link at seq 2")) for problem in report.problems
+    )
+    assert len(list(store.iter_records())) == 3
+
+
 def test_rehashed_edit_breaks_the_next_link(store: AuditStore, make_decision: DecisionFactory) -> None:
     _fill(store, make_decision, 3)
     with store.engine.begin() as connection:

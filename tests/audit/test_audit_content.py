@@ -311,3 +311,18 @@ def test_a_chart_that_moved_on_starts_a_new_base(store: AuditStore, make_decisio
     assert (latest.codec, latest.base) == (Codec.DELTA, _list_address(grown["input_resources"]))
     assert all(row.base is None or documents[row.base].base is None for row in documents.values())
     assert store.verify().ok
+
+
+@pytest.mark.parametrize("key", ["access_token", "Access_Token", "access_to\u212aen"])
+def test_a_secret_key_in_any_case_is_dropped_from_the_content(
+    store: AuditStore, make_decision: DecisionFactory, key: str
+) -> None:
+    """The quick look for secret keys must see what the scrubber drops: ``str.lower()`` folds
+    the Kelvin sign to "k", which a bytes comparison does not."""
+    record = make_decision(data_sources={"client-key": {key: "s3cret-value", "kept": "yes"}})
+    decision_id = store.append_decision(record)
+
+    stored = store.get_decision(decision_id)
+
+    assert stored is not None
+    assert stored["content"]["data_sources"] == {"client-key": {"kept": "yes"}}

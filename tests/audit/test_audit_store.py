@@ -216,13 +216,14 @@ def test_a_card_key_hit_is_confirmed_by_the_content(
         store.append_feedback("til-trials", _feedback("card-it-never-showed"))
 
 
-def test_a_decision_id_that_is_no_uuid_is_not_found(
+def test_a_decision_id_is_found_in_any_spelling_of_its_uuid_and_text_is_not(
     store: AuditStore, make_decision: DecisionFactory
 ) -> None:
     record = make_decision()
     store.append_decision(record)
     assert store.get_decision("not-a-uuid") is None
-    assert store.get_decision(record["decision_id"].upper()) is None
+    found = store.get_decision(record["decision_id"].upper())
+    assert found is not None and found["record_id"] == record["decision_id"]
     assert store.get_decision(record["decision_id"]) is not None
 
 
@@ -333,3 +334,22 @@ def test_ping(store: AuditStore, tmp_path: Path) -> None:
         assert not unmigrated.ping()
     finally:
         unmigrated.close()
+
+
+def test_feedback_on_a_decision_whose_content_is_lost_is_still_recorded(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    """The clinician's feedback is not refused for a fault of the store's: it is linked to the
+    decision its card names, without trials, and ``audit verify`` names the damaged record."""
+    record = make_decision()
+    store.append_decision(record)
+    with store.engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit_document"))
+
+    feedback_id, is_new = store.append_feedback("til-trials", _feedback(record["cards"][0]["uuid"]))
+
+    assert is_new
+    (stored,) = store.iter_records(ExportFilters(kind="feedback"))
+    assert stored["record_id"] == feedback_id
+    assert (stored["decision_id"], stored["trial_ids"]) == (record["decision_id"], [])
+    assert any(record["decision_id"] in problem for problem in store.verify().problems)

@@ -63,7 +63,8 @@ async def call_service(
     return outcome.response.model_dump(mode="json", exclude_none=True)
 
 
-def _release(*request_data: object) -> None:
+async def _release(*request_data: object) -> None:
     """Holds the parsed body and the outcome until the answer is sent, so that freeing their
-    hundreds of thousands of objects (about 2 ms at 1,000 Observations) is not on the
-    clinician's wait; the work is the same, after the response instead of before it."""
+    hundreds of thousands of objects (0.5 ms at 1,000 Observations, 7 ms at 5,000) is not on
+    the clinician's wait; the work is the same, after the response instead of before it.
+    ``async``, or Starlette would hand it to a worker thread."""

@@ -328,3 +328,35 @@ def test_patient_facts_are_frozen() -> None:
     with pytest.raises(TypeError):
         facts.labs["hemoglobin"] = ()  # type: ignore[index]
     assert isinstance(facts.diagnoses, tuple)
+
+
+def test_a_version_1_record_with_values_as_they_were_written_still_reads() -> None:
+    """Version 1 records copied their values as written; their reader took these, and still does."""
+    content = {
+        "evaluated_at": "2024-05-14",
+        "patient_ref": "Patient/p1",
+        "verdicts": [
+            {
+                "trial_id": "NCT06538012",
+                "suggested": True,
+                "criteria": [
+                    {
+                        "id": "alt",
+                        "state": "not_yet",
+                        "until": "2024-06-01T10:00:00Z",
+                        "evidence": [
+                            {"description": "ALT", "value": 40.0, "upper_limit_of_normal": "40"},
+                            {"description": "consented", "value": True},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+    decision = read_decision(content)
+
+    assert decision.evaluated_at == datetime(2024, 5, 14)
+    criterion = decision.trials[0].criteria[0]
+    assert (criterion.state, criterion.until) == (State.NOT_YET, date(2024, 6, 1))
+    assert [(e.value, e.upper_limit_of_normal) for e in criterion.evidence] == [(40.0, 40.0), (1.0, None)]

@@ -33,14 +33,13 @@ changed, and the record's hash would no longer verify, so such a record stops th
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from service.audit._records import card_key
 
 revision: str = "0004_compact_rows"
 down_revision: str | None = "0003_documents"
@@ -49,6 +48,14 @@ depends_on: str | Sequence[str] | None = None
 
 _BATCH = 500
 _HEX_COLUMNS = ("dedupe_key", "content_sha256", "prev_hash", "hash")
+
+
+def card_key(card_uuid: str) -> int:
+    """A frozen copy of ``service.audit._records.card_key`` as of this revision: a migration
+    must write what it wrote the day it was made, whatever the code does later."""
+    return int.from_bytes(hashlib.sha256(card_uuid.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
 _OLD = "_0003"
 _PG_CONSTRAINTS = {
     "audit_record": ("audit_record_pkey", "audit_record_record_id_key", "audit_record_dedupe_key_key"),
@@ -247,7 +254,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Back to text columns; card rows get their uuid text and trials from the decision's content."""
+    """Back to text columns; card rows get their uuid text and trials from the decision's content.
+
+    The contents are read with today's readers (the compact card row keeps no uuid text). A
+    decision with cards whose content cannot be read stops the downgrade, naming its record,
+    rather than lose which cards it showed; ``til-cds audit verify`` names such records first.
+    """
     from service.audit._documents import DocumentReader
     from service.audit._records import card_trial_ids, stored_decision
 
