@@ -140,18 +140,16 @@ def holds_secret_keys(text: bytes) -> bool:
     """Whether canonical JSON bytes have any secret key; a no skips the costly deep scrub.
 
     Canonical JSON has no whitespace, so a key appears as ``"name":``; only false positives
-    are possible (they fall back to :func:`scrub_secrets`), never misses.  Text that is not
-    all ASCII is compared as the scrubber compares keys, ``str.lower()``, which also folds
-    letters such as the Kelvin sign to ``k``.
+    are possible (they fall back to :func:`scrub_secrets`), never misses.  The scrubber
+    compares keys by ``str.lower()``, which folds exactly one character outside ASCII into
+    ASCII, the Kelvin sign (to "k"); it is folded first, so that ``bytes.lower()``, quicker on
+    a decision's 100 kB than decoding it, matches the same keys.
     """
-    if text.isascii():
-        lowered = text.lower()
-        return any(mark in lowered for mark in _SECRET_KEY_MARKS)
-    folded = text.decode("utf-8").lower()
-    return any(mark in folded for mark in _SECRET_KEY_TEXT_MARKS)
+    lowered = text.replace(_KELVIN_SIGN, b"k").lower()
+    return any(mark in lowered for mark in _SECRET_KEY_MARKS)
 
 
-_SECRET_KEY_TEXT_MARKS = tuple(mark.decode("ascii") for mark in _SECRET_KEY_MARKS)
+_KELVIN_SIGN = "\u212a".encode()
 
 
 def content_document(record: dict[str, Any], where: str) -> tuple[dict[str, Any], Document]:

@@ -76,7 +76,8 @@ def start_service(log_dir: Path, name: str, env: dict[str, str], *, workers: int
     """Start ``python -m service.cli serve --dev`` and wait until ``/healthz`` answers."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("TIL_CDS_", "PROMETHEUS_"))}
-    environment.update({"TIL_CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL, **env})
+    # Unbuffered, so that a failing test finds every line the service wrote in its log.
+    environment.update({"TIL_CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL, "PYTHONUNBUFFERED": "1", **env})
     command = [sys.executable, "-m", "service.cli", "serve", "--dev", "--port", str(port)]
     command += ["--workers", str(workers)]
     log_path = log_dir / f"{name}.log"
