@@ -29,6 +29,7 @@ __all__ = [
     "feedback_values",
     "find_card",
     "hash_document",
+    "hex_text",
     "is_canonical_uuid",
     "logical_values",
     "prepare_decision",
@@ -187,17 +188,19 @@ def logical_values(row: Mapping[str, Any]) -> dict[str, Any]:
     """
     values = dict(row)
     for name in _HEX_COLUMNS:
-        found = values.get(name)
-        if isinstance(found, bytes | memoryview):
-            values[name] = bytes(found).hex()
-        elif found is not None:
-            values[name] = str(found)
+        if values.get(name) is not None:
+            values[name] = hex_text(values[name])
     for name in ("record_id", "decision_id"):
         if values.get(name) is not None:
             values[name] = _uuid_text(values[name])
     if values.get("decision_id") is None:
         values["decision_id"] = values["record_id"]
     return values
+
+
+def hex_text(found: object) -> str:
+    """A 32-byte column's value as the hex text records hold, or, edited into text, as found."""
+    return bytes(found).hex() if isinstance(found, bytes | memoryview) else str(found)
 
 
 def _uuid_text(found: object) -> str:

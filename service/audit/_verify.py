@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Select, select
 
 from ._canonical import GENESIS_HASH, chain_hash
 from ._documents import DocumentReader
-from ._records import hash_document, logical_values
+from ._records import hash_document, hex_text, logical_values
 from .errors import MissingAuditContentError
 from .models import AuditChainHead
 
@@ -136,7 +136,7 @@ def walk_chain(connection: Connection, records: Select[Any]) -> tuple[int, list[
                 elif content is not None:
                     problems.extend(f"{label}: {found}" for found in documents.inputs(content))
             expected_seq, previous_hash = seq + 1, values["hash"]
-    if head.last_seq != expected_seq - 1 or bytes(head.last_hash).hex() != previous_hash:
+    if head.last_seq != expected_seq - 1 or hex_text(head.last_hash) != previous_hash:
         problems.append(
             f"chain head names seq {head.last_seq} but the last record is seq "
             f"{expected_seq - 1} (records deleted at the end?)"

@@ -244,7 +244,8 @@ def decision_from_data(data: Any, *, lax: bool = False) -> Decision:
     Dates and times are read from their ISO text, states from their values; a field of the
     wrong type or one the decision does not have raises :class:`DecisionShapeError`.
     ``lax`` also takes what a version 1 record may hold as it was written (a whole-number
-    float for an integer, "40" for a number, a date-time for a date), as its pydantic reader did.
+    float for an integer, "40" for a number, 0 or 1 for a boolean), as its pydantic reader did;
+    the version 1 upgrade reads the rest (a bare day for a time, a date-time for a day).
     """
     try:
         return msgspec.convert(data, Decision, strict=not lax)

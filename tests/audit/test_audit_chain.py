@@ -200,6 +200,20 @@ def test_a_column_edited_into_what_it_cannot_hold_is_reported_not_a_crash(
     assert len(list(store.iter_records())) == 3
 
 
+def test_a_chain_head_hash_edited_into_text_is_reported_not_a_crash(
+    store: AuditStore, make_decision: DecisionFactory
+) -> None:
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's column types refuse such a write")
+    _fill(store, make_decision, 2)
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE audit_chain_head SET last_hash = 'f00d'")
+
+    assert store.verify().problems == [
+        "chain head names seq 2 but the last record is seq 2 (records deleted at the end?)"
+    ]
+
+
 def test_rehashed_edit_breaks_the_next_link(store: AuditStore, make_decision: DecisionFactory) -> None:
     _fill(store, make_decision, 3)
     with store.engine.begin() as connection:
