@@ -33,6 +33,7 @@ __all__ = [
     "AUDIT_WRITE_FAILURES",
     "CARDS_SHOWN",
     "CRITERIA_RELOADS",
+    "FACTS_MEMO",
     "FHIR_FETCH_ERRORS",
     "FHIR_FETCH_SECONDS",
     "HOOK_CALLS",
@@ -99,6 +100,11 @@ AUDIT_WRITE_FAILURES = Counter(
 )
 INTERNAL_ERRORS = Counter(
     "til_cds_internal_errors", "Requests answered 500 because of an unexpected exception, by route", ["route"]
+)
+FACTS_MEMO = Counter(
+    "til_cds_facts_memo",
+    "Hook calls whose facts were remembered (hit) or read from the resources (miss)",
+    ["result"],
 )
 CRITERIA_RELOADS = Counter(
     "til_cds_criteria_reloads", "Criteria reload attempts by result (loaded, unchanged, refused)", ["result"]

@@ -7,6 +7,7 @@ everything below is reproducible.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,15 +18,24 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from service.audit import input_text
 from service.cards import new_therapy_warning_card, trial_card
 from service.cdshooks import Card, CdsResponse, HookRequest, OrderSelectContext, PatientViewContext
 from service.criteria import CriteriaSet
 from service.engine import Decision, decide
 from service.engine.decision import decision_json
 from service.errors import PreconditionFailedError, RequestError
-from service.facts import build_facts, draft_order_exposures, unavailable_sources, unique_resources
+from service.facts import (
+    PatientFacts,
+    build_facts,
+    draft_order_exposures,
+    unavailable_sources,
+    unique_resources,
+)
+from service.facts.memo import FactsMemo, with_call_extras
 from service.gather import REQUIRED_KEYS, FetchLimits, ObservationSearches, gather, observation_searches
 from service.mappings import Mappings
+from service.observability import FACTS_MEMO
 
 __all__ = ["HookOutcome", "Runtime", "run_hook", "SERVICES", "SERVICE_ID", "ORDER_SELECT_SERVICE_ID"]
 
@@ -46,6 +56,12 @@ class Runtime:
     http: httpx.AsyncClient
     limits: FetchLimits
     review_url: Any = None  # Callable[[str], str] | None: decision id -> review page URL
+    facts_memo_resources: int = 50_000  # settings.facts_memo_resources; 0 remembers no facts
+
+    @cached_property
+    def facts_memo(self) -> FactsMemo:
+        """The facts of the charts opened last; a reload builds a new Runtime, so an empty memo."""
+        return FactsMemo(self.facts_memo_resources)
 
     @cached_property
     def observation_searches(self) -> ObservationSearches:
@@ -58,6 +74,8 @@ class HookOutcome:
     response: CdsResponse
     record: dict[str, Any]
     decision: Decision
+    input_text: bytes
+    """The canonical JSON of ``record["input_resources"]``, for ``AuditStore.append_decision``."""
 
 
 def _context(request: HookRequest) -> PatientViewContext:
@@ -154,10 +172,9 @@ async def run_hook(
         if isinstance(context, OrderSelectContext)
         else []
     )
-    facts = build_facts(
-        context.patientId,
-        resources,
-        runtime.mappings,
+    resources_text = input_text(resources, "the request's resources")
+    facts = with_call_extras(
+        _facts_of(context.patientId, resources, resources_text, runtime),
         draft_orders=drafts,
         unavailable=unavailable_sources(data.unavailable, runtime.mappings),
         problems=[*data.problems, *(f"{k}: {v}" for k, v in data.unavailable.items())],
@@ -183,4 +200,23 @@ async def run_hook(
         "card_problems": card_problems,
         "timing_ms": round((time.perf_counter() - started) * 1000, 2),
     }
-    return HookOutcome(response=CdsResponse(cards=cards), record=record, decision=decision)
+    return HookOutcome(
+        response=CdsResponse(cards=cards), record=record, decision=decision, input_text=resources_text
+    )
+
+
+def _facts_of(
+    patient_id: str, resources: list[dict[str, Any]], resources_text: bytes, runtime: Runtime
+) -> PatientFacts:
+    """The facts of these resources, remembered from an earlier open of the same chart or read.
+
+    Keyed by the SHA-256 of their canonical JSON (``resources_text``, which the audit trail
+    stores under the same hash): a resource changed in any field is another chart.
+    """
+    address = hashlib.sha256(resources_text).digest()
+    facts = runtime.facts_memo.get(address, patient_id)
+    FACTS_MEMO.labels(result="miss" if facts is None else "hit").inc()
+    if facts is None:
+        facts = build_facts(patient_id, resources, runtime.mappings)
+        runtime.facts_memo.put(address, patient_id, facts)
+    return facts

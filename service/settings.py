@@ -182,6 +182,7 @@ class Settings(AuditExportSettings):
     fhir_page_size: int = 200
     max_body_bytes: int = 5_000_000
     max_prefetch_resources: int = 20_000
+    facts_memo_resources: int = Field(default=50_000, ge=0)
 
     audit_export_token: SecretStr | None = None
 

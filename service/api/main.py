@@ -55,6 +55,7 @@ def build_runtime(settings: Settings, http: httpx.AsyncClient) -> Runtime:
             max_resources=settings.max_prefetch_resources,
             page_size=settings.fhir_page_size,
         ),
+        facts_memo_resources=settings.facts_memo_resources,
     )
 
 

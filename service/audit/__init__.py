@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._content import input_text
 from ._records import stored_decision
 from .errors import (
     AuditConfigurationError,
@@ -29,5 +30,6 @@ __all__ = [
     "UnknownCardError",
     "UnknownDecisionError",
     "VerifyReport",
+    "input_text",
     "stored_decision",
 ]

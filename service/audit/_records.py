@@ -219,14 +219,16 @@ class _Inputs:
 
 
 def _split_inputs(
-    record: Mapping[str, Any], known: Mapping[bytes, bytes]
+    record: Mapping[str, Any], known: Mapping[bytes, bytes], text: bytes | None = None
 ) -> tuple[dict[str, Any], _Inputs | None]:
     """The record with ``input_resources`` replaced by a reference to them, and their document.
 
     The reference (``input_list``: address and count) is part of the chained content; a repeat
     chart open reads the same resources, so it names the same document and stores nothing new.
     ``known`` maps the hashes of input lists as received to the addresses of stored ones: a
-    hit skips looking for secrets in a list already scrubbed and stored.
+    hit skips looking for secrets in a list already scrubbed and stored.  ``text``: the
+    list's :func:`input_text`, when the caller has taken it already (the hook pipeline
+    does, to find the chart's remembered facts).
     """
     rest = {key: value for key, value in record.items() if key != "input_resources"}
     if "input_resources" not in record:
@@ -234,7 +236,8 @@ def _split_inputs(
     resources = record["input_resources"]
     if not isinstance(resources, list):
         raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
-    text = input_text(resources, "decision.input_resources")
+    if text is None:
+        text = input_text(resources, "decision.input_resources")
     key = address_of(text)
     stored_address = known.get(key)
     if stored_address is not None:
@@ -247,15 +250,18 @@ def _split_inputs(
 
 
 def prepare_decision(
-    record: Mapping[str, Any], known_inputs: Mapping[bytes, bytes] | None = None
+    record: Mapping[str, Any],
+    known_inputs: Mapping[bytes, bytes] | None = None,
+    *,
+    input_text: bytes | None = None,
 ) -> PreparedDecision:
     """Check a decision record, drop secrets, split off its inputs and derive the indexed columns.
 
-    ``known_inputs``: see :func:`_split_inputs`.
+    ``known_inputs`` and ``input_text``: see :func:`_split_inputs`.
     """
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    clean, inputs = _split_inputs(record, known_inputs or {})
+    clean, inputs = _split_inputs(record, known_inputs or {}, input_text)
     clean, content = content_document(clean, "decision")
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)
