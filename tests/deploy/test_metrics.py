@@ -64,6 +64,28 @@ async def test_a_hook_call_is_counted_with_its_cards_and_latency(
     assert len(counted) == len(response.json()["cards"]) >= 1
 
 
+async def test_a_repeat_open_finds_the_charts_facts_unless_the_memo_is_off(
+    tmp_path: Path, hook_body: Callable[..., dict[str, Any]]
+) -> None:
+    """The same chart opened twice reads its resources once; with ``facts_memo_resources``
+    at 0 it reads them each time, and the cards are the same either way."""
+    body = hook_body()
+    for memo_resources, hits in ((50_000, 1), (0, 0)):
+        settings = _settings(tmp_path / str(memo_resources)).model_copy(
+            update={"facts_memo_resources": memo_resources}
+        )
+        async for client in started(create_app(settings)):
+            before = await _samples(client)
+            first = await client.post(SERVICE_PATH, json=body)
+            second = await client.post(SERVICE_PATH, json=body)
+            after = await _samples(client)
+        assert first.status_code == second.status_code == 200
+        titles = [[card["summary"] for card in answer.json()["cards"]] for answer in (first, second)]
+        assert titles[0] == titles[1] and titles[0]
+        assert _delta(before, after, "til_cds_facts_memo_total", result="hit") == hits
+        assert _delta(before, after, "til_cds_facts_memo_total", result="miss") == 2 - hits
+
+
 async def test_failed_fhir_fetches_are_counted_by_error_class(
     tmp_path: Path, hook_body: Callable[..., dict[str, Any]]
 ) -> None:
