@@ -18,13 +18,13 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from service.audit import input_text
+from service.audit import InvalidAuditRecordError, input_text
 from service.cards import new_therapy_warning_card, trial_card
 from service.cdshooks import Card, CdsResponse, HookRequest, OrderSelectContext, PatientViewContext
 from service.criteria import CriteriaSet
 from service.engine import Decision, decide
 from service.engine.decision import decision_json
-from service.errors import PreconditionFailedError, RequestError
+from service.errors import FhirResponseError, PreconditionFailedError, PrefetchError, RequestError
 from service.facts import (
     PatientFacts,
     build_facts,
@@ -74,7 +74,7 @@ class HookOutcome:
     response: CdsResponse
     record: dict[str, Any]
     decision: Decision
-    input_text: bytes
+    inputs_text: bytes
     """The canonical JSON of ``record["input_resources"]``, for ``AuditStore.append_decision``."""
 
 
@@ -172,7 +172,7 @@ async def run_hook(
         if isinstance(context, OrderSelectContext)
         else []
     )
-    resources_text = input_text(resources, "the request's resources")
+    resources_text = _canonical_text(resources, prefetched=bool(request.prefetch))
     facts = with_call_extras(
         _facts_of(context.patientId, resources, resources_text, runtime),
         draft_orders=drafts,
@@ -201,8 +201,23 @@ async def run_hook(
         "timing_ms": round((time.perf_counter() - started) * 1000, 2),
     }
     return HookOutcome(
-        response=CdsResponse(cards=cards), record=record, decision=decision, input_text=resources_text
+        response=CdsResponse(cards=cards), record=record, decision=decision, inputs_text=resources_text
     )
+
+
+def _canonical_text(resources: list[dict[str, Any]], *, prefetched: bool) -> bytes:
+    """The resources' canonical JSON (the audit's), or the error of the data that cannot have one.
+
+    Parsed JSON always has one, except nested deeper than orjson writes (254 levels) or an
+    integer beyond 64 bits from a fetched response: no FHIR resource is either.
+    """
+    try:
+        return input_text(resources, "a resource")
+    except InvalidAuditRecordError as exc:
+        problem = f"{exc}; no FHIR resource is nested that deep or holds an integer that large"
+        if prefetched:
+            raise PrefetchError(problem, expression="prefetch") from exc
+        raise FhirResponseError(problem) from exc
 
 
 def _facts_of(

@@ -253,15 +253,15 @@ def prepare_decision(
     record: Mapping[str, Any],
     known_inputs: Mapping[bytes, bytes] | None = None,
     *,
-    input_text: bytes | None = None,
+    inputs_text: bytes | None = None,
 ) -> PreparedDecision:
     """Check a decision record, drop secrets, split off its inputs and derive the indexed columns.
 
-    ``known_inputs`` and ``input_text``: see :func:`_split_inputs`.
+    ``known_inputs`` and ``inputs_text``: see :func:`_split_inputs`.
     """
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    clean, inputs = _split_inputs(record, known_inputs or {}, input_text)
+    clean, inputs = _split_inputs(record, known_inputs or {}, inputs_text)
     clean, content = content_document(clean, "decision")
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)

@@ -249,14 +249,14 @@ class AuditStore:
         )
         return int(row["seq"])
 
-    def append_decision(self, record: Mapping[str, Any], *, input_text: bytes | None = None) -> str:
+    def append_decision(self, record: Mapping[str, Any], *, inputs_text: bytes | None = None) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``.
 
-        ``input_text``: the canonical JSON of ``record["input_resources"]``
+        ``inputs_text``: the canonical JSON of ``record["input_resources"]``
         (:func:`service.audit.input_text`), when the caller has it already; it is not
         taken again.
         """
-        prepared = prepare_decision(record, self._memory.known_inputs, input_text=input_text)
+        prepared = prepare_decision(record, self._memory.known_inputs, inputs_text=inputs_text)
         patient_ref = prepared.values["patient_ref"]
         with self._transaction(write=True) as connection:
             latest = self._memory.latest(patient_ref)

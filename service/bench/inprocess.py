@@ -76,7 +76,7 @@ def write_audit(store: AuditStore, runtime: Runtime, outcome: HookOutcome) -> No
     outcome.record["recorded_at"] = datetime.now(UTC).isoformat()
     outcome.record["client"] = "dev (unauthenticated)"
     store.save_criteria_version(runtime.criteria.fingerprint, runtime.criteria.snapshot)
-    store.append_decision(outcome.record, input_text=outcome.input_text)
+    store.append_decision(outcome.record, inputs_text=outcome.inputs_text)
 
 
 _STAGES = ("floor", "parse", "validation", "pipeline", "response")

@@ -247,7 +247,8 @@ def decode(resource: dict[str, Any], shape: type[S], source: SourceRef) -> tuple
     Unknown fields are ignored and every field is optional, so resources that leave things
     out read as before.  A field of the wrong type is left out, as if absent (a coding
     whose code is a number, a dosage given as text), and the one problem names each such
-    path; the reader then sees only well-typed values.
+    path, in sorted order (the same resource with its keys in another order reads the
+    same); the reader then sees only well-typed values.
     """
     value: Any = resource
     issues: list[str] = []
@@ -263,5 +264,5 @@ def decode(resource: dict[str, Any], shape: type[S], source: SourceRef) -> tuple
             if not isinstance(value, dict):
                 break
             continue
-        return decoded, (f"{source}: {'; '.join(issues)}; ignored" if issues else None)
-    return None, f"{source}: {'; '.join(issues)}; the resource was not read"
+        return decoded, (f"{source}: {'; '.join(sorted(issues))}; ignored" if issues else None)
+    return None, f"{source}: {'; '.join(sorted(issues))}; the resource was not read"

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.audit import AuditStore
 from service.settings import Settings
 from tests.api.conftest import ORDER_SELECT_URL, SERVICE_URL, criterion, recorded_decision, started
 
@@ -510,3 +511,22 @@ async def test_issue_17_entries_off_the_fast_path_are_still_checked_in_full(
         400,
         "prefetch.observations-blood-counts.entry[1].resource has no id",
     )
+
+
+async def test_a_resource_nested_too_deep_to_record_is_a_400_and_records_nothing(
+    client: httpx.AsyncClient, request_for: RequestFor, settings: Settings
+) -> None:
+    """JSON parses to 1,024 levels but is written to 254; a decision that cannot be recorded
+    is not shown, and the client is told which data is at fault, not answered 500."""
+    nested: dict[str, Any] = {"url": "https://example.org/deep"}
+    for _ in range(300):
+        nested = {"url": "https://example.org/deep", "extension": [nested]}
+    body = request_for("til-lung-eligible")
+    body["prefetch"]["observations-blood-counts"]["entry"][0]["resource"]["extension"] = [nested]
+    assert (await client.post(SERVICE_URL, json=request_for("til-lung-eligible"))).status_code == 200
+    assert_outcome(await client.post(SERVICE_URL, json=body), 400, "not plain JSON", "nested that deep")
+    store = AuditStore.from_url(settings.audit_database_url)
+    try:
+        assert len(list(store.iter_records())) == 1  # the first call's decision, and nothing else
+    finally:
+        store.close()

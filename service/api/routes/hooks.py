@@ -55,7 +55,7 @@ async def call_service(
     await run_in_threadpool(
         audit.save_criteria_version, runtime.criteria.fingerprint, runtime.criteria.snapshot
     )
-    await run_in_threadpool(audit.append_decision, outcome.record, input_text=outcome.input_text)
+    await run_in_threadpool(audit.append_decision, outcome.record, inputs_text=outcome.inputs_text)
     for card in outcome.response.cards:
         if card.source.topic is not None:
             CARDS_SHOWN.labels(trial=card.source.topic.code, hook=body.hook).inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.api.main import build_runtime
+from service.audit import input_text
 from service.cdshooks import HookRequest
 from service.engine.decision import decision_json
 from service.facts import PatientFacts, SourceRef
@@ -102,6 +104,40 @@ def test_facts_are_found_only_for_the_patient_they_were_read_for() -> None:
     assert memo.get(b"a", "q") is None and memo.get(b"a", "p") is not None
 
 
+async def test_patients_whose_charts_hold_the_same_resources_each_get_their_own_facts(
+    runtimes: tuple[Runtime, Runtime], mappings: Mappings
+) -> None:
+    """Two patients whose prefetch is all null read the same (empty) list of resources."""
+    remembering, _ = runtimes
+    body = hook_request(find_patient("til-lung-eligible", NOW.date()), mappings)
+    body["prefetch"] = dict.fromkeys(body["prefetch"])
+    for patient_id in ("patient-one", "patient-two", "patient-one"):
+        body["context"]["patientId"] = patient_id
+        assert (await _decided(remembering, body))["patient"]["reference"] == f"Patient/{patient_id}"
+    assert len(remembering.facts_memo) == 2
+
+
+async def test_the_text_handed_to_the_audit_is_the_canonical_json_of_the_recorded_resources(
+    runtimes: tuple[Runtime, Runtime], mappings: Mappings
+) -> None:
+    """The audit stores ``inputs_text`` as the decision's input list without taking it again."""
+    remembering, _ = runtimes
+    body = hook_request(find_patient("til-lung-eligible", NOW.date()), mappings)
+    outcome = await run_hook(HookRequest.model_validate(body), remembering, NOW, may_fetch=False)
+    assert outcome.inputs_text == input_text(outcome.record["input_resources"], "inputs")
+    assert json.loads(outcome.inputs_text) == _prefetched_resources(body["prefetch"])
+
+
+def _prefetched_resources(prefetch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prefetch's resources in key order, each once (the pipeline's ``unique_resources``)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for value in prefetch.values():
+        for resource in [e["resource"] for e in value["entry"]] if value and "entry" in value else [value]:
+            if resource is not None:
+                seen.setdefault((resource["resourceType"], resource["id"]), resource)
+    return list(seen.values())
+
+
 async def test_a_reload_starts_with_an_empty_memo(
     runtimes: tuple[Runtime, Runtime], mappings: Mappings
 ) -> None:
@@ -133,12 +169,15 @@ def test_the_memo_holds_at_most_its_bound_in_resources_dropping_the_least_recent
     assert memo.get(b"c", "p") is None and len(memo) == 2
 
 
-def test_a_bound_of_zero_remembers_nothing() -> None:
+def test_a_bound_of_zero_remembers_nothing_and_an_empty_chart_counts_as_one() -> None:
     memo = FactsMemo(max_resources=0)
     memo.put(b"a", "p", _facts("p", 0))
     memo.put(b"b", "p", _facts("p", 3))
-    assert len(memo) == 1  # a chart of no resources costs nothing
-    assert memo.get(b"b", "p") is None
+    assert len(memo) == 0
+    memo = FactsMemo(max_resources=2)
+    for patient in ("p", "q", "r"):
+        memo.put(b"none", patient, _facts(patient, 0))
+    assert len(memo) == 2 and memo.get(b"none", "p") is None
 
 
 def test_call_extras_are_added_to_a_copy_and_leave_the_remembered_facts_as_they_were() -> None:
