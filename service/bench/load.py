@@ -144,7 +144,9 @@ async def bench_throughput(
 async def bench_memory(
     calls: int, size: int, max_seconds: float, mappings: Mappings, audit_url: str | None = None
 ) -> dict[str, Any]:
-    """RSS of one worker after start, after a warm-up, and every tenth of ``calls`` calls."""
+    """RSS of one worker after start, after a warm-up, and every tenth of ``calls`` calls;
+    then every tenth of ``calls // 10`` opens of charts not seen before (each another
+    patient), which fill the facts memo past its bound: what it holds must plateau too."""
     body = request_body(size, mappings)
     with start_service(audit_url=audit_url) as service:
         pid = service.worker_pids()[0]
@@ -163,6 +165,14 @@ async def bench_memory(
                     await _post(client, service.hook_url, body)
                     done += 1
                 checkpoints.append({"calls": done, "rss_kib": rss_kib(pid)})
+            new_charts: list[dict[str, Any]] = []
+            opened = 0
+            new_chart_calls = max(1, calls // 10)
+            while opened < new_chart_calls and time.perf_counter() < deadline + max_seconds / 2:
+                for _ in range(min(max(1, new_chart_calls // 10), new_chart_calls - opened)):
+                    await _post(client, service.hook_url, first_open_body(body, size, opened))
+                    opened += 1
+                new_charts.append({"calls": opened, "rss_kib": rss_kib(pid)})
     after_calls = checkpoints[-1]["rss_kib"] if checkpoints else after_warm_up
     growth = None
     if after_calls is not None and after_warm_up is not None:
@@ -176,4 +186,7 @@ async def bench_memory(
         "rss_after_calls_kib": after_calls,
         "growth_after_warm_up_kib": growth,
         "checkpoints": checkpoints,
+        "new_chart_calls": opened,
+        "new_chart_checkpoints": new_charts,
+        "rss_after_new_charts_kib": new_charts[-1]["rss_kib"] if new_charts else None,
     }

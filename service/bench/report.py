@@ -133,8 +133,11 @@ def format_report(result: dict[str, Any]) -> str:
             f"**Memory** of one worker (RSS): {mib(memory['rss_after_start_kib'])} after start, "
             f"{mib(memory['rss_after_warm_up_kib'])} after {memory['warm_up_calls']} calls, "
             f"{mib(memory['rss_after_calls_kib'])} after {memory['calls']:,} more calls "
-            f"({memory['observations']} Observations each); growth after warm-up "
-            f"{mib(memory['growth_after_warm_up_kib'])}.",
+            f"({memory['observations']} Observations each, the same chart); growth after warm-up "
+            f"{mib(memory['growth_after_warm_up_kib'])}. Then {memory.get('new_chart_calls', 0):,} charts "
+            "opened once each (every tenth: "
+            + ", ".join(mib(point["rss_kib"]) for point in memory.get("new_chart_checkpoints", []))
+            + ").",
         ]
     audit = result.get("audit")
     if audit:

@@ -60,6 +60,7 @@ def test_quick_bench_writes_every_key(tmp_path: Path) -> None:
     assert {"requests_per_second", "latency_ms"} <= set(runs[0])
     memory = result["memory"]
     assert {"rss_after_start_kib", "rss_after_calls_kib", "growth_after_warm_up_kib", "calls"} <= set(memory)
+    assert memory["new_chart_calls"] == 1 and memory["rss_after_new_charts_kib"] > 0
     assert "fetch" not in result
     assert "Prefetch mode" in format_report(result)
 
