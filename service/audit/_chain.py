@@ -36,11 +36,14 @@ _INSERT_CARDS = insert(_card_table)
 
 
 _INSERT_RECORD = {
-    "sqlite": sqlite.insert(_record_table).on_conflict_do_nothing(index_elements=["record_id"]),
-    "postgresql": postgresql.insert(_record_table).on_conflict_do_nothing(index_elements=["record_id"]),
+    name: dialect.insert(_record_table)
+    .on_conflict_do_nothing(index_elements=["record_id"])
+    .execution_options(preserve_rowcount=True)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 """``INSERT ... ON CONFLICT (record_id) DO NOTHING`` by dialect: a record id already chained
-inserts nothing, which tells a duplicate without a query of its own under the lock."""
+inserts nothing (``rowcount`` 0, which SQLAlchemy keeps for an INSERT only when asked), so a
+duplicate is told without a query of its own under the lock."""
 
 
 @dataclass(frozen=True)
