@@ -278,6 +278,15 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
     return Latest(keyframe, inputs, None)
 
 
+_SHOWING = (
+    records_query()
+    .join(_card_table, _card_table.c.seq == _record_table.c.seq)
+    .where(_card_table.c.card == bindparam("card"))
+    .order_by(_record_table.c.seq.desc())
+)
+_SHOWING_OF_SERVICE = _SHOWING.where(_record_table.c.service_id == bindparam("service_id"))
+
+
 def decision_showing(
     connection: Connection, card_uuid: str, service_id: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
@@ -290,17 +299,15 @@ def decision_showing(
     returned with its content None and no card, so that feedback on it is still recorded,
     linked to it, rather than refused for a fault of the store's.
     """
-    query = (
-        records_query()
-        .join(_card_table, _card_table.c.seq == _record_table.c.seq)
-        .where(_card_table.c.card == card_key(card_uuid))
-        .order_by(_record_table.c.seq.desc())
-    )
-    if service_id is not None:
-        query = query.where(_record_table.c.service_id == service_id)
+    if service_id is None:
+        rows = connection.execute(_SHOWING, {"card": card_key(card_uuid)})
+    else:
+        rows = connection.execute(
+            _SHOWING_OF_SERVICE, {"card": card_key(card_uuid), "service_id": service_id}
+        )
     reader = DocumentReader(connection)
     unreadable: dict[str, Any] | None = None
-    for row in connection.execute(query).all():
+    for row in rows.all():
         try:
             view = reader.content(row._asdict())
         except (MissingAuditContentError, InvalidAuditRecordError):
