@@ -3,7 +3,8 @@
 A decision is written in two transactions. First its documents — the list of input resources
 it read and its content — go into one content-addressed table (``INSERT ... ON CONFLICT DO
 NOTHING``; an input list already stored by an earlier chart open is not written again, and a
-changed one is stored as a delta against the patient's last). Then the chain-head row is
+changed one is stored as a delta against the patient's last; a repeat open this store
+remembers has nothing to write there and skips this transaction). Then the chain-head row is
 locked (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link
 a small row that names the content by its hash (and holds it when it is a delta of a few
 hundred bytes, as on a repeat chart open), so writers in any number of threads or processes
