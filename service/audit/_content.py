@@ -13,6 +13,7 @@ same resources compressed one by one took eight times that.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -133,7 +134,17 @@ def _canonical_bytes(value: Any, where: str) -> bytes:
         raise InvalidAuditRecordError(f"{where} is not plain JSON: {exc}") from exc
 
 
-_SECRET_KEY_MARKS = tuple(sorted(f'"{key}":'.encode("ascii") for key in SECRET_KEYS))
+_KELVIN_SIGN = "\u212a".encode()
+_SECRET_KEY_PATTERN = re.compile(
+    b'"(?:'
+    + b"|".join(
+        re.escape(key.encode("ascii")).replace(b"k", b"(?:k|" + _KELVIN_SIGN + b")")
+        for key in sorted(SECRET_KEYS)
+    )
+    + b')":'
+)
+"""Any secret key as canonical JSON spells it (``"name":``), in lower case, with the Kelvin
+sign allowed wherever the key has a "k"."""
 
 
 def holds_secret_keys(text: bytes) -> bool:
@@ -142,14 +153,11 @@ def holds_secret_keys(text: bytes) -> bool:
     Canonical JSON has no whitespace, so a key appears as ``"name":``; only false positives
     are possible (they fall back to :func:`scrub_secrets`), never misses.  The scrubber
     compares keys by ``str.lower()``, which folds exactly one character outside ASCII into
-    ASCII, the Kelvin sign (to "k"); it is folded first, so that ``bytes.lower()``, quicker on
-    a decision's 100 kB than decoding it, matches the same keys.
+    ASCII, the Kelvin sign (to "k"); the pattern takes it for a "k", so that ``bytes.lower()``,
+    quicker on a decision's 100 kB than decoding it, matches the same keys. One pattern
+    searched once costs about half of looking for each key in turn.
     """
-    lowered = text.replace(_KELVIN_SIGN, b"k").lower()
-    return any(mark in lowered for mark in _SECRET_KEY_MARKS)
-
-
-_KELVIN_SIGN = "\u212a".encode()
+    return _SECRET_KEY_PATTERN.search(text.lower()) is not None
 
 
 def content_document(record: dict[str, Any], where: str) -> tuple[dict[str, Any], Document]:

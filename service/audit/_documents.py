@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Row, Select, String, Table, select, type_coerce
+from sqlalchemy import Connection, Row, Select, String, Table, bindparam, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ._content import Base, Codec, Document, address_of, decode_body, smallest_encoding
@@ -55,6 +55,14 @@ _document_table = cast(Table, AuditDocument.__table__)
 _rows_query = select(
     _document_table.c.address, _document_table.c.codec, _document_table.c.base, _document_table.c.body
 )
+_ROWS_OF = _rows_query.where(_document_table.c.address.in_(bindparam("addresses", expanding=True)))
+_ROW_OF = _rows_query.where(_document_table.c.address == bindparam("address"))
+_IS_STORED = select(_document_table.c.address).where(_document_table.c.address == bindparam("address"))
+_INSERT_DOCUMENTS = {
+    "sqlite": sqlite.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]),
+    "postgresql": postgresql.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]),
+}
+"""Documents are only ever inserted; one a concurrent writer stored meanwhile is skipped."""
 
 
 _ID_COLUMNS = {
@@ -100,8 +108,8 @@ class DocumentReader:
         for _ in ("documents", "their bases"):
             for start in range(0, len(wanted), _LOOKUP_BATCH):
                 batch = wanted[start : start + _LOOKUP_BATCH]
-                query = _rows_query.where(_document_table.c.address.in_(batch))
-                self._rows.update((row.address, row) for row in self.connection.execute(query))
+                found = self.connection.execute(_ROWS_OF, {"addresses": batch})
+                self._rows.update((row.address, row) for row in found)
             bases = {row.base for row in self._rows.values() if row.base is not None}
             wanted = [base for base in bases if base not in self._rows and base not in self._bases]
 
@@ -118,7 +126,7 @@ class DocumentReader:
     def row(self, address: bytes) -> Any:
         """The stored row of a document, from the last fetch or one query."""
         if address not in self._rows:
-            found = self.connection.execute(_rows_query.where(_document_table.c.address == address)).first()
+            found = self.connection.execute(_ROW_OF, {"address": address}).first()
             if found is None:
                 return None
             self._rows[address] = found
@@ -233,23 +241,26 @@ class Latest:
         return sum(len(item.text) for item in (self.content, self.inputs_base) if item is not None)
 
 
+_LATEST_OF_PATIENT = (
+    select(
+        _ID_COLUMNS["record_id"],
+        _ID_COLUMNS["decision_id"],
+        _record_table.c.content_sha256,
+        _record_table.c.content_codec,
+        _record_table.c.content_base,
+        _record_table.c.content_body,
+    )
+    .where(_record_table.c.patient_ref == bindparam("patient_ref"))
+    .where(_record_table.c.kind == "decision")
+    .where(_record_table.c.content_sha256.is_not(None))
+    .order_by(_record_table.c.seq.desc())
+    .limit(1)
+)
+
+
 def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None:
     """The patient's latest chained decision that keeps its content apart, if any."""
-    row = connection.execute(
-        select(
-            _ID_COLUMNS["record_id"],
-            _ID_COLUMNS["decision_id"],
-            _record_table.c.content_sha256,
-            _record_table.c.content_codec,
-            _record_table.c.content_base,
-            _record_table.c.content_body,
-        )
-        .where(_record_table.c.patient_ref == patient_ref)
-        .where(_record_table.c.kind == "decision")
-        .where(_record_table.c.content_sha256.is_not(None))
-        .order_by(_record_table.c.seq.desc())
-        .limit(1)
-    ).first()
+    row = connection.execute(_LATEST_OF_PATIENT, {"patient_ref": patient_ref}).first()
     if row is None:
         return None
     reader = DocumentReader(connection)
@@ -267,6 +278,15 @@ def latest_of_patient(connection: Connection, patient_ref: str) -> Latest | None
     return Latest(keyframe, inputs, None)
 
 
+_SHOWING = (
+    records_query()
+    .join(_card_table, _card_table.c.seq == _record_table.c.seq)
+    .where(_card_table.c.card == bindparam("card"))
+    .order_by(_record_table.c.seq.desc())
+)
+_SHOWING_OF_SERVICE = _SHOWING.where(_record_table.c.service_id == bindparam("service_id"))
+
+
 def decision_showing(
     connection: Connection, card_uuid: str, service_id: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
@@ -279,17 +299,15 @@ def decision_showing(
     returned with its content None and no card, so that feedback on it is still recorded,
     linked to it, rather than refused for a fault of the store's.
     """
-    query = (
-        records_query()
-        .join(_card_table, _card_table.c.seq == _record_table.c.seq)
-        .where(_card_table.c.card == card_key(card_uuid))
-        .order_by(_record_table.c.seq.desc())
-    )
-    if service_id is not None:
-        query = query.where(_record_table.c.service_id == service_id)
+    if service_id is None:
+        rows = connection.execute(_SHOWING, {"card": card_key(card_uuid)})
+    else:
+        rows = connection.execute(
+            _SHOWING_OF_SERVICE, {"card": card_key(card_uuid), "service_id": service_id}
+        )
     reader = DocumentReader(connection)
     unreadable: dict[str, Any] | None = None
-    for row in connection.execute(query).all():
+    for row in rows.all():
         try:
             view = reader.content(row._asdict())
         except (MissingAuditContentError, InvalidAuditRecordError):
@@ -303,20 +321,11 @@ def decision_showing(
 
 
 def _is_stored(connection: Connection, address: bytes) -> bool:
-    query = select(_document_table.c.address).where(_document_table.c.address == address)
-    return connection.execute(query).first() is not None
+    return connection.execute(_IS_STORED, {"address": address}).first() is not None
 
 
 def _insert(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert documents; one a concurrent writer stored meanwhile is skipped."""
-    if connection.dialect.name == "sqlite":
-        connection.execute(
-            sqlite.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]), rows
-        )
-    else:
-        connection.execute(
-            postgresql.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]), rows
-        )
+    connection.execute(_INSERT_DOCUMENTS[connection.dialect.name], rows)
 
 
 def _row(item: Document, codec: Codec, base: Base | None) -> tuple[dict[str, Any], Base]:
@@ -337,7 +346,9 @@ class Stored:
     content_columns: dict[str, Any]
 
 
-def store_documents(connection: Connection, prepared: PreparedDecision, latest: Latest | None) -> Stored:
+def store_documents(
+    connect: Callable[[], Connection], prepared: PreparedDecision, latest: Latest | None
+) -> Stored:
     """Write a decision's documents, before it is chained and outside the chain's lock.
 
     ``latest`` is what the patient's latest decision offers (:func:`latest_of_patient`). The
@@ -345,6 +356,8 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
     the patient's latest, or is found. A content that is a delta (a few hundred bytes for a
     repeat chart open) is not written here but returned, to go into the decision's own row:
     a document row of its own would cost as much again in row header, address and index entry.
+    ``connect`` gives the write transaction's connection; it is asked for only to look a
+    document up or write one, so a repeat chart open whose patient is remembered opens none.
     """
     rows = []
     inputs = prepared.inputs
@@ -352,10 +365,10 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
     if (
         inputs is not None
         and (latest is None or latest.inputs != inputs.address)
-        and not _is_stored(connection, inputs.address)
+        and not _is_stored(connect(), inputs.address)
     ):
         if inputs_base is None and latest is not None and latest.inputs is not None:
-            inputs_base = DocumentReader(connection).keyframe(latest.inputs)
+            inputs_base = DocumentReader(connect()).keyframe(latest.inputs)
         row, inputs_base = _row(inputs, Codec.RESOURCES, inputs_base)
         rows.append(row)
     row, content_base = _row(
@@ -371,7 +384,7 @@ def store_documents(connection: Connection, prepared: PreparedDecision, latest: 
             "content_body": row["body"],
         }
     if rows:
-        _insert(connection, rows)
+        _insert(connect(), rows)
     return Stored(Latest(content_base, prepared.inputs_address, inputs_base), content_columns)
 
 

@@ -3,7 +3,8 @@
 A decision is written in two transactions. First its documents — the list of input resources
 it read and its content — go into one content-addressed table (``INSERT ... ON CONFLICT DO
 NOTHING``; an input list already stored by an earlier chart open is not written again, and a
-changed one is stored as a delta against the patient's last). Then the chain-head row is
+changed one is stored as a delta against the patient's last; a repeat open this store
+remembers has nothing to write there and skips this transaction). Then the chain-head row is
 locked (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) only to link
 a small row that names the content by its hash (and holds it when it is a delta of a few
 hundred bytes, as on a repeat chart open), so writers in any number of threads or processes
@@ -20,17 +21,19 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -38,11 +41,11 @@ from sqlalchemy import (
 )
 from sqlalchemy import Text as TextType
 from sqlalchemy import cast as sql_cast
-from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import _counts, _documents, _verify
-from ._canonical import as_utc, canonical_json, chain_hash, parse_timestamp
+from ._canonical import as_utc, canonical_json, parse_timestamp
+from ._chain import ChainHead, insert_cards, link, lock_head, read_head
 from ._engine import create_audit_engine, describe_database_error
 from ._records import (
     DECISION_OUTCOMES,
@@ -50,10 +53,8 @@ from ._records import (
     PreparedDecision,
     card_trial_ids,
     feedback_values,
-    hash_document,
     prepare_decision,
     prepare_feedback,
-    stored_columns,
     stored_decision,
 )
 from .errors import (
@@ -62,14 +63,7 @@ from .errors import (
     InvalidAuditRecordError,
     UnknownCardError,
 )
-from .models import (
-    CHAIN_HEAD_ID,
-    AuditCard,
-    AuditChainHead,
-    AuditRecord,
-    CriteriaVersion,
-    SeenJti,
-)
+from .models import AuditRecord, CriteriaVersion, SeenJti
 
 __all__ = ["AuditStore", "ExportFilters", "VerifyReport"]
 
@@ -79,7 +73,9 @@ _JTI_PURGE_EVERY = 100
 _STREAM_BATCH = 200
 _T = TypeVar("_T")
 
-_record_table = AuditRecord.__table__
+_record_table = cast(Table, AuditRecord.__table__)
+_FEEDBACK_BY_KEY = select(_record_table.c.record_id).where(_record_table.c.dedupe_key == bindparam("key"))
+_REMEMBER_JTI = insert(cast(Table, SeenJti.__table__))
 
 
 @dataclass(frozen=True)
@@ -129,12 +125,6 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _ChainHead:
-    last_seq: int
-    last_hash: str
-
-
 class AuditStore:
     """Append, read, verify and export the audit trail in one SQL database."""
 
@@ -155,7 +145,7 @@ class AuditStore:
         """Whether the store answers and is migrated, for a readiness probe."""
         try:
             with self._transaction(write=False) as connection:
-                connection.execute(select(AuditChainHead.last_seq)).first()
+                read_head(connection)
         except AuditUnavailableError:
             return False
         return True
@@ -180,6 +170,21 @@ class AuditStore:
                     yield connection
         except SQLAlchemyError as exc:
             raise AuditUnavailableError(f"audit store unavailable: {describe_database_error(exc)}") from exc
+
+    @contextmanager
+    def _lazy_transaction(self) -> Iterator[Callable[[], Connection]]:
+        """A write transaction begun only when the body first asks for its connection, so an
+        append with nothing to read or store first (a repeat chart open remembered here) costs
+        no pool checkout, ``BEGIN`` or ``COMMIT`` before the chain's own transaction."""
+        with ExitStack() as stack:
+            opened: list[Connection] = []
+
+            def connect() -> Connection:
+                if not opened:
+                    opened.append(stack.enter_context(self._transaction(write=True)))
+                return opened[0]
+
+            yield connect
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to ``revision`` (the newest by default); safe to run from every instance."""
@@ -224,30 +229,23 @@ class AuditStore:
             ).scalar_one_or_none()
         return None if content is None else dict(json.loads(content))
 
-    def _append(self, write: Callable[[Connection, _ChainHead], _T]) -> _T:
+    def _append(self, write: Callable[[Connection, ChainHead], _T]) -> _T:
         with self._transaction(write=True) as connection:
-            head = connection.execute(
-                select(AuditChainHead.last_seq, AuditChainHead.last_hash)
-                .where(AuditChainHead.id == CHAIN_HEAD_ID)
-                .with_for_update()
-            ).one()
+            head = lock_head(connection)
             locked_at = time.perf_counter()
-            result = write(connection, _ChainHead(head.last_seq, bytes(head.last_hash).hex()))
+            result = write(connection, head)
         self.last_chain_lock_seconds = time.perf_counter() - locked_at
         return result
 
     @staticmethod
-    def _insert_record(connection: Connection, head: _ChainHead, values: dict[str, Any]) -> int:
-        """Chain a record after the head (hash taken over its hex text) and return its seq."""
-        row = {**values, "seq": head.last_seq + 1, "prev_hash": head.last_hash}
-        row["hash"] = chain_hash(hash_document(row), head.last_hash)
-        connection.execute(insert(AuditRecord).values(**stored_columns(row)))
-        connection.execute(
-            sql_update(AuditChainHead)
-            .where(AuditChainHead.id == CHAIN_HEAD_ID)
-            .values(last_seq=row["seq"], last_hash=bytes.fromhex(row["hash"]))
-        )
-        return int(row["seq"])
+    def _insert_record(connection: Connection, head: ChainHead, values: Mapping[str, Any]) -> int:
+        """Chain a record after the head and return its seq; its id already chained raises."""
+        seq = link(connection, head, values)
+        if seq is None:
+            raise DuplicateRecordError(
+                f"{values['kind']} {values['record_id']} is already in the audit trail"
+            )
+        return seq
 
     def append_decision(self, record: Mapping[str, Any], *, inputs_text: bytes | None = None) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``.
@@ -258,13 +256,13 @@ class AuditStore:
         """
         prepared = prepare_decision(record, self._memory.known_inputs, inputs_text=inputs_text)
         patient_ref = prepared.values["patient_ref"]
-        with self._transaction(write=True) as connection:
+        with self._lazy_transaction() as connect:
             latest = self._memory.latest(patient_ref)
             if latest is None and patient_ref is not None:
-                latest = _documents.latest_of_patient(connection, patient_ref)
-            stored = _documents.store_documents(connection, prepared, latest)
+                latest = _documents.latest_of_patient(connect(), patient_ref)
+            stored = _documents.store_documents(connect, prepared, latest)
 
-        def write(connection: Connection, head: _ChainHead) -> str:
+        def write(connection: Connection, head: ChainHead) -> str:
             return self._write_decision(connection, head, prepared, stored.content_columns)
 
         decision_id = self._append(write)
@@ -274,18 +272,13 @@ class AuditStore:
     def _write_decision(
         self,
         connection: Connection,
-        head: _ChainHead,
+        head: ChainHead,
         prepared: PreparedDecision,
         content_columns: Mapping[str, Any],
     ) -> str:
-        record_id = str(prepared.values["record_id"])
-        taken = connection.execute(select(AuditRecord.seq).where(AuditRecord.record_id == record_id)).first()
-        if taken is not None:
-            raise DuplicateRecordError(f"decision {record_id} is already in the audit trail")
         seq = self._insert_record(connection, head, {**prepared.values, **content_columns})
-        if prepared.cards:
-            connection.execute(insert(AuditCard), [{"card": key, "seq": seq} for key in prepared.cards])
-        return record_id
+        insert_cards(connection, seq, prepared.cards)
+        return str(prepared.values["record_id"])
 
     def append_feedback(self, service_id: str, feedback: Mapping[str, Any]) -> tuple[str, bool]:
         """Record a feedback item linked to its decision: ``(record_id, is_new)``.
@@ -312,7 +305,7 @@ class AuditStore:
             trial_ids=_trials_of_card(card, decision),
         )
 
-        def write(connection: Connection, head: _ChainHead) -> tuple[str, bool]:
+        def write(connection: Connection, head: ChainHead) -> tuple[str, bool]:
             existing = self._feedback_by_key(connection, prepared.dedupe_key)
             if existing is not None:
                 return existing, False
@@ -323,8 +316,7 @@ class AuditStore:
 
     @staticmethod
     def _feedback_by_key(connection: Connection, dedupe_key: str) -> str | None:
-        query = select(AuditRecord.record_id).where(AuditRecord.dedupe_key == bytes.fromhex(dedupe_key))
-        found = connection.execute(query).scalar_one_or_none()
+        found = connection.execute(_FEEDBACK_BY_KEY, {"key": bytes.fromhex(dedupe_key)}).scalar_one_or_none()
         return None if found is None else str(found)
 
     def append_prescreen_run(self, record: Mapping[str, Any]) -> str:
@@ -351,7 +343,7 @@ class AuditStore:
             "content": canonical_json(dict(record)),
         }
 
-        def write(connection: Connection, head: _ChainHead) -> str:
+        def write(connection: Connection, head: ChainHead) -> str:
             self._insert_record(connection, head, values)
             return record_id
 
@@ -460,7 +452,7 @@ class AuditStore:
         try:
             with self._transaction(write=True) as connection:
                 connection.execute(
-                    insert(SeenJti).values(issuer=issuer, jti=jti, expires_at=as_utc(expires_at))
+                    _REMEMBER_JTI, {"issuer": issuer, "jti": jti, "expires_at": as_utc(expires_at)}
                 )
         except AuditUnavailableError as exc:
             if isinstance(exc.__cause__, IntegrityError):
