@@ -7,7 +7,6 @@ everything below is reproducible.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from service.audit import InvalidAuditRecordError, input_text
+from service.audit import AuditStore, Document, InvalidAuditRecordError, received_inputs
 from service.cards import new_therapy_warning_card, trial_card
 from service.cdshooks import Card, CdsResponse, HookRequest, OrderSelectContext, PatientViewContext
 from service.criteria import CriteriaSet
@@ -37,7 +36,15 @@ from service.gather import REQUIRED_KEYS, FetchLimits, ObservationSearches, gath
 from service.mappings import Mappings
 from service.observability import FACTS_MEMO
 
-__all__ = ["HookOutcome", "Runtime", "run_hook", "SERVICES", "SERVICE_ID", "ORDER_SELECT_SERVICE_ID"]
+__all__ = [
+    "HookOutcome",
+    "Runtime",
+    "record_outcome",
+    "run_hook",
+    "SERVICES",
+    "SERVICE_ID",
+    "ORDER_SELECT_SERVICE_ID",
+]
 
 SERVICE_ID = "til-trials"
 ORDER_SELECT_SERVICE_ID = "til-trials-order-select"
@@ -74,8 +81,9 @@ class HookOutcome:
     response: CdsResponse
     record: dict[str, Any]
     decision: Decision
-    inputs_text: bytes
-    """The canonical JSON of ``record["input_resources"]``, for ``AuditStore.append_decision``."""
+    received_inputs: Document
+    """The canonical JSON of ``record["input_resources"]`` and its address, for
+    ``AuditStore.append_decision``."""
 
 
 def _context(request: HookRequest) -> PatientViewContext:
@@ -172,9 +180,9 @@ async def run_hook(
         if isinstance(context, OrderSelectContext)
         else []
     )
-    resources_text = _canonical_text(resources, prefetched=bool(request.prefetch))
+    received = _received(resources, prefetched=bool(request.prefetch))
     facts = with_call_extras(
-        _facts_of(context.patientId, resources, resources_text, runtime),
+        _facts_of(context.patientId, resources, received.address, runtime),
         draft_orders=drafts,
         unavailable=unavailable_sources(data.unavailable, runtime.mappings),
         problems=[*data.problems, *(f"{k}: {v}" for k, v in data.unavailable.items())],
@@ -201,18 +209,19 @@ async def run_hook(
         "timing_ms": round((time.perf_counter() - started) * 1000, 2),
     }
     return HookOutcome(
-        response=CdsResponse(cards=cards), record=record, decision=decision, inputs_text=resources_text
+        response=CdsResponse(cards=cards), record=record, decision=decision, received_inputs=received
     )
 
 
-def _canonical_text(resources: list[dict[str, Any]], *, prefetched: bool) -> bytes:
-    """The resources' canonical JSON (the audit's), or the error of the data that cannot have one.
+def _received(resources: list[dict[str, Any]], *, prefetched: bool) -> Document:
+    """The resources' canonical JSON and its address (the audit's), or the error of the data
+    that cannot have one.
 
     Parsed JSON always has one, except nested deeper than orjson writes (254 levels) or an
     integer beyond 64 bits from a fetched response: no FHIR resource is either.
     """
     try:
-        return input_text(resources, "a resource")
+        return received_inputs(resources, "a resource")
     except InvalidAuditRecordError as exc:
         problem = f"{exc}; no FHIR resource is nested that deep or holds an integer that large"
         if prefetched:
@@ -221,17 +230,23 @@ def _canonical_text(resources: list[dict[str, Any]], *, prefetched: bool) -> byt
 
 
 def _facts_of(
-    patient_id: str, resources: list[dict[str, Any]], resources_text: bytes, runtime: Runtime
+    patient_id: str, resources: list[dict[str, Any]], address: bytes, runtime: Runtime
 ) -> PatientFacts:
     """The facts of these resources, remembered from an earlier open of the same chart or read.
 
-    Keyed by the SHA-256 of their canonical JSON (``resources_text``, which the audit trail
-    stores under the same hash): a resource changed in any field is another chart.
+    Keyed by ``address``, the SHA-256 of their canonical JSON (the audit trail's key for the
+    same list): a resource changed in any field is another chart.
     """
-    address = hashlib.sha256(resources_text).digest()
     facts = runtime.facts_memo.get(address, patient_id)
     FACTS_MEMO.labels(result="miss" if facts is None else "hit").inc()
     if facts is None:
         facts = build_facts(patient_id, resources, runtime.mappings)
         runtime.facts_memo.put(address, patient_id, facts)
     return facts
+
+
+def record_outcome(audit: AuditStore, runtime: Runtime, outcome: HookOutcome) -> None:
+    """The call's audit writes, in one go (the route hands them to one worker thread): the
+    criteria version the decision used (a set lookup once saved), then its record."""
+    audit.save_criteria_version(runtime.criteria.fingerprint, runtime.criteria.snapshot)
+    audit.append_decision(outcome.record, received_inputs=outcome.received_inputs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._content import input_text
+from ._content import Document, received_inputs
 from ._records import stored_decision
 from .errors import (
     AuditConfigurationError,
@@ -22,6 +22,7 @@ __all__ = [
     "AuditError",
     "AuditStore",
     "AuditUnavailableError",
+    "Document",
     "DuplicateRecordError",
     "ExportFilters",
     "InvalidAuditRecordError",
@@ -30,6 +31,6 @@ __all__ = [
     "UnknownCardError",
     "UnknownDecisionError",
     "VerifyReport",
-    "input_text",
+    "received_inputs",
     "stored_decision",
 ]

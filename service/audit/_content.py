@@ -178,6 +178,14 @@ def input_text(resources: list[Any], where: str) -> bytes:
     return _canonical_bytes(resources, where)
 
 
+def received_inputs(resources: list[Any], where: str) -> Document:
+    """The input resources as received, as canonical JSON, and its address: what the store
+    recognises a repeat chart open by, and what a caller that needs the address first (the
+    hook pipeline, to find the chart's remembered facts) hands to ``append_decision``."""
+    text = input_text(resources, where)
+    return Document(address_of(text), text)
+
+
 def input_list(text: bytes, resources: list[Any], where: str) -> Document:
     """The input list to store: ``text`` (:func:`input_text`) checked, with secrets scrubbed.
 

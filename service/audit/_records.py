@@ -16,7 +16,7 @@ from typing import Any
 from service.engine.decision import Decision, DecisionShapeError, decision_from_data, read_decision
 
 from ._canonical import canonical_json, parse_timestamp, scrub_secrets, utc_iso
-from ._content import Document, address_of, content_document, input_list, input_text
+from ._content import Document, content_document, input_list, received_inputs
 from .errors import InvalidAuditRecordError
 
 __all__ = [
@@ -219,15 +219,15 @@ class _Inputs:
 
 
 def _split_inputs(
-    record: Mapping[str, Any], known: Mapping[bytes, bytes], text: bytes | None = None
+    record: Mapping[str, Any], known: Mapping[bytes, bytes], received: Document | None = None
 ) -> tuple[dict[str, Any], _Inputs | None]:
     """The record with ``input_resources`` replaced by a reference to them, and their document.
 
     The reference (``input_list``: address and count) is part of the chained content; a repeat
     chart open reads the same resources, so it names the same document and stores nothing new.
     ``known`` maps the hashes of input lists as received to the addresses of stored ones: a
-    hit skips looking for secrets in a list already scrubbed and stored.  ``text``: the
-    list's :func:`input_text`, when the caller has taken it already (the hook pipeline
+    hit skips looking for secrets in a list already scrubbed and stored.  ``received``: the
+    list's :func:`received_inputs`, when the caller has taken it already (the hook pipeline
     does, to find the chart's remembered facts).
     """
     rest = {key: value for key, value in record.items() if key != "input_resources"}
@@ -236,9 +236,9 @@ def _split_inputs(
     resources = record["input_resources"]
     if not isinstance(resources, list):
         raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
-    if text is None:
-        text = input_text(resources, "decision.input_resources")
-    key = address_of(text)
+    if received is None:
+        received = received_inputs(resources, "decision.input_resources")
+    text, key = received.text, received.address
     stored_address = known.get(key)
     if stored_address is not None:
         inputs = _Inputs(None, stored_address, key)
@@ -253,15 +253,15 @@ def prepare_decision(
     record: Mapping[str, Any],
     known_inputs: Mapping[bytes, bytes] | None = None,
     *,
-    inputs_text: bytes | None = None,
+    received: Document | None = None,
 ) -> PreparedDecision:
     """Check a decision record, drop secrets, split off its inputs and derive the indexed columns.
 
-    ``known_inputs`` and ``inputs_text``: see :func:`_split_inputs`.
+    ``known_inputs`` and ``received``: see :func:`_split_inputs`.
     """
     if not isinstance(record, Mapping):
         raise InvalidAuditRecordError("a decision record must be an object")
-    clean, inputs = _split_inputs(record, known_inputs or {}, inputs_text)
+    clean, inputs = _split_inputs(record, known_inputs or {}, received)
     clean, content = content_document(clean, "decision")
     where = "decision"
     decision_id = _require_str(clean, "decision_id", where)

@@ -46,6 +46,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from . import _counts, _documents, _verify
 from ._canonical import as_utc, canonical_json, parse_timestamp
 from ._chain import ChainHead, insert_cards, link, lock_head, read_head
+from ._content import Document
 from ._engine import create_audit_engine, describe_database_error
 from ._records import (
     DECISION_OUTCOMES,
@@ -247,14 +248,14 @@ class AuditStore:
             )
         return seq
 
-    def append_decision(self, record: Mapping[str, Any], *, inputs_text: bytes | None = None) -> str:
+    def append_decision(self, record: Mapping[str, Any], *, received_inputs: Document | None = None) -> str:
         """Record one hook decision (secrets scrubbed) and return its ``decision_id``.
 
-        ``inputs_text``: the canonical JSON of ``record["input_resources"]``
-        (:func:`service.audit.input_text`), when the caller has it already; it is not
-        taken again.
+        ``received_inputs``: :func:`service.audit.received_inputs` of
+        ``record["input_resources"]`` (their canonical JSON and its address), when the
+        caller has it already; neither is taken again.
         """
-        prepared = prepare_decision(record, self._memory.known_inputs, inputs_text=inputs_text)
+        prepared = prepare_decision(record, self._memory.known_inputs, received=received_inputs)
         patient_ref = prepared.values["patient_ref"]
         with self._lazy_transaction() as connect:
             latest = self._memory.latest(patient_ref)

@@ -34,7 +34,7 @@ from service.audit.store import AuditStore
 from service.bench._stats import Loop, percentiles
 from service.bench.patients import sized_patient
 from service.cdshooks import HookRequest
-from service.pipeline import HookOutcome, Runtime, run_hook
+from service.pipeline import HookOutcome, Runtime, record_outcome, run_hook
 from service.sandbox.synthetic import hook_request
 from service.settings import Settings
 
@@ -72,11 +72,10 @@ async def serve_body(body: bytes, runtime: Runtime, *, may_fetch: bool = False) 
 
 
 def write_audit(store: AuditStore, runtime: Runtime, outcome: HookOutcome) -> None:
-    """The route's two audit writes for one call."""
+    """What the route records for one call."""
     outcome.record["recorded_at"] = datetime.now(UTC).isoformat()
     outcome.record["client"] = "dev (unauthenticated)"
-    store.save_criteria_version(runtime.criteria.fingerprint, runtime.criteria.snapshot)
-    store.append_decision(outcome.record, inputs_text=outcome.inputs_text)
+    record_outcome(store, runtime, outcome)
 
 
 _STAGES = ("floor", "parse", "validation", "pipeline", "response")

@@ -7,9 +7,11 @@ the sources that could not be read included), and nothing changes it afterwards.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -225,3 +227,13 @@ class PatientFacts:
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+
+    @cached_property
+    def input_fingerprint(self) -> str:
+        """A hash of the ids and versions of every input resource, in a stable order.
+
+        Taken once per facts: remembered facts are decided on every open of the chart, and
+        at 1,000 Observations the hash took a fifth of the engine's time.
+        """
+        refs = sorted(map(str, self.inputs))
+        return "sha256:" + hashlib.sha256("\n".join(refs).encode()).hexdigest()

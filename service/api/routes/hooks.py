@@ -13,7 +13,7 @@ from service.api.json_route import OrjsonRoute
 from service.api.responses import HOOK_ERRORS
 from service.cdshooks import CdsResponse, HookRequest
 from service.observability import CARDS_SHOWN, note_hook
-from service.pipeline import SERVICES, run_hook
+from service.pipeline import SERVICES, record_outcome, run_hook
 from service.security import may_fetch_from
 
 __all__ = ["router"]
@@ -52,10 +52,7 @@ async def call_service(
     )
     outcome.record["recorded_at"] = datetime.now(UTC).isoformat()
     outcome.record["client"] = client.issuer if client else "dev (unauthenticated)"
-    await run_in_threadpool(
-        audit.save_criteria_version, runtime.criteria.fingerprint, runtime.criteria.snapshot
-    )
-    await run_in_threadpool(audit.append_decision, outcome.record, inputs_text=outcome.inputs_text)
+    await run_in_threadpool(record_outcome, audit, runtime, outcome)
     for card in outcome.response.cards:
         if card.source.topic is not None:
             CARDS_SHOWN.labels(trial=card.source.topic.code, hook=body.hook).inc()

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.api.main import build_runtime
-from service.audit import input_text
+from service.audit import received_inputs
 from service.cdshooks import HookRequest
 from service.engine.decision import decision_json
 from service.facts import PatientFacts, SourceRef
@@ -120,12 +120,12 @@ async def test_patients_whose_charts_hold_the_same_resources_each_get_their_own_
 async def test_the_text_handed_to_the_audit_is_the_canonical_json_of_the_recorded_resources(
     runtimes: tuple[Runtime, Runtime], mappings: Mappings
 ) -> None:
-    """The audit stores ``inputs_text`` as the decision's input list without taking it again."""
+    """The audit stores ``received_inputs`` as the decision's input list without taking it again."""
     remembering, _ = runtimes
     body = hook_request(find_patient("til-lung-eligible", NOW.date()), mappings)
     outcome = await run_hook(HookRequest.model_validate(body), remembering, NOW, may_fetch=False)
-    assert outcome.inputs_text == input_text(outcome.record["input_resources"], "inputs")
-    assert json.loads(outcome.inputs_text) == _prefetched_resources(body["prefetch"])
+    assert outcome.received_inputs == received_inputs(outcome.record["input_resources"], "inputs")
+    assert json.loads(outcome.received_inputs.text) == _prefetched_resources(body["prefetch"])
 
 
 def _prefetched_resources(prefetch: dict[str, Any]) -> list[dict[str, Any]]:
