@@ -97,6 +97,10 @@ def check_resource(key: str, where: str, resource: Any, patient_id: str) -> dict
     if actual == "Patient":
         try:
             Patient.model_validate(resource)
+        except RecursionError as exc:  # fhir.resources validates nested extensions recursively
+            raise PrefetchError(
+                f"{where} is not a valid FHIR R4 Patient: nested too deep to read", expression=where
+            ) from exc
         except ValidationError as exc:
             first = exc.errors()[0]
             raise PrefetchError(

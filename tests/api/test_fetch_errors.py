@@ -256,3 +256,28 @@ async def test_issue_17_a_lost_dated_observation_search_makes_exactly_its_groups
         assert verdict.state == "unknown" and "could not be retrieved" in verdict.reason, verdict
     assert criterion(decision, "NCT06538012", "hiv").state == "met"  # serology came in the undated search
     assert sum("HTTP 503" in problem for problem in decision.data_problems) == 3  # one per lost group
+
+
+async def test_a_fetched_resource_nested_too_deep_to_record_is_412_naming_it(
+    app_factory: Callable[..., Any], request_for: Callable[..., Any], patients: dict[str, SyntheticPatient]
+) -> None:
+    """orjson reads 1,024 levels but writes 254: such data parses, cannot be recorded, and
+    is the FHIR server's fault (412 with the reason), not a 500."""
+    patient = patients["til-lung-eligible"]
+    nested: dict[str, Any] = {"url": "https://example.org/deep"}
+    for _ in range(300):
+        nested = {"url": "https://example.org/deep", "extension": [nested]}
+
+    def deep(request: httpx.Request) -> httpx.Response | None:
+        if not request.url.path.endswith("/Observation"):
+            return None
+        observations = [r for r in patient.resources if r["resourceType"] == "Observation"]
+        observations[0] = {**observations[0], "extension": [nested]}
+        body = json.dumps(_searchset(observations)).encode()
+        return httpx.Response(200, content=body, headers={"content-type": "application/fhir+json"})
+
+    response = await _call(
+        app_factory, fhir_server(patient, deep), _with_server(request_for(patient.id, prefetch="none"))
+    )
+    body = assert_outcome(response, 412, "not plain JSON", "nested that deep")
+    assert TOKEN not in json.dumps(body)

@@ -525,6 +525,11 @@ async def test_a_resource_nested_too_deep_to_record_is_a_400_and_records_nothing
     body["prefetch"]["observations-blood-counts"]["entry"][0]["resource"]["extension"] = [nested]
     assert (await client.post(SERVICE_URL, json=request_for("til-lung-eligible"))).status_code == 200
     assert_outcome(await client.post(SERVICE_URL, json=body), 400, "not plain JSON", "nested that deep")
+    deep_patient = request_for("til-lung-eligible")
+    deep_patient["prefetch"]["patient"]["extension"] = [nested]
+    assert_outcome(
+        await client.post(SERVICE_URL, json=deep_patient), 400, "prefetch.patient", "nested too deep"
+    )
     store = AuditStore.from_url(settings.audit_database_url)
     try:
         assert len(list(store.iter_records())) == 1  # the first call's decision, and nothing else
