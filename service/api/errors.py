@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.outcomes import operation_outcome
-from service.audit.errors import AuditUnavailableError, UnknownCardError
+from service.audit.errors import AuditUnavailableError, DuplicateRecordError, UnknownCardError
 from service.errors import FhirServerError, PreconditionFailedError, RequestError
 from service.observability import AUDIT_WRITE_FAILURES, INTERNAL_ERRORS, current_request_id
 
@@ -82,6 +82,11 @@ async def _audit_unavailable(request: Request, exc: AuditUnavailableError) -> JS
     )
 
 
+async def _duplicate_record(request: Request, exc: DuplicateRecordError) -> JSONResponse:
+    """Record ids are uuid4s the service makes: a clash means the trail already holds this one."""
+    return _outcome(409, str(exc), "duplicate")
+
+
 async def _unknown_card(request: Request, exc: UnknownCardError) -> JSONResponse:
     return _outcome(404, str(exc), "not-found", "feedback.card")
 
@@ -149,4 +154,5 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(FhirServerError, _precondition)  # type: ignore[arg-type]
     app.add_exception_handler(AuditUnavailableError, _audit_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(UnknownCardError, _unknown_card)  # type: ignore[arg-type]
+    app.add_exception_handler(DuplicateRecordError, _duplicate_record)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]

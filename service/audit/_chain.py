@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ._canonical import chain_hash
 from ._records import hash_document, stored_columns
+from .errors import AuditUnavailableError
 from .models import CHAIN_HEAD_ID, AuditCard, AuditChainHead, AuditRecord
 
 __all__ = ["ChainHead", "insert_cards", "link", "lock_head", "read_head"]
@@ -42,8 +43,8 @@ _INSERT_RECORD = {
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 """``INSERT ... ON CONFLICT (record_id) DO NOTHING`` by dialect: a record id already chained
-inserts nothing (``rowcount`` 0, which SQLAlchemy keeps for an INSERT only when asked), so a
-duplicate is told without a query of its own under the lock."""
+inserts nothing (``rowcount`` 0, which SQLAlchemy keeps for an INSERT only when asked, from
+2.0.28), so a duplicate is told without a query of its own under the lock."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,13 @@ def link(connection: Connection, head: ChainHead, values: Mapping[str, Any]) -> 
     seq = head.last_seq + 1
     row = {**values, "seq": seq, "prev_hash": head.last_hash}
     row["hash"] = chain_hash(hash_document(row), head.last_hash)
-    inserted = connection.execute(_INSERT_RECORD[connection.dialect.name], stored_columns(row))
-    if inserted.rowcount == 0:
+    written = connection.execute(_INSERT_RECORD[connection.dialect.name], stored_columns(row)).rowcount
+    if written == 0:
         return None
+    if written != 1:  # a driver that cannot tell (-1) must not move the head past a missing row
+        raise AuditUnavailableError(
+            f"the database reported {written} rows written for one audit record; nothing was linked"
+        )
     connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": bytes.fromhex(row["hash"])})
     return seq
 

@@ -5,7 +5,7 @@ TilCdsError
     ├── AuditUnavailableError      the store cannot be reached or written (→ 503)
     ├── AuditConfigurationError    settings make an operation impossible (e.g. no pseudonym key)
     ├── InvalidAuditRecordError    a record or feedback item lacks a field or has a wrong type
-    ├── DuplicateRecordError       a decision id is already in the trail
+    ├── DuplicateRecordError       a record id is already in the trail (→ 409)
     ├── UnknownCardError           feedback names a card no recorded decision showed
     ├── UnknownDecisionError       replay asked for a decision that is not in the trail
     ├── MissingAuditContentError   a record's content or input resource is gone or altered
@@ -46,7 +46,7 @@ class InvalidAuditRecordError(AuditError, ValueError):
 
 
 class DuplicateRecordError(AuditError):
-    """A decision with this id was already appended."""
+    """A record (decision, feedback or pre-screen run) with this id was already appended."""
 
 
 class UnknownCardError(AuditError):

@@ -6,22 +6,26 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import insert, text
+from sqlalchemy.dialects import sqlite
 
 import service.audit
 from service.audit import (
     AuditStore,
+    AuditUnavailableError,
     DuplicateRecordError,
     ExportFilters,
     InvalidAuditRecordError,
     UnknownCardError,
 )
-from service.audit._records import card_key
+from service.audit._chain import ChainHead, link
+from service.audit._records import card_key, prepare_decision
 from service.audit.models import AuditBase, AuditCard
 
 DecisionFactory = Callable[..., dict[str, Any]]
@@ -114,12 +118,40 @@ def test_find_decision_by_card(store: AuditStore, make_decision: DecisionFactory
     assert store.find_decision_by_card("no-such-card") is None
 
 
-def test_duplicate_decision_is_refused(store: AuditStore, make_decision: DecisionFactory) -> None:
-    record = make_decision()
+@pytest.mark.parametrize(
+    "suggested", [{"NCT05727904": True}, {"NCT05727904": False}], ids=["cards", "no card"]
+)
+def test_duplicate_decision_is_refused(
+    store: AuditStore, make_decision: DecisionFactory, suggested: dict[str, bool]
+) -> None:
+    """Told by the INSERT itself (no card row's key to trip over without cards), and the
+    chain goes on from the first record."""
+    record = make_decision(suggested=suggested)
     store.append_decision(record)
     with pytest.raises(DuplicateRecordError):
         store.append_decision(record)
-    assert store.verify().records_checked == 1
+    store.append_decision(make_decision(suggested=suggested))
+    report = store.verify()
+    assert report.ok and report.records_checked == 2
+
+
+def test_a_driver_that_cannot_count_the_rows_written_links_nothing(make_decision: DecisionFactory) -> None:
+    """rowcount -1 (a driver or SQLAlchemy that does not keep it) must not move the chain head
+    past a row that may not exist: the record is refused as unwritten."""
+
+    class Uncounted:
+        dialect = sqlite.dialect()
+        statements: list[Any] = []
+
+        def execute(self, statement: Any, parameters: Any = None) -> Any:
+            self.statements.append(statement)
+            return SimpleNamespace(rowcount=-1)
+
+    connection = Uncounted()
+    values = prepare_decision(make_decision()).values
+    with pytest.raises(AuditUnavailableError, match="reported -1 rows written"):
+        link(connection, ChainHead(0, "0" * 64), values)  # type: ignore[arg-type]
+    assert len(connection.statements) == 1, "the head was moved"
 
 
 @pytest.mark.parametrize(
