@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ._canonical import chain_hash
+from ._engine import insert_skipping_conflicts
 from ._records import hash_document, stored_columns
 from .errors import AuditUnavailableError
 from .models import CHAIN_HEAD_ID, AuditCard, AuditChainHead, AuditRecord
@@ -37,10 +37,8 @@ _INSERT_CARDS = insert(_card_table)
 
 
 _INSERT_RECORD = {
-    name: dialect.insert(_record_table)
-    .on_conflict_do_nothing(index_elements=["record_id"])
-    .execution_options(preserve_rowcount=True)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+    name: statement.execution_options(preserve_rowcount=True)
+    for name, statement in insert_skipping_conflicts(_record_table, "record_id").items()
 }
 """``INSERT ... ON CONFLICT (record_id) DO NOTHING`` by dialect: a record id already chained
 inserts nothing (``rowcount`` 0, which SQLAlchemy keeps for an INSERT only when asked, from

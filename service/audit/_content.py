@@ -39,7 +39,7 @@ __all__ = [
     "encode_body",
     "holds_secret_keys",
     "input_list",
-    "input_text",
+    "received_inputs",
     "smallest_encoding",
 ]
 
@@ -173,21 +173,17 @@ def content_document(record: dict[str, Any], where: str) -> tuple[dict[str, Any]
     return record, Document(address_of(text), text)
 
 
-def input_text(resources: list[Any], where: str) -> bytes:
-    """The canonical JSON of the FHIR resources a decision read, in input order, as received."""
-    return _canonical_bytes(resources, where)
-
-
 def received_inputs(resources: list[Any], where: str) -> Document:
     """The input resources as received, as canonical JSON, and its address: what the store
     recognises a repeat chart open by, and what a caller that needs the address first (the
     hook pipeline, to find the chart's remembered facts) hands to ``append_decision``."""
-    text = input_text(resources, where)
+    text = _canonical_bytes(resources, where)
     return Document(address_of(text), text)
 
 
-def input_list(text: bytes, resources: list[Any], where: str) -> Document:
-    """The input list to store: ``text`` (:func:`input_text`) checked, with secrets scrubbed.
+def input_list(received: Document, resources: list[Any], where: str) -> Document:
+    """The input list to store: ``received`` (:func:`received_inputs`) checked, with secrets
+    scrubbed; ``received`` itself, its address already taken, when it holds none.
 
     Secrets are looked for once over the whole text; only when a secret key may occur is the
     list scrubbed and serialised again.
@@ -195,8 +191,9 @@ def input_list(text: bytes, resources: list[Any], where: str) -> Document:
     for index, resource in enumerate(resources):
         if not isinstance(resource, Mapping):
             raise InvalidAuditRecordError(f"{where}[{index}] must be a FHIR resource (an object)")
-    if holds_secret_keys(text):
-        text = _canonical_bytes(scrub_secrets(resources), where)
+    if not holds_secret_keys(received.text):
+        return received
+    text = _canonical_bytes(scrub_secrets(resources), where)
     return Document(address_of(text), text)
 
 

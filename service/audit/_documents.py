@@ -18,9 +18,9 @@ from typing import Any, cast
 
 import orjson
 from sqlalchemy import Connection, Row, Select, String, Table, bindparam, select, type_coerce
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ._content import Base, Codec, Document, address_of, decode_body, smallest_encoding
+from ._engine import insert_skipping_conflicts
 from ._records import PreparedDecision, card_key, find_card, logical_values, record_view
 from .errors import InvalidAuditRecordError, MissingAuditContentError
 from .models import AuditCard, AuditDocument, AuditRecord
@@ -58,10 +58,7 @@ _rows_query = select(
 _ROWS_OF = _rows_query.where(_document_table.c.address.in_(bindparam("addresses", expanding=True)))
 _ROW_OF = _rows_query.where(_document_table.c.address == bindparam("address"))
 _IS_STORED = select(_document_table.c.address).where(_document_table.c.address == bindparam("address"))
-_INSERT_DOCUMENTS = {
-    "sqlite": sqlite.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]),
-    "postgresql": postgresql.insert(_document_table).on_conflict_do_nothing(index_elements=["address"]),
-}
+_INSERT_DOCUMENTS = insert_skipping_conflicts(_document_table, "address")
 """Documents are only ever inserted; one a concurrent writer stored meanwhile is skipped."""
 
 

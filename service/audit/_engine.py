@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .errors import AuditConfigurationError
 
-__all__ = ["create_audit_engine", "describe_database_error"]
+__all__ = ["create_audit_engine", "describe_database_error", "insert_skipping_conflicts"]
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -29,6 +30,16 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def insert_skipping_conflicts(table: Table, key: str) -> dict[str, Insert]:
+    """``INSERT ... ON CONFLICT (key) DO NOTHING`` for each dialect the store runs on, by name:
+    an insert of a row already there (the same document, a record id already chained) is
+    skipped rather than failing its transaction."""
+    return {
+        name: dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+        for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+    }
 
 
 def describe_database_error(exc: SQLAlchemyError) -> str:

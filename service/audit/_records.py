@@ -238,12 +238,12 @@ def _split_inputs(
         raise InvalidAuditRecordError("decision.input_resources must be a list of FHIR resources")
     if received is None:
         received = received_inputs(resources, "decision.input_resources")
-    text, key = received.text, received.address
+    key = received.address
     stored_address = known.get(key)
     if stored_address is not None:
         inputs = _Inputs(None, stored_address, key)
     else:
-        stored = input_list(text, resources, "decision.input_resources")
+        stored = input_list(received, resources, "decision.input_resources")
         inputs = _Inputs(stored, stored.address, key)
     rest["input_list"] = {"sha256": inputs.address.hex(), "count": len(resources)}
     return rest, inputs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -141,6 +142,27 @@ async def bench_throughput(
     }
 
 
+async def _rss_every_tenth(
+    client: httpx.AsyncClient,
+    url: str,
+    pid: int,
+    body_of: Callable[[int], bytes],
+    calls: int,
+    deadline: float,
+) -> list[dict[str, Any]]:
+    """``calls`` calls (the n-th sends ``body_of(n)``) until ``deadline``, with the worker's
+    RSS after every tenth of them."""
+    checkpoints: list[dict[str, Any]] = []
+    done = 0
+    step = max(1, calls // 10)
+    while done < calls and time.perf_counter() < deadline:
+        for _ in range(min(step, calls - done)):
+            await _post(client, url, body_of(done))
+            done += 1
+        checkpoints.append({"calls": done, "rss_kib": rss_kib(pid)})
+    return checkpoints
+
+
 async def bench_memory(
     calls: int, size: int, max_seconds: float, mappings: Mappings, audit_url: str | None = None
 ) -> dict[str, Any]:
@@ -152,27 +174,24 @@ async def bench_memory(
         pid = service.worker_pids()[0]
         after_start = rss_kib(pid)
         warm_up = min(200, max(1, calls // 10))
-        checkpoints: list[dict[str, Any]] = []
-        done = 0
         deadline = time.perf_counter() + max_seconds
         async with httpx.AsyncClient(timeout=120) as client:
             for _ in range(warm_up):
                 await _post(client, service.hook_url, body)
             after_warm_up = rss_kib(pid)
-            step = max(1, calls // 10)
-            while done < calls and time.perf_counter() < deadline:
-                for _ in range(min(step, calls - done)):
-                    await _post(client, service.hook_url, body)
-                    done += 1
-                checkpoints.append({"calls": done, "rss_kib": rss_kib(pid)})
-            new_charts: list[dict[str, Any]] = []
-            opened = 0
-            new_chart_calls = max(1, calls // 10)
-            while opened < new_chart_calls and time.perf_counter() < deadline + max_seconds / 2:
-                for _ in range(min(max(1, new_chart_calls // 10), new_chart_calls - opened)):
-                    await _post(client, service.hook_url, first_open_body(body, size, opened))
-                    opened += 1
-                new_charts.append({"calls": opened, "rss_kib": rss_kib(pid)})
+            checkpoints = await _rss_every_tenth(
+                client, service.hook_url, pid, lambda _: body, calls, deadline
+            )
+            new_charts = await _rss_every_tenth(
+                client,
+                service.hook_url,
+                pid,
+                lambda opened: first_open_body(body, size, opened),
+                max(1, calls // 10),
+                deadline + max_seconds / 2,
+            )
+    done = checkpoints[-1]["calls"] if checkpoints else 0
+    opened = new_charts[-1]["calls"] if new_charts else 0
     after_calls = checkpoints[-1]["rss_kib"] if checkpoints else after_warm_up
     growth = None
     if after_calls is not None and after_warm_up is not None:

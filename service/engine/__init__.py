@@ -44,14 +44,8 @@ __all__ = [
     "cohort_fit",
     "decide",
     "evaluate_trial",
-    "input_fingerprint",
     "trial_status",
 ]
-
-
-def input_fingerprint(facts: PatientFacts) -> str:
-    """A hash of the ids and versions of every input resource, in a stable order."""
-    return facts.input_fingerprint
 
 
 def _evaluate_criterion(
@@ -245,7 +239,7 @@ def decide(facts: PatientFacts, criteria: CriteriaSet, mappings: Mappings, at: d
     return Decision(
         evaluated_at=at,
         criteria_fingerprint=criteria.fingerprint,
-        input_fingerprint=input_fingerprint(facts),
+        input_fingerprint=facts.input_fingerprint,
         patient=_patient(facts, at),
         trials=trials,
         data_problems=tuple(facts.data_problems),
