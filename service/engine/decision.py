@@ -238,6 +238,14 @@ class DecisionShapeError(ValueError):
         self.path = path
 
 
+_DECISION_TYPE_INFO = msgspec.json.Decoder(Decision)
+"""Built at import, on the importing thread, for what it resolves on the way: msgspec works out
+a struct type's field information on first use, and two worker threads doing that at once for
+``Decision`` (two audit writes in a fresh process) crashed the process with a segmentation fault
+(seen in ``tests/deploy/test_replicas.py``, with ``PYTHONFAULTHANDLER``). ``decision_from_data``
+then finds it resolved."""
+
+
 def decision_from_data(data: Any, *, lax: bool = False) -> Decision:
     """A decision from JSON-ready data (a stored record's ``decision``), checked field by field.
 

@@ -77,7 +77,15 @@ def start_service(log_dir: Path, name: str, env: dict[str, str], *, workers: int
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("TIL_CDS_", "PROMETHEUS_"))}
     # Unbuffered, so that a failing test finds every line the service wrote in its log.
-    environment.update({"TIL_CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL, "PYTHONUNBUFFERED": "1", **env})
+    # faulthandler: a crash in a C extension leaves the threads' tracebacks there too.
+    environment.update(
+        {
+            "TIL_CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+            **env,
+        }
+    )
     command = [sys.executable, "-m", "service.cli", "serve", "--dev", "--port", str(port)]
     command += ["--workers", str(workers)]
     log_path = log_dir / f"{name}.log"
